@@ -20,7 +20,8 @@ import yaml
 
 from mmldm.errors import ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "configs"
 PROFILES = ("paper", "laptop", "smoke")
 
 
@@ -166,3 +167,131 @@ def set_dotted(data: dict, dotted: str, value: Any) -> None:
         if not isinstance(node, dict):
             raise ConfigError(f"override {dotted!r}: {k!r} is not a section")
     node[keys[-1]] = value
+
+
+# --------------------------------------------------------------------------------------------
+# Where things are: the data source, the HDF5 store, the run folder.
+# --------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class PathsConfig:
+    """Where things are, relative to the repository root unless absolute.
+
+    ``source`` is either ``"phantom"`` (the synthetic phantom, generated into ``phantom_dir`` on
+    first use) or a folder holding real M&Ms-2, M&Ms or ACDC data as it unpacks. ``phantom_dir``,
+    ``store`` and ``runs`` may use ``{profile}``, ``{source}`` (``phantom`` or the source folder's
+    name) and ``{subjects}``, so runs on different data or profiles never overwrite each other.
+    """
+
+    source: str = "phantom"
+    format: str = "auto"  # auto | mnms2 | mnms | acdc
+    phantom_subjects: int = 360  # M&Ms-2 size
+    phantom_seed: int = 0
+    phantom_dir: str = "data/raw/phantom{subjects}"
+    store: str = "data/processed/{source}_{profile}.h5"
+    runs: str = "runs/{source}_{profile}"
+
+    def __post_init__(self):
+        if self.format not in ("auto", "mnms2", "mnms", "acdc"):
+            raise ValueError(f"format must be auto, mnms2, mnms or acdc, not {self.format!r}")
+
+    @property
+    def is_phantom(self) -> bool:
+        return self.source == "phantom"
+
+    @property
+    def reader_format(self) -> str:
+        """The ``format`` to give the readers (the phantom is read as M&Ms-2, tagged phantom)."""
+        return "phantom" if self.is_phantom else self.format
+
+    @property
+    def source_name(self) -> str:
+        return "phantom" if self.is_phantom else (Path(self.source).resolve().name or "data")
+
+    def _fill(self, template: str, profile: str) -> Path:
+        return repo_path(template.format(profile=profile, source=self.source_name,
+                                         subjects=self.phantom_subjects))
+
+    def source_dir(self, profile: str = "") -> Path:
+        return self._fill(self.phantom_dir, profile) if self.is_phantom else repo_path(self.source)
+
+    def store_path(self, profile: str) -> Path:
+        return self._fill(self.store, profile)
+
+    def run_dir(self, profile: str) -> Path:
+        return self._fill(self.runs, profile)
+
+
+def repo_path(p: str | Path) -> Path:
+    """A config path: absolute as given, else relative to the repository root."""
+    p = Path(p).expanduser()
+    return p if p.is_absolute() else CONFIG_DIR.parent / p
+
+
+# --------------------------------------------------------------------------------------------
+# The whole configuration: one section per stage, each dataclass defined next to its code.
+# --------------------------------------------------------------------------------------------
+from mmldm.data.preprocess import DataConfig  # noqa: E402
+from mmldm.diffusion.guidance import GuidanceConfig  # noqa: E402
+from mmldm.diffusion.sample import SamplerConfig  # noqa: E402
+from mmldm.diffusion.schedule import DiffusionConfig  # noqa: E402
+from mmldm.models.unet import UNetConfig  # noqa: E402
+from mmldm.models.vqvae import VQVAEConfig  # noqa: E402
+
+
+@dataclasses.dataclass
+class Config:
+    """A profile: every section a stage reads. Unknown keys anywhere are errors."""
+
+    profile: str = "paper"
+    paths: PathsConfig = dataclasses.field(default_factory=PathsConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    vqvae: VQVAEConfig = dataclasses.field(default_factory=VQVAEConfig)
+    unet: UNetConfig = dataclasses.field(default_factory=UNetConfig)
+    diffusion: DiffusionConfig = dataclasses.field(default_factory=DiffusionConfig)
+    sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
+    guidance: GuidanceConfig = dataclasses.field(default_factory=GuidanceConfig)
+
+    def __post_init__(self):
+        # The UNet lives in the VQVAE's latent space: their shapes must agree.
+        if self.unet.latent_channels != self.vqvae.latent_channels:
+            raise ValueError(f"unet.latent_channels ({self.unet.latent_channels}) must equal "
+                             f"vqvae.latent_channels ({self.vqvae.latent_channels})")
+        factor = 2 ** sum(self.vqvae.down_sample)
+        if self.unet.cond_downsample != factor:
+            raise ValueError(f"unet.cond_downsample ({self.unet.cond_downsample}) must equal the VQVAE's "
+                             f"downsampling factor 2**{sum(self.vqvae.down_sample)} = {factor}")
+        if self.data.size % factor:
+            raise ValueError(f"data.size ({self.data.size}) must be divisible by the VQVAE's factor {factor}")
+
+    # Resolved paths of this profile (see PathsConfig).
+    @property
+    def source_dir(self) -> Path:
+        return self.paths.source_dir(self.profile)
+
+    @property
+    def store_path(self) -> Path:
+        return self.paths.store_path(self.profile)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.paths.run_dir(self.profile)
+
+
+def load_config(profile: str | Path = "laptop", overrides: list[str] | None = None) -> Config:
+    """Load a profile by name (``configs/<name>.yaml``) or path, then apply ``KEY=VALUE`` overrides.
+
+    >>> cfg = load_config("smoke", overrides=["data.size=32"])
+    """
+    path = resolve_profile(profile)
+    data = read_yaml(path)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected SECTION.KEY=VALUE")
+        key, value = item.split("=", 1)
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = value
+        set_dotted(data, key.strip(), parsed)
+    data.setdefault("profile", path.stem)
+    return from_dict(Config, data, where=str(path))

@@ -1,0 +1,1 @@
+"""Figures (``plots``) and notebook widgets; nothing here changes data or models."""

@@ -1,0 +1,116 @@
+"""Matplotlib figures shared by the notebooks and the report.
+
+Every function returns a ``Figure`` and draws nothing it was not given; ``save_figure`` writes
+it atomically (temporary name, then rename) so an interrupted run never leaves half a PNG in
+``report/figures``. Label colours follow the canonical order: LV red, myocardium green, RV blue.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
+
+from mmldm.data.sample import LABELS, Slice  # noqa: E402
+
+LABEL_COLOURS = {1: (0.9, 0.2, 0.2), 2: (0.2, 0.8, 0.3), 3: (0.25, 0.45, 1.0)}
+LABEL_CMAP = ListedColormap([(0, 0, 0, 0)] + [(*LABEL_COLOURS[k], 1.0) for k in (1, 2, 3)])
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+    os.replace(tmp, path)
+    return path
+
+
+def _display_range(image: np.ndarray) -> tuple[float, float]:
+    """Percentile window, so raw scanner intensities and [-1, 1] images both display well."""
+    lo, hi = np.percentile(image, [0.5, 99.5])
+    return float(lo), float(hi if hi > lo else lo + 1)
+
+
+def show_image(ax, image: np.ndarray, label: np.ndarray | None = None, alpha: float = 0.35,
+               title: str | None = None, window: tuple[float, float] | None = None) -> None:
+    """Grey image, optionally with the label map as a translucent colour overlay."""
+    lo, hi = window or _display_range(image)
+    ax.imshow(image, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+    if label is not None:
+        ax.imshow(np.ma.masked_equal(label, 0), cmap=LABEL_CMAP, vmin=0, vmax=3, alpha=alpha,
+                  interpolation="nearest")
+    if title:
+        ax.set_title(title, fontsize=8)
+    ax.set_axis_off()
+
+
+def slice_title(s: Slice) -> str:
+    path = s.meta.get("pathology")
+    return f"{s.source} {s.subject} {s.view} {s.phase} z{s.slice_index}" + (f"\n{path}" if path else "")
+
+
+def overlay_grid(slices: list[Slice], cols: int = 6, overlay: bool = True, size: float = 2.0):
+    """A grid of slices with (or without) their label overlay."""
+    rows = max(1, int(np.ceil(len(slices) / cols)))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * size * 1.1), squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for ax, s in zip(axes.ravel(), slices):
+        show_image(ax, s.image, s.label if overlay else None, title=slice_title(s))
+    fig.tight_layout()
+    return fig
+
+
+def side_by_side(rows: dict[str, list[Slice]], overlay: bool = False, size: float = 2.2):
+    """One row of slices per named group (e.g. 'phantom', 'ACDC', 'M&Ms-2'), same layout."""
+    cols = max(len(v) for v in rows.values())
+    fig, axes = plt.subplots(len(rows), cols, figsize=(cols * size, len(rows) * size * 1.15), squeeze=False)
+    for r, (name, slices) in enumerate(rows.items()):
+        for c in range(cols):
+            ax = axes[r, c]
+            ax.set_axis_off()
+            if c < len(slices):
+                show_image(ax, slices[c].image, slices[c].label if overlay else None,
+                           title=f"{name}: {slices[c].view} {slices[c].phase} z{slices[c].slice_index}")
+    fig.tight_layout()
+    return fig
+
+
+def label_legend(ax) -> None:
+    from matplotlib.patches import Patch
+
+    ax.legend(handles=[Patch(color=LABEL_COLOURS[k], label=LABELS[k]) for k in (1, 2, 3)],
+              loc="lower right", fontsize=7, framealpha=0.6)
+
+
+def condition_panels(image: np.ndarray, edge: np.ndarray, label: np.ndarray, size: float = 2.2):
+    """Image | Canny edges | the four one-hot channels: what the diffusion model is given."""
+    onehot = [(label == k).astype(np.float32) for k in range(len(LABELS))]
+    panels = [("image", image, "gray"), ("Canny edges", edge, "gray")]
+    panels += [(f"one-hot: {LABELS[k]}", onehot[k], "magma") for k in range(len(LABELS))]
+    fig, axes = plt.subplots(1, len(panels), figsize=(len(panels) * size, size * 1.1))
+    for ax, (title, arr, cmap) in zip(axes, panels):
+        ax.imshow(arr, cmap=cmap, interpolation="nearest")
+        ax.set_title(title, fontsize=8)
+        ax.set_axis_off()
+    fig.tight_layout()
+    return fig
+
+
+def edge_comparison(image: np.ndarray, variants: dict[str, np.ndarray], size: float = 2.6):
+    """The image, then one edge map per variant (e.g. Canny with and without noise reduction)."""
+    fig, axes = plt.subplots(1, 1 + len(variants), figsize=((1 + len(variants)) * size, size * 1.1))
+    show_image(axes[0], image, title="image")
+    for ax, (name, edge) in zip(axes[1:], variants.items()):
+        ax.imshow(edge, cmap="gray", interpolation="nearest")
+        ax.set_title(f"{name}\n{int(edge.sum())} edge pixels", fontsize=8)
+        ax.set_axis_off()
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,89 @@
+"""Profiles load strictly: every profile builds, and a wrong key or value names itself."""
+
+from __future__ import annotations
+
+import pytest
+
+from mmldm.config import PROFILES, Config, load_config, to_dict
+from mmldm.errors import ConfigError
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_profile_loads(profile):
+    cfg = load_config(profile)
+    assert cfg.profile == profile
+    assert cfg.data.size % 2 ** sum(cfg.vqvae.down_sample) == 0
+
+
+def test_paper_profile_is_the_seed():
+    cfg = load_config("paper")
+    assert cfg.data.size == 256
+    assert cfg.vqvae.latent_channels == 3 and cfg.vqvae.codebook_size == 16384
+    assert cfg.data.size // 2 ** sum(cfg.vqvae.down_sample) == 32  # 32x32x3 latent
+    assert cfg.unet.down_channels == [256, 384, 512, 768] and cfg.unet.mid_channels == [768, 512]
+    assert cfg.unet.num_down_layers == cfg.unet.num_up_layers == 2
+    assert cfg.unet.num_heads == 8 and cfg.unet.dropout == 0.1
+    assert cfg.unet.conditioning == "concat_nearest"
+    assert cfg.diffusion.num_train_timesteps == 1000
+    assert cfg.sampler.name == "ddpm" and cfg.sampler.num_inference_steps == 1000
+    assert cfg.data.val == 10
+
+
+def test_paper_yaml_matches_code_defaults():
+    # paper.yaml spells out every key; it must agree with the dataclass defaults it documents.
+    assert to_dict(load_config("paper")) == to_dict(Config())
+
+
+def test_unknown_key_is_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: smoke\nunet:\n  down_chanels: [8, 16]\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*unet.*down_chanels"):
+        load_config(bad)
+
+
+def test_unknown_section_is_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: smoke\ntrainer:\n  lr: 1\n")
+    with pytest.raises(ConfigError, match="trainer"):
+        load_config(bad)
+
+
+def test_wrong_type_is_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: smoke\ndata:\n  size: sixty-four\n")
+    with pytest.raises(ConfigError, match=r"data\.size.*integer"):
+        load_config(bad)
+
+
+def test_bad_literal_is_named():
+    with pytest.raises(ConfigError, match="conditioning"):
+        load_config("smoke", overrides=["unet.conditioning=film"])
+
+
+def test_inconsistent_sections_rejected():
+    with pytest.raises(ConfigError, match="latent_channels"):
+        load_config("smoke", overrides=["unet.latent_channels=4"])
+
+
+def test_overrides_and_base_chain():
+    cfg = load_config("smoke", overrides=["data.size=64", "sampler.name=dpm_solver"])
+    assert cfg.data.size == 64 and cfg.sampler.name == "dpm_solver"
+    # smoke -> laptop -> paper: keys smoke does not set come from laptop, then paper.
+    assert cfg.unet.conditioning == "hint_encoder"  # from laptop
+    assert cfg.diffusion.beta_schedule == load_config("paper").diffusion.beta_schedule
+
+
+def test_missing_profile_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="no such config"):
+        load_config("no_such_profile")
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_paths_are_per_source_and_profile():
+    a = load_config("laptop")
+    b = load_config("laptop", overrides=["paths.source=/data/ACDC/training"])
+    assert a.store_path != b.store_path and "training_laptop" in b.store_path.name
+    assert load_config("smoke").store_path != a.store_path
