@@ -1,0 +1,206 @@
+"""The sampling loop, what every sampler shares, and the sampler config.
+
+A sampler (:class:`~mmldm.diffusion.ddpm.DDPMSampler`, :class:`~mmldm.diffusion.ddim.DDIMSampler`,
+:class:`~mmldm.diffusion.dpm_solver.DPMSolverSampler`) knows the schedule, the timesteps it
+visits and the prediction type, and turns one model output into the next, less noisy sample. It
+knows nothing about conditioning: :func:`sample` calls ``model_fn(x_t, t)``, and
+:mod:`mmldm.diffusion.guidance` builds that function from the conditional UNet.
+
+Two optional fixes of the predicted x0 before it is used (alternatives; at most one):
+
+* ``clip_x0 = (lo, hi)``: clamp x0_hat to the range the training latents occupied. Saturated
+  samples (latents far outside the VQVAE's training range, decoded to blown-out images) come
+  from early, very noisy x0 estimates overshooting; clamping them to the measured latent range
+  is the fix used for this project (and the seed clamps x0 to [-1, 1], though only for display).
+* ``dynamic_threshold = p`` (Imagen, Saharia et al. 2022, section 2.3): per sample, s = the
+  p-quantile of |x0_hat|, s = max(s, 1) (and <= ``dynamic_threshold_max`` if set), then
+  x0_hat = clamp(x0_hat, -s, s) / s. It assumes data in [-1, 1]; for latents, train on latents
+  scaled to about that range. Imagen found it helps at large guidance weights.
+
+When either is on, eps_hat is recomputed from the fixed x0_hat so that the pair stays consistent
+with x_t (diffusers' DDIM ``use_clipped_model_output=True``, GLIDE's choice).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal, NamedTuple
+
+import torch
+from torch import Tensor
+
+from mmldm.diffusion.schedule import PREDICTION_TYPES, NoiseSchedule, TimestepSpacing, inference_timesteps
+
+ModelFn = Callable[[Tensor, Tensor], Tensor]  # (x_t (B, C, h, w), t (B,) long) -> model output
+Callback = Callable[[int, int, Tensor, Tensor], None]  # (step index, t, x_t, predicted x0)
+
+
+@dataclass
+class SamplerConfig:
+    """How to sample (defaults: the ``paper`` profile, 1,000-step ancestral DDPM)."""
+
+    name: Literal["ddpm", "ddim", "dpm_solver"] = "ddpm"
+    num_inference_steps: int = 1000
+    timestep_spacing: TimestepSpacing = "trailing"  # see schedule.inference_timesteps
+    steps_offset: int = 0  # added to "leading" timesteps (Stable Diffusion uses 1)
+    eta: float = 0.0  # DDIM only: 0 deterministic, 1 = DDPM-like noise (Song et al. 2021 eq. 16)
+    clip_x0: tuple[float, float] | None = None  # clamp x0_hat to this range (the latents' range)
+    dynamic_threshold: float | None = None  # Imagen percentile, e.g. 0.995; excludes clip_x0
+    dynamic_threshold_max: float | None = None  # upper bound on Imagen's s (None: unbounded)
+
+    def __post_init__(self):
+        if self.clip_x0 is not None and self.dynamic_threshold is not None:
+            raise ValueError("clip_x0 and dynamic_threshold are alternatives; set at most one")
+        if self.eta < 0:
+            raise ValueError(f"eta must be >= 0, got {self.eta}")
+
+
+class StepOutput(NamedTuple):
+    prev_sample: Tensor  # x at the next (less noisy) timestep
+    pred_x0: Tensor  # the x0 estimate the step used (after clipping / thresholding)
+
+
+def draw_noise(like: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Standard normal noise shaped like ``like``, drawn on the generator's device then moved.
+
+    Drawing on the generator's device means a CPU generator gives the same numbers whatever
+    device the model runs on.
+    """
+    device = generator.device if generator is not None else like.device
+    return torch.randn(like.shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+
+
+def dynamic_thresholding(x0: Tensor, percentile: float, max_value: float | None = None) -> Tensor:
+    """Imagen's dynamic thresholding (Saharia et al. 2022, section 2.3), per sample."""
+    flat = x0.reshape(x0.shape[0], -1)
+    s = torch.quantile(flat.abs().float(), percentile, dim=1).to(x0.dtype)
+    s = torch.clamp(s, min=1.0, max=max_value)  # s >= 1: plain clipping to [-1, 1] at worst
+    s = s.reshape(-1, *([1] * (x0.dim() - 1)))
+    return torch.clamp(x0, -s, s) / s  # threshold to [-s, s], then divide by s
+
+
+class Sampler:
+    """What DDPM, DDIM and DPM-Solver++ share: the timesteps, and (x0_hat, eps_hat) from the model.
+
+    ``step(model_output, i, x_t)`` moves from ``timesteps[i]`` to ``timesteps[i+1]`` (or to clean
+    data after the last one) and returns a :class:`StepOutput`.
+    """
+
+    def __init__(
+        self,
+        schedule: NoiseSchedule,
+        num_inference_steps: int,
+        prediction_type: str = "epsilon",
+        timestep_spacing: str = "trailing",
+        steps_offset: int = 0,
+        clip_x0: tuple[float, float] | None = None,
+        dynamic_threshold: float | None = None,
+        dynamic_threshold_max: float | None = None,
+    ):
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+        if clip_x0 is not None and dynamic_threshold is not None:
+            raise ValueError("clip_x0 and dynamic_threshold are alternatives; set at most one")
+        if clip_x0 is not None and not clip_x0[0] < clip_x0[1]:
+            raise ValueError(f"clip_x0 must be (low, high) with low < high, got {clip_x0}")
+        if dynamic_threshold is not None and not 0.0 < dynamic_threshold <= 1.0:
+            raise ValueError(f"dynamic_threshold is a quantile in (0, 1], got {dynamic_threshold}")
+        self.schedule = schedule
+        self.prediction_type = prediction_type
+        self.clip_x0 = clip_x0
+        self.dynamic_threshold = dynamic_threshold
+        self.dynamic_threshold_max = dynamic_threshold_max
+        self.timesteps = inference_timesteps(len(schedule), num_inference_steps, timestep_spacing, steps_offset)
+
+    def __len__(self) -> int:
+        return len(self.timesteps)
+
+    def prev_timestep(self, i: int) -> int:
+        """The timestep step i lands on; -1 after the last step (clean data, alpha_bar = 1)."""
+        return int(self.timesteps[i + 1]) if i + 1 < len(self.timesteps) else -1
+
+    def predict_x0_eps(self, model_output: Tensor, x_t: Tensor, t: int) -> tuple[Tensor, Tensor]:
+        """(x0_hat, eps_hat) from the model output, x0_hat clipped or thresholded if asked."""
+        x0, eps = self.schedule.predict_x0_eps(model_output, x_t, t, self.prediction_type)
+        if self.clip_x0 is None and self.dynamic_threshold is None:
+            return x0, eps
+        if self.clip_x0 is not None:
+            x0 = x0.clamp(*self.clip_x0)
+        else:
+            x0 = dynamic_thresholding(x0, self.dynamic_threshold, self.dynamic_threshold_max)
+        return x0, self.schedule.x0_to_eps(x0, x_t, t)
+
+    def reset(self) -> None:
+        """Forget any state kept between steps (multistep solvers); :func:`sample` calls it."""
+
+    def step(
+        self,
+        model_output: Tensor,
+        i: int,
+        x_t: Tensor,
+        generator: torch.Generator | None = None,
+        noise: Tensor | None = None,
+    ) -> StepOutput:
+        raise NotImplementedError
+
+
+def make_sampler(cfg: SamplerConfig, schedule: NoiseSchedule, prediction_type: str = "epsilon") -> Sampler:
+    """The sampler ``cfg.name`` names, for a model trained with ``prediction_type``."""
+    # Imported here: the sampler modules import Sampler from this one.
+    from mmldm.diffusion.ddim import DDIMSampler
+    from mmldm.diffusion.ddpm import DDPMSampler
+    from mmldm.diffusion.dpm_solver import DPMSolverSampler
+
+    common = dict(
+        num_inference_steps=cfg.num_inference_steps,
+        prediction_type=prediction_type,
+        timestep_spacing=cfg.timestep_spacing,
+        steps_offset=cfg.steps_offset,
+        clip_x0=cfg.clip_x0,
+        dynamic_threshold=cfg.dynamic_threshold,
+        dynamic_threshold_max=cfg.dynamic_threshold_max,
+    )
+    if cfg.name == "ddpm":
+        return DDPMSampler(schedule, **common)
+    if cfg.name == "ddim":
+        return DDIMSampler(schedule, eta=cfg.eta, **common)
+    if cfg.name == "dpm_solver":
+        return DPMSolverSampler(schedule, **common)
+    raise ValueError(f"unknown sampler {cfg.name!r}; use ddpm, ddim or dpm_solver")
+
+
+@torch.no_grad()
+def sample(
+    model_fn: ModelFn,
+    sampler: Sampler,
+    shape: tuple[int, ...],
+    generator: torch.Generator | None,
+    callback: Callback | None = None,
+    x_T: Tensor | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Run ``sampler`` from pure noise to a sample of ``shape`` = (B, C, h, w); returns x_0.
+
+    ``generator`` seeds the starting noise and every stochastic step, so the same seed gives the
+    same batch (draws happen on the generator's device, see :func:`draw_noise`). ``x_T`` replaces
+    the starting noise. ``callback(i, t, x_t, x0_hat)`` is called once per step with the step
+    index, the timestep, the sample entering the step and the model's x0 estimate from it (for
+    the interactive notebook: watch the estimate sharpen as t falls).
+    """
+    device = torch.device(device) if device is not None else (x_T.device if x_T is not None else torch.device("cpu"))
+    if x_T is None:
+        x = draw_noise(torch.empty(shape, device=device, dtype=dtype), generator)
+    else:
+        if tuple(x_T.shape) != tuple(shape):
+            raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {tuple(shape)}")
+        x = x_T.to(device=device, dtype=dtype)
+    sampler.reset()
+    batch = shape[0]
+    for i, t in enumerate(sampler.timesteps.tolist()):
+        t_batch = torch.full((batch,), t, dtype=torch.long, device=device)
+        out = sampler.step(model_fn(x, t_batch), i, x, generator=generator)
+        if callback is not None:
+            callback(i, t, x, out.pred_x0)
+        x = out.prev_sample
+    return x

@@ -1,0 +1,1 @@
+"""Training: the VQVAE and LDM trainers, checkpoints, distributed helpers and the EMA of weights."""
