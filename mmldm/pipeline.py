@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmldm.config import REPO_ROOT, load_config, to_dict
+from mmldm.data.source import ensure_source
 from mmldm.errors import MMLDMError
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
@@ -58,13 +59,10 @@ def run(profile: str, source: str | None = None, force: bool = False, only: list
     cfg_bytes = json.dumps(to_dict(cfg), sort_keys=True).encode()
 
     t_all = time.time()
-    if cfg.paths.is_phantom:
-        from mmldm.data.phantom import write_phantom
-
-        t0 = time.time()
-        write_phantom(cfg.source_dir, subjects=cfg.paths.phantom_subjects, seed=cfg.paths.phantom_seed)
-        print(f"[00 phantom] {cfg.paths.phantom_subjects} subjects in {cfg.source_dir} "
-              f"({time.time() - t0:.1f} s)", flush=True)
+    t0 = time.time()
+    source = ensure_source(cfg)
+    what = f"phantom, {cfg.paths.phantom_subjects} subjects" if cfg.paths.is_phantom else "real data"
+    print(f"[00 data] {source} ({what}, {time.time() - t0:.1f} s)", flush=True)
 
     previous = b""
     params = {"profile": profile, "overrides": overrides}

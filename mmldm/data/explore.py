@@ -8,12 +8,13 @@ mm² and intensity percentiles, so plots can compare views, phases, pathologies 
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from mmldm.data.readers import load_case
-from mmldm.data.sample import LABELS, Case, Volume
+from mmldm.data.sample import LABELS, Case, Slice, Volume
 
 
 def case_table(cases: list[Case]) -> pd.DataFrame:
@@ -52,3 +53,73 @@ def slice_table(volumes: list[Volume]) -> pd.DataFrame:
             row["labelled"] = bool(lab.any())
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _pick_slices(volume: Volume, fractions=(0.2, 0.5, 0.8)) -> list[Slice]:
+    """Slices at relative heights of a stack (base, middle, apex for SA); the one slice of LA."""
+    n = volume.image.shape[2]
+    zs = sorted({min(n - 1, int(round(f * (n - 1)))) for f in fractions}) if n > 1 else [0]
+    slices = list(volume.slices())
+    return [slices[z] for z in zs]
+
+
+def comparison_rows(cfg, real_root: Path | None, per_row: int = 6, seed: int = 0) -> dict[str, list[Slice]]:
+    """Rows of comparable slices: the profile's data, then real ACDC and M&Ms-2 if found.
+
+    Each row holds SA slices at base / middle / apex (ED and ES) and, where the dataset has it,
+    the LA view, so phantom and real data can be set side by side by eye (notebook 01).
+    """
+    rng = random.Random(seed)
+    rows: dict[str, list[Slice]] = {}
+
+    def row(cases: list[Case]) -> list[Slice]:
+        subjects = sorted({c.subject for c in cases})
+        out: list[Slice] = []
+        for subject in rng.sample(subjects, min(len(subjects), 3)):
+            mine = [c for c in cases if c.subject == subject]
+            for c in sorted(mine, key=lambda c: (c.view != "SA", c.phase)):
+                vol = load_case(c)
+                picks = _pick_slices(vol) if c.view == "SA" else list(vol.slices())
+                out += picks[:2] if c.phase == "ES" else picks
+                if len(out) >= per_row:
+                    return out[:per_row]
+        return out[:per_row]
+
+    from mmldm.data.readers import find_cases
+
+    name = "phantom" if cfg.paths.is_phantom else cfg.paths.source_name
+    rows[name] = row(find_cases(cfg.source_dir, cfg.paths.reader_format))
+    if real_root is not None:
+        for label, sub, fmt in (("ACDC (real)", "acdc/training", "acdc"), ("M&Ms-2 (real)", "mnms2", "mnms2")):
+            folder = Path(real_root) / sub
+            if folder.is_dir():
+                rows[label] = row(find_cases(folder, fmt))
+    return rows
+
+
+def store_layout(path: str | Path) -> pd.DataFrame:
+    """One row per HDF5 dataset of a store: shape, dtype, chunking, filter and stored size."""
+    import h5py
+
+    rows = []
+    with h5py.File(path, "r") as f:
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                rows.append({"dataset": name, "shape": obj.shape, "dtype": str(obj.dtype),
+                             "chunks": obj.chunks, "filter": obj.compression or "none",
+                             "stored_MB": round(obj.id.get_storage_size() / 1e6, 2)})
+        f.visititems(visit)
+    return pd.DataFrame(rows)
+
+
+def read_rate(dataset, samples: int = 500, seed: int = 0) -> float:
+    """Random-access samples per second of a torch Dataset (single process)."""
+    import time
+
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(dataset), samples)
+    dataset[int(idx[0])]  # open the file outside the timing
+    t0 = time.perf_counter()
+    for i in idx:
+        dataset[int(i)]
+    return samples / (time.perf_counter() - t0)

@@ -114,3 +114,44 @@ def edge_comparison(image: np.ndarray, variants: dict[str, np.ndarray], size: fl
         ax.set_axis_off()
     fig.tight_layout()
     return fig
+
+
+def intensity_histograms(volumes, by: str = "source", bins: int = 80, size: tuple = (10, 3.2)):
+    """Raw intensity histograms per volume, coloured by a metadata key (e.g. vendor).
+
+    Left: raw scanner values (their ranges differ by vendor and dataset, which is why
+    preprocessing normalises per volume); right: each volume divided by its 99th percentile.
+    """
+    import seaborn as sns
+
+    fig, axes = plt.subplots(1, 2, figsize=size)
+    groups = sorted({str(v.case.meta.get(by, getattr(v.case, by, "?"))) for v in volumes})
+    palette = dict(zip(groups, sns.color_palette("tab10", len(groups))))
+    for v in volumes:
+        key = str(v.case.meta.get(by, getattr(v.case, by, "?")))
+        x = v.image.ravel()
+        p99 = np.percentile(x, 99) or 1.0
+        for ax, data in ((axes[0], x), (axes[1], x / p99)):
+            hist, edges = np.histogram(data, bins=bins, range=(0, np.percentile(data, 99.9)), density=True)
+            ax.plot(0.5 * (edges[1:] + edges[:-1]), hist, color=palette[key], alpha=0.6, lw=1)
+    axes[0].set(xlabel="raw intensity", ylabel="density", title="raw")
+    axes[1].set(xlabel="intensity / 99th percentile", title="per-volume scaled")
+    from matplotlib.lines import Line2D
+
+    axes[1].legend([Line2D([], [], color=palette[g]) for g in groups], groups, title=by, fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def label_areas(table, by: str = "phase", size: tuple = (10, 3.2)):
+    """Box plots of LV, myocardium and RV area (mm²) per labelled slice, split by ``by``."""
+    import seaborn as sns
+
+    cols = [f"{LABELS[k]}_mm2" for k in (1, 2, 3)]
+    long = table[table["labelled"]].melt(id_vars=[by], value_vars=cols, var_name="structure", value_name="area_mm2")
+    long["structure"] = long["structure"].str.removesuffix("_mm2")
+    fig, ax = plt.subplots(figsize=size)
+    sns.boxplot(data=long, x="structure", y="area_mm2", hue=by, ax=ax, fliersize=1)
+    ax.set(ylabel="area per slice (mm²)", xlabel="")
+    fig.tight_layout()
+    return fig
