@@ -1,0 +1,55 @@
+"""The whole run, headless: run_all's pipeline executes the notebooks with papermill (smoke)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+
+def _run(tmp_path, *extra):
+    sets = [f"paths.phantom_dir={tmp_path / 'phantom'}", f"paths.store={tmp_path / 'store.h5'}",
+            f"paths.runs={tmp_path / 'runs'}", f"paths.figures={tmp_path / 'figures'}"]
+    cmd = [sys.executable, "-m", "mmldm.pipeline", "--profile", "smoke", *extra]
+    for s in sets:
+        cmd += ["--set", s]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_pipeline_runs_notebooks_and_skips_when_up_to_date(tmp_path):
+    first = _run(tmp_path, "--only", "01", "02")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert (tmp_path / "store.h5").exists()
+    executed = tmp_path / "runs" / "notebooks" / "02_preprocessing.ipynb"
+    nb = json.loads(executed.read_text())
+    assert any(c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code")
+    assert (tmp_path / "figures" / "01_phantom_vs_real.png").exists()
+    # The committed notebooks stay output-free.
+    src = json.loads((REPO / "notebooks" / "02_preprocessing.ipynb").read_text())
+    assert not any(c.get("outputs") for c in src["cells"] if c["cell_type"] == "code")
+
+    second = _run(tmp_path, "--only", "01", "02")
+    assert second.returncode == 0, second.stderr
+    assert "up to date" in second.stdout
+
+
+def test_pipeline_names_the_failing_notebook(tmp_path):
+    # A source folder that does not exist fails in the data step with a clear message.
+    bad = _run(tmp_path, "--only", "01", "--source", str(tmp_path / "nowhere"))
+    assert bad.returncode != 0
+    assert "nowhere" in bad.stderr and "not a folder" in bad.stderr
+
+
+def test_pipeline_stops_at_first_failing_cell(tmp_path):
+    empty = tmp_path / "empty_dataset"
+    empty.mkdir()
+    bad = _run(tmp_path, "--source", str(empty))
+    assert bad.returncode != 0
+    assert "01_data_exploration.ipynb failed in cell" in bad.stderr
+    assert "DataError" in bad.stderr and "empty_dataset" in bad.stderr
+    assert "02_preprocessing" not in bad.stdout  # stopped at the first failure
