@@ -1,0 +1,117 @@
+"""benchmarks/models.py runs end to end on the smoke profile and prints the table it promises.
+
+One timed call per measurement and no warm-up budget: these tests check the plumbing (shapes,
+the samplers, the table and the JSON), never the timings themselves.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("benchmarks_models", REPO / "benchmarks" / "models.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on a busy machine two threads spin-wait on each other and crawl."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny(bench, **over):
+    """One timed call per measurement; nothing run whole unless ``max_full`` says so."""
+    return bench.Settings.quick(**{"repeats": 1, "min_repeats": 1, "budget": 0.0, "max_full": 0.0,
+                                   "train_batch": 2, "sample_batch": 2, **over})
+
+
+EXPECTED_ROWS = [
+    "Image / latent",
+    "VQVAE parameters",
+    "UNet parameters, concat_nearest",
+    "UNet parameters, hint_encoder",
+    "UNet parameters, spade",
+    "VQVAE training, images/s (batch)",
+    "UNet training, images/s (batch), concat_nearest",
+    "UNet training, images/s (batch), hint_encoder",
+    "UNet training, images/s (batch), spade",
+    "UNet forward, ms per sampling batch (batch)",
+    "DDPM-1000 sampling, s/image",
+    "DDIM-50 sampling, s/image",
+    "DPM-Solver-20 sampling, s/image",
+    "VQVAE decode, s/image",
+]
+
+
+def test_cli_prints_the_table_and_writes_json(bench, tmp_path, capsys):
+    out_json = tmp_path / "bench.json"
+    bench.main(["--profiles", "smoke", "smoke", "--device", "cpu", "--quick", "--repeats", "1",
+                "--min-repeats", "1", "--budget", "0", "--max-full", "0", "--train-batch", "2",
+                "--sample-batch", "2", "--json", str(out_json)])
+    text = capsys.readouterr().out
+    assert "no GPU found" in text or not torch.cuda.is_available()
+
+    table = [line for line in text.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    assert header == ["", "smoke (CPU)", "smoke (CPU)"]
+    assert set(table[1].replace("|", "").replace("-", "").replace(":", "")) <= {""}
+    rows = {c[0]: c[1:] for c in ([x.strip() for x in line.strip("|").split("|")] for line in table[2:])}
+    assert list(rows) == EXPECTED_ROWS
+    assert all(len(cells) == 2 and all(cells) for cells in rows.values())
+    # max_full = 0: every sampler is extrapolated, marked "~", and explained in a footnote.
+    for label in EXPECTED_ROWS[10:13]:
+        assert rows[label][0].startswith("~")
+    assert rows["UNet parameters, hint_encoder"][0].endswith("*")  # smoke's own mode
+    assert "~ extrapolated" in text and "shared" in text and "wall time" in text
+
+    data = json.loads(out_json.read_text())
+    assert len(data["results"]) == 2
+    r = data["results"][0]
+    assert r["profile"] == "smoke" and r["device"] == "cpu" and r["latent_shape"] == [3, 8, 8]
+    assert set(r["params"]["unet"]) == set(bench.MODES) and r["params"]["vqvae"] > 0
+    assert set(r["train_unet"]) == set(bench.MODES)
+    for e in [r["train_vqvae"], *r["train_unet"].values()]:
+        assert e["batch"] == 2 and e["n"] == 1 and e["images_per_s"] > 0
+    for name, _, steps in bench.SAMPLERS:
+        e = r["sampling"][name]
+        assert e["extrapolated"] and e["steps"] == steps
+        assert math.isclose(e["seconds"], e["per_step_s"] * steps)
+        assert math.isclose(e["per_image_s"], e["seconds"] / 2)
+
+
+def test_short_sampler_runs_whole(bench):
+    """A sampler whose estimate is under max_full runs through sample() and is not marked."""
+    cfg = bench.load_config("smoke")
+    s = tiny(bench, max_full=1e9)
+    out = bench.sampling_times(cfg, 2, torch.device("cpu"), s, samplers=(("dpm_solver", "DPM-Solver", 3),
+                                                                         ("ddpm", "DDPM", 4)))
+    for name in ("dpm_solver", "ddpm"):
+        assert not out[name]["extrapolated"] and out[name]["n"] == 1 and out[name]["seconds"] > 0
+    assert out["dpm_solver"]["label"] == "DPM-Solver-3"
+    assert out["vqvae_decode"]["per_image_s"] > 0
+
+
+def test_profile_mode_only_leaves_other_modes_blank(bench):
+    s = tiny(bench, modes=("spade",))
+    res = bench.benchmark_profile("smoke", torch.device("cpu"), s, log=lambda m: None)
+    assert list(res["train_unet"]) == ["spade"]
+    rows = dict(bench.table_rows([res]))
+    assert rows["UNet training, images/s (batch), concat_nearest"] == ["–"]
+    assert rows["UNet training, images/s (batch), spade"][0].endswith("(2)")
