@@ -2,6 +2,9 @@
 
     python -m mmldm phantom    --subjects 20 --out data/raw/phantom
     python -m mmldm preprocess --source data/raw/phantom --out data/processed/phantom.h5 --size 64
+    python -m mmldm train-vqvae --config laptop [--resume]
+    python -m mmldm train-ldm   --config laptop [--resume]
+    torchrun --nproc_per_node=4 -m mmldm train-ldm --config paper      (one process per GPU)
 
 Every stage is also a plain function the notebooks call; this file only parses arguments. Errors
 meant for the user (bad data, bad config) print one clear line and exit with status 2.
@@ -52,6 +55,56 @@ def cmd_preprocess(args) -> int:
     return 0
 
 
+def _train_summary(stage: str, result: dict, d) -> None:
+    if d.enabled:  # every rank reports the hash of its weights: they must all agree
+        print(f"{stage}: rank {d.rank}/{d.world_size} weights {result['weights_hash']}", flush=True)
+    if not d.is_main:
+        return
+    last = result["last"]
+    losses = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k not in ("step", "lr") and isinstance(v, float))
+    print(f"{stage}: step {result['step']} in {result['seconds']:.1f} s ({losses})")
+    print(f"{stage}: checkpoint {result['checkpoint']}, log {result['log']}, loss curve {result['loss_curve']}")
+
+
+def cmd_train_vqvae(args) -> int:
+    from mmldm.train.distributed import cleanup, setup
+    from mmldm.train.vqvae import train_vqvae
+
+    cfg = _load(args)
+    try:
+        result = train_vqvae(cfg, store_path=args.store, out_dir=args.out, resume=args.resume,
+                             progress=not args.quiet, figures_dir=args.figures, device=args.device)
+        _train_summary("train-vqvae", result, setup(args.device))
+    finally:
+        cleanup()
+    return 0
+
+
+def cmd_train_ldm(args) -> int:
+    from mmldm.train.distributed import cleanup, setup
+    from mmldm.train.ldm import train_ldm
+
+    cfg = _load(args)
+    try:
+        result = train_ldm(cfg, store_path=args.store, vqvae_ckpt=args.vqvae, out_dir=args.out, resume=args.resume,
+                           progress=not args.quiet, figures_dir=args.figures, device=args.device)
+        _train_summary("train-ldm", result, setup(args.device))
+    finally:
+        cleanup()
+    return 0
+
+
+def _add_train_args(p: argparse.ArgumentParser, stage: str) -> None:
+    _add_config_args(p)
+    p.add_argument("--store", help="preprocessed .h5 store; default from config (paths.store)")
+    p.add_argument("--out", help=f"run folder; default <paths.runs>/{stage}")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the run folder's last checkpoint (exactly; same config)")
+    p.add_argument("--figures", help="folder for the loss-curve PNG (default: paths.figures, report/figures)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmldm", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -71,6 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=None, help="output side in pixels (overrides config)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable cases and report them")
     p.set_defaults(func=cmd_preprocess)
+
+    p = sub.add_parser("train-vqvae", help="train the VQVAE (stage 1) on the store's training slices")
+    _add_train_args(p, "vqvae")
+    p.set_defaults(func=cmd_train_vqvae)
+
+    p = sub.add_parser("train-ldm", help="train the latent UNet (stage 2) on the frozen VQVAE's latents")
+    _add_train_args(p, "ldm")
+    p.add_argument("--vqvae", help="VQVAE checkpoint; default <paths.runs>/vqvae/last.pt")
+    p.set_defaults(func=cmd_train_ldm)
     return parser
 
 

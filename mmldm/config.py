@@ -189,6 +189,7 @@ class PathsConfig:
     phantom_dir: str = "data/raw/phantom{subjects}"
     store: str = "data/processed/{source}_{profile}.h5"
     runs: str = "runs/{source}_{profile}"
+    figures: str = "report/figures"  # where notebooks and trainers save the report's figures
 
     def __post_init__(self):
         if self.format not in ("auto", "mnms2", "mnms", "acdc"):
@@ -220,6 +221,9 @@ class PathsConfig:
     def run_dir(self, profile: str) -> Path:
         return self._fill(self.runs, profile)
 
+    def figures_dir(self, profile: str) -> Path:
+        return self._fill(self.figures, profile)
+
 
 def repo_path(p: str | Path) -> Path:
     """A config path: absolute as given, else relative to the repository root."""
@@ -235,7 +239,10 @@ from mmldm.diffusion.guidance import GuidanceConfig  # noqa: E402
 from mmldm.diffusion.sample import SamplerConfig  # noqa: E402
 from mmldm.diffusion.schedule import DiffusionConfig  # noqa: E402
 from mmldm.models.unet import UNetConfig  # noqa: E402
+from mmldm.models.segmenter import SegmenterConfig  # noqa: E402
 from mmldm.models.vqvae import VQVAEConfig  # noqa: E402
+from mmldm.train.ema import EMAConfig  # noqa: E402
+from mmldm.train.optim import TrainConfig, paper_ldm_training, paper_vqvae_training  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -250,8 +257,15 @@ class Config:
     diffusion: DiffusionConfig = dataclasses.field(default_factory=DiffusionConfig)
     sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
     guidance: GuidanceConfig = dataclasses.field(default_factory=GuidanceConfig)
+    train_vqvae: TrainConfig = dataclasses.field(default_factory=paper_vqvae_training)
+    train_ldm: TrainConfig = dataclasses.field(default_factory=paper_ldm_training)
+    ema: EMAConfig = dataclasses.field(default_factory=EMAConfig)
+    segmenter: SegmenterConfig = dataclasses.field(default_factory=SegmenterConfig)
 
     def __post_init__(self):
+        if self.train_vqvae.ema or self.train_vqvae.latent_norm != "none":
+            raise ValueError("train_vqvae.ema and train_vqvae.latent_norm are LDM options: keep them false / none "
+                             "and set them in train_ldm")
         # The UNet lives in the VQVAE's latent space: their shapes must agree.
         if self.unet.latent_channels != self.vqvae.latent_channels:
             raise ValueError(f"unet.latent_channels ({self.unet.latent_channels}) must equal "
@@ -262,6 +276,9 @@ class Config:
                              f"downsampling factor 2**{sum(self.vqvae.down_sample)} = {factor}")
         if self.data.size % factor:
             raise ValueError(f"data.size ({self.data.size}) must be divisible by the VQVAE's factor {factor}")
+        if self.data.size % self.segmenter.downsampling:
+            raise ValueError(f"data.size ({self.data.size}) must be divisible by the segmenter's factor "
+                             f"{self.segmenter.downsampling} (2^(len(segmenter.channels) - 1))")
 
     # Resolved paths of this profile (see PathsConfig).
     @property
@@ -275,6 +292,10 @@ class Config:
     @property
     def run_dir(self) -> Path:
         return self.paths.run_dir(self.profile)
+
+    @property
+    def figures_dir(self) -> Path:
+        return self.paths.figures_dir(self.profile)
 
 
 def load_config(profile: str | Path = "laptop", overrides: list[str] | None = None) -> Config:

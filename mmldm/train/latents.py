@@ -1,0 +1,164 @@
+"""The latent cache: the training set encoded once by the frozen VQVAE, so LDM epochs skip the encoder.
+
+    <ldm run>/latents.h5
+      /latents   (N, C, h, w) float32   VQVAE.encode_to_latent of training item i (quantised latent)
+      /index     (N,) int64             the item's row in the store (checks the pairing)
+      attrs: key, vqvae_hash, store, version
+
+Row i is item i of ``CardiacSliceDataset(store, split="train")``; the condition maps and the view
+are not copied, :class:`LatentDataset` reads them from the store (two small gzip chunks per item,
+cheaper than the latent UNet's step by far). The cache is keyed to the VQVAE's weights (their
+hash), to the store file (path, size, modification time) and to the rows it covers, and is
+rebuilt when any of those changes. It is written atomically (temporary name, then rename).
+
+Latent normalisation (``latent_norm: channel``): the quantised latents of a small VQVAE are
+not centred or unit-scaled (codebook vectors drift wherever the encoder put them), while the
+diffusion forward process assumes data of about unit variance: with latents of std 3 the noise
+at t = T no longer drowns the signal, and with std 0.3 most of the schedule is spent on pure
+noise. Standardising each channel with the training latents' mean and std, and un-standardising
+samples before decoding, is the fix of Rombach et al. 2022 (their ``scale_factor``, one number
+for all channels), applied per channel. The stats travel in the LDM checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from mmldm.data.dataset import CardiacSliceDataset
+from mmldm.models.vqvae import VQVAE
+
+CACHE_VERSION = 1
+
+
+def cache_key(vqvae_hash: str, store: str | Path, indices: np.ndarray) -> str:
+    """What the cache depends on: the VQVAE weights, the store file, the rows encoded."""
+    store = Path(store).resolve()
+    st = store.stat()
+    h = hashlib.sha256(f"v{CACHE_VERSION}|{vqvae_hash}|{store}|{st.st_size}|{st.st_mtime_ns}|".encode())
+    h.update(np.asarray(indices, np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+
+@torch.no_grad()
+def encode_dataset(vqvae: VQVAE, slices: CardiacSliceDataset, batch_size: int, device: torch.device,
+                   progress: bool = True) -> torch.Tensor:
+    """Every item's quantised latent, in item order: (N, C, h, w) float32 on the CPU."""
+    vqvae.eval()
+    loader = DataLoader(slices, batch_size=batch_size, shuffle=False, num_workers=0)
+    out = []
+    for batch in tqdm(loader, desc="encode latents", unit="batch", disable=not progress, leave=False):
+        out.append(vqvae.encode_to_latent(batch["image"].to(device)).float().cpu())
+    return torch.cat(out)
+
+
+def read_cache(path: str | Path, key: str) -> torch.Tensor | None:
+    """The cached latents if ``path`` exists and carries ``key``; None if absent, stale or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("key") != key:
+                return None
+            return torch.from_numpy(f["latents"][()])
+    except (OSError, KeyError):
+        return None
+
+
+def write_cache(path: str | Path, latents: torch.Tensor, indices: np.ndarray, key: str, vqvae_hash: str,
+                store: str | Path) -> Path:
+    """Write the cache atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("latents", data=latents.numpy().astype(np.float32))
+            f.create_dataset("index", data=np.asarray(indices, np.int64))
+            f.attrs.update(key=key, vqvae_hash=vqvae_hash, store=str(Path(store).resolve()), version=CACHE_VERSION)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def ensure_cache(path: str | Path, vqvae: VQVAE, vqvae_hash: str, slices: CardiacSliceDataset,
+                 batch_size: int, device: torch.device, progress: bool = True) -> tuple[torch.Tensor, bool]:
+    """The training latents from ``path``, encoding and writing them first if missing or stale.
+
+    Returns ``(latents, rebuilt)``. Under torchrun only rank 0 should call this with write
+    access; the others wait at a barrier and then :func:`read_cache` (see the LDM trainer).
+    """
+    key = cache_key(vqvae_hash, slices.path, slices.indices)
+    latents = read_cache(path, key)
+    if latents is not None:
+        return latents, False
+    latents = encode_dataset(vqvae, slices, batch_size, device, progress)
+    write_cache(path, latents, slices.indices, key, vqvae_hash, slices.path)
+    return latents, True
+
+
+# ---------------------------------------------------------------------------------------------
+# Normalisation
+# ---------------------------------------------------------------------------------------------
+
+
+def latent_stats(latents: torch.Tensor, mode: str = "channel") -> dict:
+    """Per-channel mean and std of (N, C, h, w) latents (``mode="none"``: 0 and 1), and the
+    range the *normalised* latents span (``min``/``max``: what ``sampler.clip_x0`` can clamp to)."""
+    c = latents.shape[1]
+    if mode == "channel":
+        mean = latents.double().mean(dim=(0, 2, 3))
+        std = latents.double().std(dim=(0, 2, 3)).clamp_min(1e-6)
+    elif mode == "none":
+        mean, std = torch.zeros(c, dtype=torch.float64), torch.ones(c, dtype=torch.float64)
+    else:
+        raise ValueError(f"latent_norm must be 'none' or 'channel', got {mode!r}")
+    normed = (latents.double() - mean.view(1, c, 1, 1)) / std.view(1, c, 1, 1)
+    return {"mode": mode, "mean": mean.float().tolist(), "std": std.float().tolist(),
+            "min": float(normed.min()), "max": float(normed.max())}
+
+
+def normalize(z: torch.Tensor, stats: dict) -> torch.Tensor:
+    """VQVAE latent -> what the UNet trains on: (z - mean) / std per channel."""
+    mean = torch.tensor(stats["mean"], dtype=z.dtype, device=z.device).view(1, -1, 1, 1)
+    std = torch.tensor(stats["std"], dtype=z.dtype, device=z.device).view(1, -1, 1, 1)
+    return (z - mean) / std
+
+
+def denormalize(z: torch.Tensor, stats: dict) -> torch.Tensor:
+    """A sampled latent -> the VQVAE's latent space: z * std + mean per channel."""
+    mean = torch.tensor(stats["mean"], dtype=z.dtype, device=z.device).view(1, -1, 1, 1)
+    std = torch.tensor(stats["std"], dtype=z.dtype, device=z.device).view(1, -1, 1, 1)
+    return z * std + mean
+
+
+# ---------------------------------------------------------------------------------------------
+# What the LDM trainer iterates over
+# ---------------------------------------------------------------------------------------------
+
+
+class LatentDataset(Dataset):
+    """Item i: ``latent`` (C, h, w) (normalised with ``stats``), ``cond`` (5, H, W), ``view``."""
+
+    def __init__(self, slices: CardiacSliceDataset, latents: torch.Tensor, stats: dict):
+        if len(latents) != len(slices):
+            raise ValueError(f"{len(latents)} latents for {len(slices)} slices")
+        self.slices = slices
+        self.latents = normalize(latents.float(), stats).contiguous()
+
+    def __len__(self) -> int:
+        return len(self.slices)
+
+    def __getitem__(self, i: int) -> dict:
+        item = self.slices[i]
+        return {"latent": self.latents[i], "cond": item["cond"], "view": item["view"]}

@@ -1,0 +1,136 @@
+"""Train the anatomy judge (models/segmenter.py) on the real training split of a store.
+
+Self-contained on purpose (it does not use the diffusion trainer): a plain loop of epochs over
+``CardiacSliceDataset(split="train")``, Adam, and the loss
+
+    loss = ce_weight * cross-entropy + dice_weight * (1 - soft Dice)     (models/segmenter.py)
+
+Only real training slices are seen, never the held-out ones, so its Dice on held-out real images
+is an honest ceiling for the Dice of generated images (evaluate/anatomy.py).
+
+The checkpoint ``<out_dir>/segmenter.pt`` is a dict::
+
+    {"model": state_dict, "config": the SegmenterConfig as a dict, "losses": mean loss per epoch,
+     "steps": optimiser steps, "seconds": wall time, "store": the store path, "n_train": slices}
+
+written atomically: saved to ``segmenter.pt.tmp-<pid>`` and renamed over the final name
+(``os.replace``), so a crash never leaves half a file where a checkpoint was. ``load_segmenter``
+rebuilds the network from it.
+
+    result = train_segmenter(load_config("laptop"), cfg.store_path, cfg.run_dir / "segmenter")
+    model = load_segmenter(result.checkpoint)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from mmldm.data.dataset import CardiacSliceDataset, expand_batch
+from mmldm.models.segmenter import Segmenter, SegmenterConfig, segmentation_loss
+
+CHECKPOINT_NAME = "segmenter.pt"
+
+
+@dataclass
+class SegmenterRun:
+    """What :func:`train_segmenter` returns: the trained model (eval mode) and where it was saved."""
+
+    model: Segmenter
+    checkpoint: Path
+    losses: list[float] = field(default_factory=list)  # mean training loss of each epoch
+    step_losses: list[float] = field(default_factory=list)  # loss of every optimiser step
+    seconds: float = 0.0
+
+
+def save_atomic(obj: dict, path: str | Path) -> Path:
+    """``torch.save`` to a temporary name beside ``path``, then rename over it (atomic)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_segmenter(path: str | Path, device: torch.device | str = "cpu") -> Segmenter:
+    """Rebuild the segmenter saved by :func:`train_segmenter`, in eval mode, on ``device``."""
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    model = Segmenter(SegmenterConfig(**ckpt["config"]))
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval()
+
+
+def train_segmenter(
+    cfg,
+    store_path: str | Path,
+    out_dir: str | Path,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> SegmenterRun:
+    """Train a :class:`Segmenter` on the ``train`` split of ``store_path``; save it to ``out_dir``.
+
+    ``cfg`` is a whole :class:`~mmldm.config.Config` (its ``segmenter`` section is used) or a
+    :class:`SegmenterConfig`. Seeded by ``cfg.seed``: the same config, store and device give the
+    same model. ``cfg.cpu_threads`` (when set) applies for the duration of the call only.
+    """
+    cfg: SegmenterConfig = getattr(cfg, "segmenter", cfg)
+    threads = torch.get_num_threads()
+    if cfg.cpu_threads is not None:
+        torch.set_num_threads(cfg.cpu_threads)
+    try:
+        return _train(cfg, Path(store_path), Path(out_dir), device, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(cfg: SegmenterConfig, store_path: Path, out_dir: Path, device, progress: bool) -> SegmenterRun:
+    start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    data = CardiacSliceDataset(store_path, split="train", augment=cfg.augment, in_memory=cfg.in_memory, expand=False)
+    loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
+                        generator=torch.Generator().manual_seed(cfg.seed), persistent_workers=cfg.num_workers > 0)
+    model = Segmenter(cfg).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+
+    losses, step_losses = [], []
+    bar = tqdm(total=cfg.epochs * len(loader), desc="segmenter", unit="step", disable=not progress)
+    model.train()
+    for _ in range(cfg.epochs):
+        epoch = []
+        for batch in loader:
+            batch = expand_batch(batch, device)
+            loss = segmentation_loss(model(batch["image"]), batch["label"], cfg.ce_weight, cfg.dice_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            epoch.append(loss.item())
+            bar.update(1)
+            bar.set_postfix(loss=f"{epoch[-1]:.3f}")
+        losses.append(sum(epoch) / len(epoch))
+        step_losses += epoch
+    bar.close()
+    model.eval()
+    data.close()
+
+    seconds = time.perf_counter() - start
+    path = save_atomic({
+        "model": model.state_dict(),
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()},
+        "losses": losses,
+        "steps": len(step_losses),
+        "seconds": seconds,
+        "store": str(store_path),
+        "n_train": len(data),
+    }, out_dir / CHECKPOINT_NAME)
+    return SegmenterRun(model=model, checkpoint=path, losses=losses, step_losses=step_losses, seconds=seconds)
