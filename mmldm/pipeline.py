@@ -34,6 +34,9 @@ class Stage:
 STAGES = [
     Stage("01_data_exploration.ipynb"),
     Stage("02_preprocessing.ipynb", outputs=("{store}",)),
+    Stage("03_vqvae_training.ipynb", outputs=("{runs}/vqvae/last.pt", "{runs}/vqvae/recon_metrics.json",
+                                              "{figures}/03_reconstructions.png")),
+    Stage("04_ldm_training.ipynb", outputs=("{runs}/ldm/last.pt", "{figures}/04_samples.png")),
 ]
 
 
@@ -73,7 +76,7 @@ def run(profile: str, source: str | None = None, force: bool = False, only: list
         nb = NOTEBOOKS / stage.notebook
         stamp = _hash(nb.read_bytes(), cfg_bytes, previous)
         previous += stamp.encode()
-        outputs = [Path(o.format(store=cfg.store_path, runs=run_dir)) for o in stage.outputs]
+        outputs = [Path(o.format(store=cfg.store_path, runs=run_dir, figures=cfg.figures_dir)) for o in stage.outputs]
         stamp_file = stamps / f"{name}.stamp"
         if (not force and stamp_file.exists() and stamp_file.read_text() == stamp
                 and all(o.exists() for o in outputs)):

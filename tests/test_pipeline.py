@@ -20,22 +20,32 @@ def _run(tmp_path, *extra):
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
 
 
+NOTEBOOKS = ["01_data_exploration", "02_preprocessing", "03_vqvae_training", "04_ldm_training"]
+
+
 @pytest.mark.slow
 def test_pipeline_runs_notebooks_and_skips_when_up_to_date(tmp_path):
-    first = _run(tmp_path, "--only", "01", "02")
+    first = _run(tmp_path)  # 01-04: data, store, VQ-VAE, LDM (about a minute on the smoke profile)
     assert first.returncode == 0, first.stdout + first.stderr
     assert (tmp_path / "store.h5").exists()
-    executed = tmp_path / "runs" / "notebooks" / "02_preprocessing.ipynb"
-    nb = json.loads(executed.read_text())
-    assert any(c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code")
-    assert (tmp_path / "figures" / "01_phantom_vs_real.png").exists()
-    # The committed notebooks stay output-free.
-    src = json.loads((REPO / "notebooks" / "02_preprocessing.ipynb").read_text())
-    assert not any(c.get("outputs") for c in src["cells"] if c["cell_type"] == "code")
+    runs, figures = tmp_path / "runs", tmp_path / "figures"
+    for name in NOTEBOOKS:
+        nb = json.loads((runs / "notebooks" / f"{name}.ipynb").read_text())
+        assert any(c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code"), name
+        # The committed notebooks stay output-free.
+        src = json.loads((REPO / "notebooks" / f"{name}.ipynb").read_text())
+        assert not any(c.get("outputs") for c in src["cells"] if c["cell_type"] == "code"), name
+    assert (figures / "01_phantom_vs_real.png").exists()
+    # The two training stages leave their checkpoints, metrics and figures.
+    assert (runs / "vqvae" / "last.pt").exists() and (runs / "ldm" / "last.pt").exists()
+    recon = json.loads((runs / "vqvae" / "recon_metrics.json").read_text())
+    assert recon["profile"] == "smoke" and set(recon["metrics"]) == {"ssim", "psnr", "nmse"}
+    for png in ("03_reconstructions", "03_codebook_usage", "04_samples", "vqvae_loss_smoke", "ldm_loss_smoke"):
+        assert (figures / f"{png}.png").exists(), png
 
-    second = _run(tmp_path, "--only", "01", "02")
+    second = _run(tmp_path)
     assert second.returncode == 0, second.stderr
-    assert "up to date" in second.stdout
+    assert all(f"[{name}] up to date" in second.stdout for name in NOTEBOOKS), second.stdout
 
 
 def test_pipeline_names_the_failing_notebook(tmp_path):

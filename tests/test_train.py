@@ -323,3 +323,24 @@ def test_ldm_without_cache_and_with_gpu_options_on_the_cpu(trained, store, tmp_p
     assert result["step"] == 3 and result["latent_cache"] is None and not (tmp_path / "ldm" / "latents.h5").exists()
     assert result["latent_stats"]["mean"] == [0.0] * cfg.unet.latent_channels
     assert math.isfinite(result["last"]["loss"]) and load_checkpoint(result["checkpoint"])["ema"] is None
+
+
+def test_auto_resume_continues_the_same_model_and_sets_aside_another(store, tmp_path, one_thread):
+    # resume="auto" (what notebooks 03/04 use): more steps of the same model continue; a changed
+    # model starts afresh, and the old checkpoints are kept in replaced/, not lost.
+    from mmldm.train.vqvae import train_vqvae
+
+    run = tmp_path / "vqvae"
+    kw = dict(progress=False, figures_dir=tmp_path / "figures")
+    first = train_vqvae(load_config("smoke", overrides=["train_vqvae.steps=4"]), store, run, resume="auto", **kw)
+    more = train_vqvae(load_config("smoke", overrides=["train_vqvae.steps=6"]), store, run, resume="auto", **kw)
+    assert first["step"] == 4 and more["step"] == 6
+    rows = (run / "log.csv").read_text().splitlines()
+    assert rows[-1].startswith("6,")  # one log, continued
+    other = load_config("smoke", overrides=["train_vqvae.steps=6", "vqvae.codebook_size=32"])
+    fresh = train_vqvae(other, store, run, resume="auto", **kw)
+    assert fresh["step"] == 6 and fresh["weights_hash"] != more["weights_hash"]
+    assert (run / "replaced" / "last.pt").exists()  # the other model's checkpoint is kept
+    # resume=True is strict about what it continues: it takes the checkpoint that is there.
+    again = train_vqvae(other, store, run, resume=True, **kw)
+    assert again["weights_hash"] == fresh["weights_hash"]

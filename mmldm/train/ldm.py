@@ -73,7 +73,7 @@ def train_ldm(
     store_path: str | Path | None = None,
     vqvae_ckpt: str | Path | None = None,
     out_dir: str | Path | None = None,
-    resume: bool = False,
+    resume: bool | str = False,
     progress: bool = True,
     figures_dir: str | Path | None = None,
     device: str | None = None,
@@ -98,11 +98,17 @@ class LDMTrainer(Trainer):
     """The frozen VQVAE, the cached latents, the UNet with its EMA and optimiser, one training step."""
 
     stage = "ldm"
+    sections = ("data", "vqvae", "unet", "diffusion", "train_ldm", "ema")
+
+    def resume_blockers(self, ckpt: dict) -> list[str]:
+        ref = ckpt["extra"]["vqvae"]
+        other_vqvae = [f"VQVAE weights {ref['hash']} -> {self.vq_ref['hash']}"] if ref["hash"] != self.vq_ref["hash"] else []
+        return other_vqvae + super().resume_blockers(ckpt)
     columns = ["step", "loss", "grad_norm", "lr", "ema_decay", "images_per_s"]
     curve = ["loss"]
 
     def __init__(self, cfg: Config, store_path=None, vqvae_ckpt=None, out_dir=None, figures_dir=None,
-                 device: str | None = None, resume: bool = False, progress: bool = True):
+                 device: str | None = None, resume: bool | str = False, progress: bool = True):
         d = distributed.setup(device)
         super().__init__(cfg, cfg.train_ldm, d,
                          Path(out_dir) if out_dir is not None else cfg.run_dir / self.stage,

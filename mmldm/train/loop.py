@@ -354,9 +354,41 @@ class Trainer:
     def curve_path(self) -> Path:
         return self.figures_dir / f"{self.stage}_loss_{self.cfg.profile}.png"
 
-    def start(self, resume: bool, progress: bool = True) -> None:
-        """Resume from the run folder (if asked and there is a checkpoint), else seed this rank."""
+    # Config sections that define what a stage trains; a checkpoint made with other values there
+    # is a different model, which ``resume="auto"`` does not continue. Keys in CONTINUABLE may
+    # change between a run and its continuation (more steps, other logging, other threads).
+    sections: tuple[str, ...] = ()
+    CONTINUABLE = ("steps", "log_every", "sample_every", "ckpt_every", "num_workers", "cpu_threads",
+                   "in_memory", "workers", "skip_bad")
+
+    def resume_blockers(self, ckpt: dict) -> list[str]:
+        """Why ``ckpt`` is not this run's earlier self (empty when it is): changed config keys."""
+        new = to_dict(self.cfg)
+        changed = []
+        for section in self.sections:
+            old_s, new_s = ckpt["config"].get(section, {}), new.get(section, {})
+            changed += [c for c in config_changes(old_s, new_s, f"{section}.")
+                        if c.split(":")[0].split(".")[-1].strip() not in self.CONTINUABLE]
+        return changed
+
+    def start(self, resume: bool | str, progress: bool = True) -> None:
+        """Resume from the run folder (if asked and there is a checkpoint), else seed this rank.
+
+        ``resume=True`` continues whatever checkpoint is there (warning about config changes);
+        ``resume="auto"`` (what the notebooks use) continues only a checkpoint of the same
+        model and data (see :meth:`resume_blockers`) and otherwise starts afresh, after moving
+        the old checkpoints to ``<run>/replaced/`` so nothing is lost.
+        """
         found = find_resume(self.out_dir, self.stage) if resume else None
+        if found is not None and resume == "auto":
+            blockers = self.resume_blockers(found[0])
+            if blockers:
+                if self.d.is_main:
+                    print(f"{self.stage}: {found[1]} is another model ({'; '.join(blockers[:4])}); "
+                          f"starting afresh, old checkpoints moved to {self.out_dir / 'replaced'}", flush=True)
+                    self.set_aside()
+                distributed.barrier()
+                found = None
         if found is None:
             if resume and self.d.is_main and progress:
                 print(f"{self.stage}: no checkpoint in {self.out_dir}, starting from scratch", flush=True)
@@ -373,6 +405,17 @@ class Trainer:
             if self.d.is_main and progress:
                 print(f"{self.stage}: resuming from {path} at step {self.step}", flush=True)
         self.log = CSVLog(self.out_dir / "log.csv", self.columns, resume_step=self.step) if self.d.is_main else None
+
+    def set_aside(self) -> None:
+        """Move this run's checkpoints and log into ``<run>/replaced/`` (replacing an older set)."""
+        import shutil
+
+        target = self.out_dir / "replaced"
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        for f in self.out_dir.iterdir():
+            if f.is_file() and (f.suffix == ".pt" or f.name == "log.csv"):
+                f.replace(target / f.name)
 
     def checkpoint(self) -> Path:
         """Every rank gives its random state; rank 0 writes ``last.pt`` (see checkpoint.py)."""

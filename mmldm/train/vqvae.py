@@ -64,7 +64,7 @@ def train_vqvae(
     cfg: Config,
     store_path: str | Path | None = None,
     out_dir: str | Path | None = None,
-    resume: bool = False,
+    resume: bool | str = False,
     progress: bool = True,
     figures_dir: str | Path | None = None,
     device: str | None = None,
@@ -89,12 +89,13 @@ class VQVAETrainer(Trainer):
     """The VQVAE and its discriminator, their optimisers, and one training step."""
 
     stage = "vqvae"
+    sections = ("data", "vqvae", "train_vqvae")
     columns = ["step", *LOSSES, "d_total", "d_real", "d_fake", "usage", "perplexity", "restarted", "grad_norm",
                "lr", "images_per_s"]
     curve = [*LOSSES, "d_total"]
 
     def __init__(self, cfg: Config, store_path=None, out_dir=None, figures_dir=None, device: str | None = None,
-                 resume: bool = False, progress: bool = True):
+                 resume: bool | str = False, progress: bool = True):
         d = distributed.setup(device)
         super().__init__(cfg, cfg.train_vqvae, d,
                          Path(out_dir) if out_dir is not None else cfg.run_dir / self.stage,

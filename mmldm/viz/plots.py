@@ -155,3 +155,28 @@ def label_areas(table, by: str = "phase", size: tuple = (10, 3.2)):
     ax.set(ylabel="area per slice (mm²)", xlabel="")
     fig.tight_layout()
     return fig
+
+
+def codebook_histogram(counts, size: tuple = (10, 3.0)):
+    """How often each VQ-VAE code was chosen (``counts``, one entry per code index).
+
+    Left: counts per code index (which codes are used at all); right: the codes sorted from most
+    to least used, as a fraction of all latent positions on a log scale (a steep drop means a
+    few codes do most of the work). The title gives the codes used and the perplexity.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    total = counts.sum() or 1.0
+    p = counts[counts > 0] / total
+    perplexity = float(np.exp(-(p * np.log(p)).sum())) if len(p) else 0.0
+    fig, (ax, ax_rank) = plt.subplots(1, 2, figsize=size, gridspec_kw={"width_ratios": [3, 2]})
+    ax.stairs(counts, np.arange(len(counts) + 1), fill=True, color="tab:blue")
+    ax.set(xlabel="code index", ylabel="latent positions", xlim=(0, len(counts)),
+           title=f"{int((counts > 0).sum())} of {len(counts)} codes used ({(counts > 0).mean():.1%}), "
+                 f"perplexity {perplexity:.1f}")
+    ranked = np.sort(counts)[::-1] / total
+    ax_rank.plot(np.arange(1, len(ranked) + 1), np.where(ranked > 0, ranked, np.nan), color="tab:blue", lw=1.2)
+    ax_rank.set(xlabel="code rank (most used first)", ylabel="fraction of positions", yscale="log",
+                xscale="log" if len(ranked) > 100 else "linear", title="usage by rank")
+    ax_rank.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
