@@ -59,10 +59,7 @@ def evaluate(ckpt: Path, store: Path, segmenter_path: Path | None, n: int, clip:
 
     ldm = load_ldm(ckpt)
     cfg = ldm["config"]
-    stats = ldm["latent_stats"]
-    sampler = dataclasses.replace(cfg.sampler, name="ddim", num_inference_steps=steps, eta=0.0)
-    if clip:
-        sampler = dataclasses.replace(sampler, clip_x0=(float(np.min(stats["min"])), float(np.max(stats["max"]))))
+    sampler = dataclasses.replace(cfg.sampler, name="ddim", num_inference_steps=steps, eta=0.0, clip_to_latents=clip)
     res = generate_paired(ldm, store, split="val", n=n, sampler=sampler, progress=False)
     m = paired_metrics(res["generated"], res["real"])
     out = {k: float(np.mean(v[np.isfinite(v)])) for k, v in m.items()}

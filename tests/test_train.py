@@ -344,3 +344,15 @@ def test_auto_resume_continues_the_same_model_and_sets_aside_another(store, tmp_
     # resume=True is strict about what it continues: it takes the checkpoint that is there.
     again = train_vqvae(other, store, run, resume=True, **kw)
     assert again["weights_hash"] == fresh["weights_hash"]
+
+
+def test_clip_to_latents_uses_the_checkpoint_range():
+    from mmldm.diffusion.sample import SamplerConfig
+    from mmldm.train.ldm import resolve_clipping
+
+    stats = {"min": -2.5, "max": 3.0}
+    assert resolve_clipping(SamplerConfig(clip_to_latents=True), stats).clip_x0 == (-2.5, 3.0)
+    assert resolve_clipping(SamplerConfig(), stats).clip_x0 is None
+    assert resolve_clipping(SamplerConfig(clip_to_latents=True, clip_x0=(-1.0, 1.0)), stats).clip_x0 == (-1.0, 1.0)
+    with pytest.raises(ValueError, match="alternatives"):
+        SamplerConfig(clip_to_latents=True, dynamic_threshold=0.99)

@@ -45,12 +45,13 @@ class SamplerConfig:
     steps_offset: int = 0  # added to "leading" timesteps (Stable Diffusion uses 1)
     eta: float = 0.0  # DDIM only: 0 deterministic, 1 = DDPM-like noise (Song et al. 2021 eq. 16)
     clip_x0: tuple[float, float] | None = None  # clamp x0_hat to this range (the latents' range)
+    clip_to_latents: bool = False  # clamp x0_hat to the training latents' range (from the LDM checkpoint)
     dynamic_threshold: float | None = None  # Imagen percentile, e.g. 0.995; excludes clip_x0
     dynamic_threshold_max: float | None = None  # upper bound on Imagen's s (None: unbounded)
 
     def __post_init__(self):
-        if self.clip_x0 is not None and self.dynamic_threshold is not None:
-            raise ValueError("clip_x0 and dynamic_threshold are alternatives; set at most one")
+        if (self.clip_x0 is not None or self.clip_to_latents) and self.dynamic_threshold is not None:
+            raise ValueError("clip_x0 / clip_to_latents and dynamic_threshold are alternatives; set at most one")
         if self.eta < 0:
             raise ValueError(f"eta must be >= 0, got {self.eta}")
 

@@ -238,6 +238,15 @@ def _check_compatible(cfg: Config, vq_config: dict, path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def resolve_clipping(sampler_cfg, stats: dict):
+    """``clip_to_latents`` made concrete: ``clip_x0`` = the range the normalised training latents
+    spanned (kept in the checkpoint). x0_hat may not leave it: a measured fix for small models
+    whose samples otherwise blow out to all-white or all-black images."""
+    if sampler_cfg.clip_to_latents and sampler_cfg.clip_x0 is None:
+        return dataclasses.replace(sampler_cfg, clip_x0=(float(stats["min"]), float(stats["max"])))
+    return sampler_cfg
+
+
 @torch.no_grad()
 def sample_images(cfg: Config, unet: UNet, vqvae: VQVAE, stats: dict, cond: torch.Tensor, view: torch.Tensor,
                   ema: EMA | None = None, sampler_cfg=None, seed: int = 0,
@@ -252,6 +261,7 @@ def sample_images(cfg: Config, unet: UNet, vqvae: VQVAE, stats: dict, cond: torc
     if sampler_cfg is None:
         sampler_cfg = dataclasses.replace(cfg.sampler, name="ddim", eta=0.0,
                                           num_inference_steps=min(cfg.sampler.num_inference_steps, SAMPLE_STEPS))
+    sampler_cfg = resolve_clipping(sampler_cfg, stats)
     schedule = NoiseSchedule.from_config(cfg.diffusion)
     sampler = make_sampler(sampler_cfg, schedule, cfg.diffusion.prediction_type)
     factor = vqvae.config.downsample_factor
