@@ -31,6 +31,7 @@ import numpy as np
 
 from mmldm.data.nifti import find_nifti, load_nifti, load_pair
 from mmldm.data.readers.mnms2 import parse_cell  # the two M&Ms CSVs write cells alike
+from mmldm.data.readers.folders import subject_folders_under
 from mmldm.data.sample import Case, Volume
 from mmldm.errors import DataError
 
@@ -53,15 +54,7 @@ def is_subject_folder(folder: Path) -> bool:
 
 def subject_folders(root: Path) -> list[Path]:
     """Subject folders under the release's split folders, under ``root``, or ``root`` itself."""
-    root = Path(root)
-    if is_subject_folder(root):
-        return [root]
-    bases = [root / split for split in SPLITS if (root / split).is_dir()] or [root]
-    folders = []
-    for base in bases:
-        if base.is_dir():
-            folders += sorted(d for d in base.iterdir() if is_subject_folder(d))
-    return folders
+    return subject_folders_under(root, SPLITS, is_subject_folder)
 
 
 def looks_like(root: Path) -> bool:
