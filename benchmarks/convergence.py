@@ -44,6 +44,7 @@ VARIANTS = {
     "ours_v_minsnr": ["diffusion.prediction_type=v", "diffusion.min_snr_gamma=5.0"],
     "ours_x0": ["diffusion.prediction_type=sample"],
     "ours_v_lr1e-3": ["diffusion.prediction_type=v", "train_ldm.lr=1e-3"],
+    "ours_x0_lr1e-3": ["diffusion.prediction_type=sample", "train_ldm.lr=1e-3"],
     "ours_v_spade": ["diffusion.prediction_type=v", "unet.conditioning=spade", "unet.spade_hidden=32"],
 }
 
