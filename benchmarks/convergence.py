@@ -7,7 +7,7 @@ of blown-out or blank images, and the anatomy Dice of a segmenter trained on rea
 
     python benchmarks/convergence.py --source ../shared/data/acdc/training \\
         --vqvae runs/tune/vqA/last.pt --segmenter runs/tune/seg/segmenter.pt \\
-        --variants seed ours --steps 1000 --n 96 --out runs/tune
+        --variants seed ours_x0_lr1e-3 --steps 1000 --n 96 --out runs/tune
 
 Each variant is a list of config overrides on top of the laptop profile (VARIANTS below), so
 any row can be reproduced with `python -m mmldm train-ldm --config laptop --set ...`.
