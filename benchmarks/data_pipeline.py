@@ -42,6 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from mmldm.data.dataset import CardiacSliceDataset, expand_batch  # noqa: E402
+from mmldm.data.explore import read_rate  # noqa: E402
 from mmldm.data.preprocess import DataConfig, preprocess  # noqa: E402
 
 
@@ -62,15 +63,6 @@ def time_preprocess(source: Path, fmt: str, store: Path, workers: int | None) ->
     seconds = time.perf_counter() - t
     print(summary)
     return summary.n_slices, seconds
-
-
-def getitem_rate(ds, samples: int) -> float:
-    idx = np.random.default_rng(0).integers(0, len(ds), samples)
-    ds[int(idx[0])]  # open the file outside the timing
-    t = time.perf_counter()
-    for i in idx:
-        ds[int(i)]
-    return samples / (time.perf_counter() - t)
 
 
 def loader_rate(ds, samples: int, workers: int, batch: int = 32, expand: bool = False) -> float:
@@ -144,9 +136,9 @@ def main() -> None:
             t = time.perf_counter()
             ds = CardiacSliceDataset(store, split=None, in_memory=in_memory)
             results.append((f"{kind}: open", f"{time.perf_counter() - t:.2f} s", f"{len(ds)} slices"))
-            results.append((f"{kind}: ds[i]", f"{getitem_rate(ds, args.samples):,.0f} samples/s", "expanded items"))
+            results.append((f"{kind}: ds[i]", f"{read_rate(ds, args.samples):,.0f} samples/s", "expanded items"))
             aug = CardiacSliceDataset(store, split=None, in_memory=in_memory, augment=True)
-            results.append((f"{kind}: ds[i], augment", f"{getitem_rate(aug, args.samples):,.0f} samples/s",
+            results.append((f"{kind}: ds[i], augment", f"{read_rate(aug, args.samples):,.0f} samples/s",
                             "expanded items"))
             compact = CardiacSliceDataset(store, split=None, in_memory=in_memory, expand=False)
             for workers in (0, 2):

@@ -60,6 +60,31 @@ def param_table(module: nn.Module) -> dict[str, int]:
 # ---------------------------------------------------------------------------------------------
 
 
+def check_levels(down_channels, mid_channels, down_sample, attn_down, norm_groups: int, num_heads: int,
+                 more_channels: tuple[int, ...] = ()) -> None:
+    """Validate the level lists shared by the VQVAE and UNet configs (ValueError with the reason).
+
+    One ``down_sample`` and ``attn_down`` entry per DownBlock (``len(down_channels) - 1``), a
+    mid block of >= 2 entries starting at the last down width, every width divisible into
+    ``norm_groups`` groups, and every attended width into ``num_heads`` heads.
+    """
+    n = len(down_channels)
+    if n < 2:
+        raise ValueError(f"down_channels needs at least 2 entries, got {down_channels}")
+    for name, values in (("down_sample", down_sample), ("attn_down", attn_down)):
+        if len(values) != n - 1:
+            raise ValueError(f"{name} needs {n - 1} entries (one per DownBlock), got {values}")
+    if len(mid_channels) < 2 or mid_channels[0] != down_channels[-1]:
+        raise ValueError(f"mid_channels {mid_channels} must have >= 2 entries and start at down_channels[-1]")
+    for c in [*down_channels, *mid_channels, *more_channels]:
+        if c % norm_groups:
+            raise ValueError(f"{c} channels cannot be split into norm_groups={norm_groups} groups")
+    attended = [c for c, a in zip(down_channels[1:], attn_down) if a] + list(mid_channels[1:])
+    for c in attended:
+        if c % num_heads:
+            raise ValueError(f"{c} channels cannot be split into num_heads={num_heads} heads")
+
+
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding of diffusion steps, as in the Transformer and in DDPM.
 

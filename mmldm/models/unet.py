@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmldm.data.sample import COND_CHANNELS, VIEWS
-from mmldm.models.blocks import DownBlock, MidBlock, UpBlock, group_norm, timestep_embedding
+from mmldm.models.blocks import DownBlock, MidBlock, UpBlock, check_levels, group_norm, timestep_embedding
 from mmldm.models.conditioning import ConditionPyramid, HintEncoder, NearestConcat
 
 Conditioning = Literal["concat_nearest", "hint_encoder", "spade", "none"]
@@ -71,23 +71,8 @@ class UNetConfig:
     view_embedding: bool = False  # add a learned SA/LA embedding to the time embedding
 
     def __post_init__(self):
-        n = len(self.down_channels)
-        if n < 2:
-            raise ValueError(f"down_channels needs at least 2 entries, got {self.down_channels}")
-        for name in ("down_sample", "attn_down"):
-            if len(getattr(self, name)) != n - 1:
-                raise ValueError(f"{name} needs {n - 1} entries (one per DownBlock), got {getattr(self, name)}")
-        if len(self.mid_channels) < 2 or self.mid_channels[0] != self.down_channels[-1]:
-            raise ValueError(
-                f"mid_channels {self.mid_channels} must have >= 2 entries and start at down_channels[-1]"
-            )
-        for c in [*self.down_channels, *self.mid_channels, self.conv_out_channels]:
-            if c % self.norm_groups:
-                raise ValueError(f"{c} channels cannot be split into norm_groups={self.norm_groups} groups")
-        attended = [c for c, a in zip(self.down_channels[1:], self.attn_down) if a] + self.mid_channels[1:]
-        for c in attended:
-            if c % self.num_heads:
-                raise ValueError(f"{c} channels cannot be split into num_heads={self.num_heads} heads")
+        check_levels(self.down_channels, self.mid_channels, self.down_sample, self.attn_down, self.norm_groups,
+                     self.num_heads, more_channels=(self.conv_out_channels,))
         if self.time_emb_dim % 2:
             raise ValueError(f"time_emb_dim must be even, got {self.time_emb_dim}")
         if self.conditioning == "hint_encoder":

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmldm.models.blocks import DownBlock, MidBlock, UpBlock, group_norm
+from mmldm.models.blocks import DownBlock, MidBlock, UpBlock, check_levels, group_norm
 from mmldm.models.discriminator import PatchDiscriminator, lsgan_discriminator_loss, lsgan_generator_loss
 from mmldm.models.perceptual import PerceptualLoss
 from mmldm.models.quantizer import VectorQuantizer
@@ -78,24 +78,11 @@ class VQVAEConfig:
     adversarial_loss_weight: float = 0.5
 
     def __post_init__(self):
-        n = len(self.down_channels)
-        if n < 2:
-            raise ValueError(f"down_channels needs at least 2 entries, got {self.down_channels}")
-        for name in ("down_sample", "attn_down"):
-            if len(getattr(self, name)) != n - 1:
-                raise ValueError(f"{name} needs {n - 1} entries (one per DownBlock), got {getattr(self, name)}")
-        if len(self.mid_channels) < 2 or not (self.mid_channels[0] == self.mid_channels[-1] == self.down_channels[-1]):
-            raise ValueError(
-                f"mid_channels {self.mid_channels} must have >= 2 entries and start and end at "
-                f"down_channels[-1] = {self.down_channels[-1]}"
-            )
-        for c in [*self.down_channels, *self.mid_channels]:
-            if c % self.norm_groups:
-                raise ValueError(f"{c} channels cannot be split into norm_groups={self.norm_groups} groups")
-        attended = [c for c, a in zip(self.down_channels[1:], self.attn_down) if a] + self.mid_channels[1:]
-        for c in attended:
-            if c % self.num_heads:
-                raise ValueError(f"{c} channels cannot be split into num_heads={self.num_heads} heads")
+        check_levels(self.down_channels, self.mid_channels, self.down_sample, self.attn_down, self.norm_groups,
+                     self.num_heads)
+        if self.mid_channels[-1] != self.down_channels[-1]:
+            raise ValueError(f"mid_channels {self.mid_channels} must end at down_channels[-1] = "
+                             f"{self.down_channels[-1]} (the decoder starts from that width)")
 
     @property
     def downsample_factor(self) -> int:
