@@ -20,7 +20,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 # Overrides on the laptop profile, which holds the network sizes these runs used (0.62 M VQVAE,
@@ -31,7 +30,12 @@ VARIANTS = {
     # latents, no EMA, no clipping, no guidance.
     "seed": ["unet.conditioning=concat_nearest", "unet.view_embedding=false", "diffusion.prediction_type=epsilon",
              "train_ldm.latent_norm=none", "train_ldm.ema=false", "guidance.p_drop_edge=0.0",
-             "guidance.p_drop_mask=0.0", "train_ldm.lr=2e-4"],
+             "guidance.p_drop_mask=0.0", "guidance.scale_mask=1.0", "guidance.scale_edge=1.0",
+             "sampler.clip_to_latents=false", "train_ldm.lr=2e-4"],
+    # Ours: the laptop profile exactly as configs/laptop.yaml has it (the report's model).
+    "ours": [],
+    # Ours with SPADE instead of the hint encoder (the condition modulates every normalisation).
+    "ours_spade": ["unet.conditioning=spade", "unet.spade_hidden=32"],
     # Ours: learned hint encoder, per-channel latent normalisation, EMA, x0 clipped to the
     # training latents' range at sampling (set at evaluation from the checkpoint's stats).
     "ours_eps": ["diffusion.prediction_type=epsilon", "train_ldm.lr=2e-4"],
@@ -45,29 +49,50 @@ VARIANTS = {
 }
 
 
-def evaluate(ckpt: Path, store: Path, segmenter_path: Path | None, n: int, clip: bool, steps: int) -> dict:
+SAMPLERS = {"ddim50": ("ddim", 50), "dpm20": ("dpm_solver", 20), "ddpm1000": ("ddpm", 1000)}
+
+
+def parse_variant(spec: str) -> tuple[str, int, str | None]:
+    """``name[*mult][@sampler]``: a VARIANTS recipe, trained ``mult`` x the step budget, evaluated
+    with one of SAMPLERS (default: the recipe's own sampler, DDIM 50 at laptop)."""
+    rest, _, sampler = spec.partition("@")
+    name, _, mult = rest.partition("*")
+    if name not in VARIANTS or (sampler and sampler not in SAMPLERS):
+        raise SystemExit(f"unknown variant {spec!r}: recipes {sorted(VARIANTS)}, samplers {sorted(SAMPLERS)}")
+    return name, int(mult or 1), sampler or None
+
+
+def evaluate(ckpt: Path, store: Path, segmenter_path: Path | None, n: int,
+             sampler: str | None = None) -> tuple[dict, dict]:
+    """One row, scored by the evaluation engine (mmldm/evaluate/run.py) on ``n`` held-out slices:
+    the checkpoint's own guidance and sampler, or the SAMPLERS entry ``sampler`` (name and steps
+    replaced, clipping kept). Returns (metrics, generate_paired's result)."""
     import dataclasses
 
     from mmldm.evaluate.anatomy import anatomy_dice
-    from mmldm.evaluate.generate import generate_paired, saturated_fraction
-    from mmldm.evaluate.metrics import paired_metrics
+    from mmldm.evaluate.run import dice_means, evaluate_variant
     from mmldm.train.ldm import load_ldm
     from mmldm.train.segmenter import load_segmenter
 
     ldm = load_ldm(ckpt)
     cfg = ldm["config"]
-    sampler = dataclasses.replace(cfg.sampler, name="ddim", num_inference_steps=steps, eta=0.0, clip_to_latents=clip)
-    res = generate_paired(ldm, store, split="val", n=n, sampler=sampler, progress=False)
-    m = paired_metrics(res["generated"], res["real"])
-    out = {k: float(np.mean(v[np.isfinite(v)])) for k, v in m.items()}
-    out["saturated"] = saturated_fraction(res["generated"])
-    out["s_per_image"] = res["seconds_per_image"]
-    if segmenter_path is not None:
-        seg = load_segmenter(segmenter_path)
-        d = anatomy_dice(seg, res["generated"], res["label"])
-        out.update({k: float(np.nanmean(v)) for k, v in d.items()})
-        ceiling = anatomy_dice(seg, res["real"], res["label"])
-        out.update({f"real_{k}": float(np.nanmean(v)) for k, v in ceiling.items()})
+    sampler_cfg = cfg.sampler
+    if sampler is not None:
+        name, steps = SAMPLERS[sampler]
+        sampler_cfg = dataclasses.replace(cfg.sampler, name=name,
+                                          num_inference_steps=min(steps, cfg.diffusion.num_train_timesteps))
+    seg = load_segmenter(segmenter_path) if segmenter_path is not None else None
+    run = evaluate_variant(ldm, store, sampler_cfg, segmenter=seg, n=n, progress=False)
+    summary, res = run["summary"], run["result"]
+    nan = float("nan")
+    out = {"sampler": f"{sampler_cfg.name}{sampler_cfg.num_inference_steps}"}
+    out.update({m: summary[m]["mean"] for m in ("ssim", "nmse", "psnr")})
+    out["saturated"], out["s_per_image"] = summary["saturated"], summary["s_per_image"]
+    if seg is not None:
+        names = {"LV": "dice_LV", "MYO": "dice_MYO", "RV": "dice_RV", "mean_fg": "dice_fg"}
+        out.update({names[k]: nan if v is None else v for k, v in summary["dice"].items()})
+        ceiling = dice_means(anatomy_dice(seg, res["real"], res["label"]))
+        out.update({f"real_{names[k]}": nan if v is None else v for k, v in ceiling.items()})
     return out, res
 
 
@@ -76,12 +101,15 @@ def main() -> None:
     p.add_argument("--source", required=True, help="dataset folder (e.g. ACDC training)")
     p.add_argument("--vqvae", required=True, help="a trained VQVAE checkpoint (same for every variant)")
     p.add_argument("--segmenter", default=None, help="segmenter checkpoint for anatomy Dice")
-    p.add_argument("--variants", nargs="+", default=["seed", "ours_v"], choices=sorted(VARIANTS))
-    p.add_argument("--steps", type=int, default=1000, help="LDM optimiser steps per variant")
+    p.add_argument("--variants", nargs="+", default=["seed", "ours"],
+                   help="name[*mult][@sampler], e.g. seed@ddpm1000 ours ours*4 ours_spade; names: "
+                        + ", ".join(sorted(VARIANTS)))
+    p.add_argument("--steps", type=int, default=None, help="LDM optimiser steps per variant (default: the laptop "
+                                                            "profile's train_ldm.steps), times the variant's mult")
     p.add_argument("--n", type=int, default=96, help="held-out slices generated per variant")
-    p.add_argument("--sample-steps", type=int, default=50, help="DDIM steps at evaluation")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="runs/tune")
+    p.add_argument("--json", default=None, help="also write the rows here (e.g. report/ablation.json)")
     p.add_argument("--eval-only", action="store_true", help="evaluate existing runs, no training")
     args = p.parse_args()
 
@@ -91,30 +119,39 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     rows = {}
-    for name in args.variants:
+    for spec in args.variants:
+        name, mult, sampler = parse_variant(spec)
+        base_steps = args.steps or load_config("laptop").train_ldm.steps
+        steps = base_steps * mult
         overrides = [f"paths.source={Path(args.source).resolve()}", *VARIANTS[name],
-                     f"train_ldm.steps={args.steps}", f"train_ldm.cpu_threads={args.threads}",
-                     "train_ldm.sample_every=0", f"train_ldm.ckpt_every={max(args.steps // 4, 1)}"]
+                     f"train_ldm.steps={steps}", f"train_ldm.cpu_threads={args.threads}",
+                     "train_ldm.sample_every=0", f"train_ldm.ckpt_every={max(steps // 4, 1)}"]
         cfg = load_config("laptop", overrides=overrides)
-        run = out / f"ldm_{name}"
-        t0 = time.time()
-        if not args.eval_only:
+        run = out / (f"ldm_{name}" + (f"_x{mult}" if mult > 1 else ""))
+        timing = run / "train_seconds.json"  # wall time of the training, kept for --eval-only and reruns
+        if not args.eval_only and not (run / "last.pt").exists():
+            t0 = time.time()
             train_ldm(cfg, vqvae_ckpt=args.vqvae, out_dir=run, figures_dir=run, progress=False, resume=True)
-        train_s = time.time() - t0
+            timing.write_text(json.dumps({"train_s": time.time() - t0, "threads": args.threads}))
+        train_s = json.loads(timing.read_text())["train_s"] if timing.exists() else float("nan")
         seg = Path(args.segmenter) if args.segmenter else None
-        clip = name != "seed"
-        metrics, res = evaluate(run / "last.pt", cfg.store_path, seg, args.n, clip, args.sample_steps)
-        metrics["train_s"] = train_s
-        rows[name] = metrics
-        torch.save({k: res[k] for k in ("generated", "real", "label", "cond")}, run / "eval_samples.pt")
-        print(name, json.dumps({k: round(v, 4) for k, v in metrics.items()}), flush=True)
-    cols = ["ssim", "nmse", "psnr", "saturated", "dice_LV", "dice_MYO", "dice_RV", "dice_fg", "train_s"]
-    print("\n| variant | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols))
-    for name, m in rows.items():
-        print(f"| {name} | " + " | ".join(f"{m.get(c, float('nan')):.3f}" for c in cols) + " |")
-    existing = json.loads((out / "convergence.json").read_text()) if (out / "convergence.json").exists() else {}
-    existing.update(rows)
-    (out / "convergence.json").write_text(json.dumps(existing, indent=1))
+        metrics, res = evaluate(run / "last.pt", cfg.store_path, seg, args.n, sampler)
+        metrics.update(variant=spec, steps=steps, train_s=train_s, overrides=VARIANTS[name])
+        rows[spec] = metrics
+        torch.save({k: res[k] for k in ("generated", "real", "label", "cond")},
+                   run / f"eval_samples{'_' + sampler if sampler else ''}.pt")
+        print(spec, json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}), flush=True)
+    cols = ["ssim", "nmse", "psnr", "saturated", "dice_LV", "dice_MYO", "dice_RV", "dice_fg", "s_per_image", "train_s"]
+    print("\n| variant | sampler | " + " | ".join(cols) + " |\n|---|---|" + "---|" * len(cols))
+    for spec, m in rows.items():
+        print(f"| {spec} | {m['sampler']} | " + " | ".join(f"{m.get(c, float('nan')):.3f}" for c in cols) + " |")
+    for path in [out / "convergence.json", *([Path(args.json)] if args.json else [])]:
+        existing = json.loads(path.read_text()) if path.exists() else {}
+        existing.update(rows)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(existing, indent=1))
+        tmp.replace(path)
 
 
 if __name__ == "__main__":

@@ -71,11 +71,11 @@ def run(profile: str, source: str | None = None, force: bool = False, only: list
     params = {"profile": profile, "overrides": overrides}
     for stage in STAGES:
         name = stage.notebook.removesuffix(".ipynb")
-        if only and not any(name.startswith(o) for o in only):
-            continue
         nb = NOTEBOOKS / stage.notebook
         stamp = _hash(nb.read_bytes(), cfg_bytes, previous)
-        previous += stamp.encode()
+        previous += stamp.encode()  # the chain is the same with or without --only
+        if only and not any(name.startswith(o) for o in only):
+            continue
         outputs = [Path(o.format(store=cfg.store_path, runs=run_dir, figures=cfg.figures_dir)) for o in stage.outputs]
         stamp_file = stamps / f"{name}.stamp"
         if (not force and stamp_file.exists() and stamp_file.read_text() == stamp
