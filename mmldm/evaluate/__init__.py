@@ -5,6 +5,9 @@
                      segmenter features; the Inception weights are read from a local file only
     anatomy.py       Dice per class (LV, MYO, RV) of the segmenter's output against the condition mask
     memorisation.py  nearest training vs nearest held-out image: the copy ratio
+    generate.py      each held-out slice generated from its own mask and edges (paired sets)
+    run.py           the whole evaluation of a checkpoint -> metrics.json, samples.pt, per_image.csv
+                     (``python -m mmldm evaluate``; import it from mmldm.evaluate.run)
 
 The segmenter these use is models/segmenter.py, trained by train/segmenter.py.
 """

@@ -37,12 +37,15 @@ def pick_indices(n_total: int, n: int | None) -> np.ndarray:
 
 def generate_paired(ldm: dict, store_path: str | Path, split: str = "val", n: int | None = None,
                     sampler: SamplerConfig | None = None, guidance: GuidanceConfig | None = None,
-                    seed: int = 0, batch_size: int = 32, device: str = "cpu", progress: bool = True) -> dict:
+                    seed: int = 0, batch_size: int = 32, device: str = "cpu", progress: bool = True,
+                    indices: np.ndarray | None = None) -> dict:
     """Generate one image per chosen slice of ``split`` from that slice's conditions.
 
     ``ldm`` is what :func:`mmldm.train.ldm.load_ldm` returns. ``sampler``/``guidance`` default to
-    the checkpoint's profile. Each batch is sampled with seed ``seed + first index``, so an
-    image does not depend on how the set was batched.
+    the checkpoint's profile. The slices are ``n`` evenly spread ones (:func:`pick_indices`), or
+    exactly the dataset positions ``indices`` when given (e.g. a subset of another run's slices).
+    The batch starting at position ``start`` of that list is sampled with seed ``seed + start``,
+    so the same list, seed and ``batch_size`` give the same images.
     """
     from mmldm.train.ldm import sample_images
 
@@ -53,7 +56,12 @@ def generate_paired(ldm: dict, store_path: str | Path, split: str = "val", n: in
     ds = CardiacSliceDataset(store_path, split=split)
     if len(ds) == 0:
         raise ValueError(f"{store_path}: no slices in split {split!r}")
-    idx = pick_indices(len(ds), n)
+    if indices is None:
+        idx = pick_indices(len(ds), n)
+    else:
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if len(idx) == 0 or idx.min() < 0 or idx.max() >= len(ds):
+            raise ValueError(f"{store_path}: indices must be positions in the {len(ds)} {split!r} slices")
     gen, real, label, cond_all = [], [], [], []
     seconds = 0.0
     bar = tqdm(range(0, len(idx), batch_size), desc=f"generating {len(idx)} {split} slices",

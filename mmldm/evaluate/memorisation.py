@@ -61,32 +61,63 @@ def nearest_neighbours(queries: torch.Tensor, reference: torch.Tensor,
 
 
 def memorisation_ratios(generated: torch.Tensor, train: torch.Tensor, heldout: torch.Tensor,
-                        chunk: int = 1024) -> dict[str, np.ndarray]:
+                        chunk: int = 1024, query_groups=None, heldout_groups=None) -> dict[str, np.ndarray]:
     """Nearest training and held-out neighbours of every generated item, and the ratio.
 
     Inputs are (N, ...) tensors in one space (images -> pixel space, features -> feature space).
     Returns numpy arrays: ``d_train``, ``index_train`` (row in ``train``), ``d_heldout``,
     ``index_heldout`` and ``ratio = d_train / d_heldout`` (NaN for 0/0, inf for x/0).
+
+    ``query_groups`` / ``heldout_groups`` (one label per item, e.g. the subject) restrict each
+    query's held-out neighbour to held-out items of *another* group. Use them when the generated
+    images were made from the held-out slices' own conditions: an image then resembles the real
+    slice it was generated from (that is the aim), and letting that slice, or its subject's other
+    slices, be the "nearest held-out image" would push every ratio above 1 and hide a copy.
     """
     d_train, i_train = nearest_neighbours(generated, train, chunk)
-    d_held, i_held = nearest_neighbours(generated, heldout, chunk)
+    if query_groups is None:
+        d_held, i_held = nearest_neighbours(generated, heldout, chunk)
+    else:
+        d_held, i_held = _nearest_in_other_groups(generated, heldout, query_groups, heldout_groups, chunk)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = d_train.numpy() / d_held.numpy()
     return {"d_train": d_train.numpy(), "index_train": i_train.numpy(), "d_heldout": d_held.numpy(),
             "index_heldout": i_held.numpy(), "ratio": ratio}
 
 
+def _nearest_in_other_groups(queries: torch.Tensor, heldout: torch.Tensor, query_groups, heldout_groups,
+                             chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`nearest_neighbours` of each query among the held-out items of the other groups."""
+    qg, hg = np.asarray(query_groups), np.asarray(heldout_groups)
+    if len(qg) != len(queries) or len(hg) != len(heldout):
+        raise ValueError(f"{len(qg)} query groups for {len(queries)} queries, "
+                         f"{len(hg)} held-out groups for {len(heldout)} held-out items")
+    dist = torch.full((len(queries),), torch.nan, dtype=torch.float64)
+    index = torch.full((len(queries),), -1, dtype=torch.long)
+    for group in np.unique(qg):
+        rows = torch.from_numpy(np.flatnonzero(qg == group))
+        others = torch.from_numpy(np.flatnonzero(hg != group))
+        if len(others) == 0:
+            raise ValueError(f"no held-out item outside group {group!r} to compare with")
+        d, i = nearest_neighbours(queries[rows], heldout[others], chunk)
+        dist[rows], index[rows] = d, others[i]
+    return dist, index
+
+
 def memorisation_check(generated: torch.Tensor, train: torch.Tensor, heldout: torch.Tensor,
-                       segmenter: Segmenter | None = None, chunk: int = 1024, batch_size: int = 64) -> dict[str, dict]:
+                       segmenter: Segmenter | None = None, chunk: int = 1024, batch_size: int = 64,
+                       query_groups=None, heldout_groups=None) -> dict[str, dict]:
     """:func:`memorisation_ratios` in pixel space and, with a segmenter, in its feature space.
 
     Images are (N, 1, H, W) in [-1, 1]. Returns ``{"pixels": {...}, "segmenter features": {...}}``.
+    ``query_groups`` / ``heldout_groups``: see :func:`memorisation_ratios`.
     """
-    out = {"pixels": memorisation_ratios(generated, train, heldout, chunk)}
+    groups = dict(query_groups=query_groups, heldout_groups=heldout_groups)
+    out = {"pixels": memorisation_ratios(generated, train, heldout, chunk, **groups)}
     if segmenter is not None:
         phi = SegmenterFeatures(segmenter)
         feats = [extract_features(phi, x, batch_size) for x in (generated, train, heldout)]
-        out["segmenter features"] = memorisation_ratios(*feats, chunk=chunk)
+        out["segmenter features"] = memorisation_ratios(*feats, chunk=chunk, **groups)
     return out
 
 

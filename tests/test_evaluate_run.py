@@ -1,0 +1,239 @@
+"""The evaluation engine (mmldm/evaluate/run.py) and ``python -m mmldm evaluate``, on smoke models.
+
+A tiny store is written directly (32 x 32 rings of LV / myocardium / RV, 4 training and 2
+held-out subjects, SA and LA views, ED and ES, two pathologies), a smoke VQVAE and LDM are
+trained on it once for the module (a few seconds), and the evaluation runs on a handful of
+held-out slices. The smoke model's images are noise by design: these tests check the plumbing,
+the schema and the value ranges, never the quality.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mmldm.cli import main as cli_main
+from mmldm.config import load_config
+from mmldm.errors import ConfigError
+from mmldm.data.store import StoreWriter
+from mmldm.evaluate.memorisation import memorisation_ratios
+from mmldm.evaluate.run import PUBLISHED, VARIANTS, _write_atomic, evaluate, variant_settings
+from mmldm.train.checkpoint import LAST
+
+SIZE = 32
+
+
+def write_store(path, subjects: int = 6, per_subject: int = 4, seed: int = 0):
+    """Rings of label 3/2/1 (RV, MYO, LV) around a jittered centre; the last two subjects held out."""
+    rng = np.random.default_rng(seed)
+    n = subjects * per_subject
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    labels = np.zeros((n, SIZE, SIZE), np.uint8)
+    for i in range(n):
+        cy, cx = SIZE / 2 + rng.uniform(-3, 3, 2)
+        r = np.hypot(yy - cy, xx - cx)
+        for lab, frac in ((3, 0.35), (2, 0.25), (1, 0.15)):
+            labels[i][r < SIZE * frac] = lab
+    images = np.array([-0.8, 0.6, -0.2, 0.3], np.float32)[labels] + rng.normal(0, 0.05, labels.shape)
+    edges = np.zeros_like(labels)
+    edges[:, 1:, :] |= labels[:, 1:, :] != labels[:, :-1, :]
+    edges[:, :, 1:] |= labels[:, :, 1:] != labels[:, :, :-1]
+    subject = [f"{s:03d}" for s in range(subjects) for _ in range(per_subject)]
+    writer = StoreWriter(path, SIZE)
+    writer.append(np.clip(images, -1, 1).astype(np.float32), labels, edges)
+    writer.finish(
+        {"subject": subject, "view": (["SA"] * (per_subject - 1) + ["LA"]) * subjects,
+         "phase": ["ED", "ES"] * (n // 2), "slice_index": list(range(n)), "source": ["phantom"] * n,
+         "split": ["val" if int(s) >= subjects - 2 else "train" for s in subject],
+         "vendor": [""] * n, "centre": [""] * n, "pathology": ["NOR", "NOR", "DCM", "DCM"] * (n // 4),
+         "spacing": [(1.0, 1.0)] * n},
+        {"config": f"size: {SIZE}\n", "sources": "[]"},
+    )
+    return path
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(cfg, store, run folder): a smoke VQVAE and LDM trained once for this module."""
+    from mmldm.train.ldm import train_ldm
+    from mmldm.train.vqvae import train_vqvae
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("eval_run")
+    store = write_store(root / "tiny.h5")
+    cfg = load_config("smoke")
+    try:
+        train_vqvae(cfg, store, root / "vqvae", progress=False, figures_dir=root / "figures")
+        train_ldm(cfg, store, root / "vqvae" / LAST, root / "ldm", progress=False, figures_dir=root / "figures")
+    finally:
+        torch.set_num_threads(before)
+    return cfg, store, root
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained, tmp_path_factory):
+    """One evaluation: 6 held-out slices, the main variant and the DDPM one on a 3-slice subset;
+    no segmenter given (one is trained beside the run), the Inception file missing."""
+    cfg, store, root = trained
+    out = tmp_path_factory.mktemp("eval_out") / "evaluation" / "metrics.json"
+    metrics = evaluate(cfg, root / "ldm" / LAST, store=store, out=out, n=6, n_ddpm=3,
+                       variants=["ddpm1000_both", "ddim50_both"], inception_path=out.parent / "absent.pt",
+                       progress=False)
+    return metrics, out
+
+
+def test_variant_settings_change_only_what_they_name():
+    cfg = load_config("laptop")
+    for name in VARIANTS:
+        sampler, guidance = variant_settings(name, cfg.sampler, cfg.guidance, 1000)
+        assert sampler.clip_to_latents == cfg.sampler.clip_to_latents and sampler.eta == cfg.sampler.eta
+        assert guidance.p_drop_mask == cfg.guidance.p_drop_mask
+    main = variant_settings("ddim50_both", cfg.sampler, cfg.guidance, 1000)
+    assert main == (cfg.sampler, cfg.guidance)  # the laptop profile's own sampler and guidance
+    assert variant_settings("ddpm1000_both", cfg.sampler, cfg.guidance, 1000)[0].num_inference_steps == 1000
+    assert variant_settings("ddpm1000_both", cfg.sampler, cfg.guidance, 100)[0].num_inference_steps == 100
+    assert variant_settings("dpm20_both", cfg.sampler, cfg.guidance, 1000)[0].name == "dpm_solver"
+    assert variant_settings("ddim50_mask_only", cfg.sampler, cfg.guidance, 1000)[1].mode == "mask_only"
+    plain = variant_settings("ddim50_no_guidance", cfg.sampler, cfg.guidance, 1000)[1]
+    assert (plain.scale_mask, plain.scale_edge, plain.mode) == (1.0, 1.0, "both")
+    with pytest.raises(ConfigError, match="unknown evaluation variant"):
+        variant_settings("ddim7", cfg.sampler, cfg.guidance, 1000)
+
+
+def _check_stat(block, lo, hi):
+    assert set(block) == {"mean", "std", "n"}
+    assert lo <= block["mean"] <= hi, block
+
+
+def test_metrics_json_schema_and_ranges(evaluated):
+    metrics, out = evaluated
+    on_disk = json.loads(out.read_text())  # parses; NaN would have been written as null
+    assert on_disk == metrics
+    assert set(metrics) >= {"meta", "published", "reconstruction", "ceiling", "variants", "main", "groups",
+                            "distribution", "memorisation"}
+    meta = metrics["meta"]
+    for key in ("profile", "source", "store", "split", "n", "seed", "ldm_checkpoint", "ldm_step", "vqvae_checkpoint",
+                "segmenter_checkpoint", "created", "seconds", "torch", "device"):
+        assert key in meta, key
+    assert meta["profile"] == "smoke" and meta["split"] == "val" and meta["n"] == 6 and meta["source"] == "phantom"
+    assert meta["ldm_step"] == load_config("smoke").train_ldm.steps and meta["segmenter_trained"] is True
+    assert metrics["published"] == PUBLISHED
+    assert metrics["reconstruction"] is None  # no recon_metrics.json beside this VQVAE
+
+    assert metrics["main"] == "ddim50_both" and list(metrics["variants"]) == ["ddim50_both", "ddpm1000_both"]
+    main, ddpm = metrics["variants"]["ddim50_both"], metrics["variants"]["ddpm1000_both"]
+    assert main["n"] == 6 and ddpm["n"] == 3
+    assert main["sampler"]["name"] == "ddim" and main["sampler"]["num_inference_steps"] == 50
+    assert ddpm["sampler"]["name"] == "ddpm" and ddpm["sampler"]["num_inference_steps"] == 100  # smoke T = 100
+    assert ddpm["main_on_same_slices"]["n"] == 3 and "main_on_same_slices" not in main
+    for v in (main, ddpm):
+        _check_stat(v["ssim"], -1, 1)
+        _check_stat(v["nmse"], 0, math.inf)
+        _check_stat(v["psnr"], 0, 100)
+        assert 0 <= v["saturated"] <= 1 and v["s_per_image"] > 0
+        assert set(v["dice"]) == {"LV", "MYO", "RV", "mean_fg"}
+        assert all(d is None or 0 <= d <= 1 for d in v["dice"].values())
+    assert set(metrics["ceiling"]["dice"]) == {"LV", "MYO", "RV", "mean_fg"}
+
+    groups = metrics["groups"]
+    assert set(groups) == {"view", "phase", "pathology"}
+    assert sum(g["n"] for g in groups["view"].values()) == 6 and set(groups["pathology"]) <= {"NOR", "DCM"}
+    for g in groups["phase"].values():
+        assert {"ssim", "psnr", "nmse", "dice_fg"} <= set(g)
+
+    inception, seg = metrics["distribution"]["inception"], metrics["distribution"]["segmenter"]
+    assert inception["available"] is False and "absent.pt" in inception["reason"] and inception["fid"] is None
+    assert seg["available"] is True and seg["label"] == "in-domain (segmenter features)"
+    assert seg["fid"] >= 0 and seg["real_vs_real_fid"] >= 0 and seg["n"] == 6 and seg["n_real_vs_real"] == 6
+    assert seg["kid_mean"] is not None and seg["kid_std"] >= 0 and seg["kid_subset_size"] == 3
+
+    mem = metrics["memorisation"]
+    assert len(mem["ratios"]) == 6 and all(r is None or r >= 0 for r in mem["ratios"]) and mem["space"] == "pixels"
+    assert mem["summary"]["n"] == 6 and len(mem["baseline"]["ratios"]) == 6
+    assert "another subject" in mem["heldout_reference"]
+
+
+def test_side_files_are_written_and_consistent(evaluated, trained):
+    metrics, out = evaluated
+    files = sorted(p.name for p in out.parent.iterdir())
+    assert files == ["metrics.json", "per_image.csv", "samples.pt"]  # no temporary file left behind
+    samples = torch.load(out.parent / "samples.pt", weights_only=False)
+    assert samples["variant"] == "ddim50_both"
+    assert samples["generated"].shape == samples["real"].shape == (6, 1, SIZE, SIZE)
+    assert samples["label"].shape == samples["segmentation"].shape == (6, SIZE, SIZE)
+    assert samples["cond"].shape == (6, 5, SIZE, SIZE) and samples["cond"].dtype == torch.uint8
+    assert samples["generated"].abs().max() <= 1 and len(samples["meta"]["subject"]) == 6
+    examples = samples["examples"]
+    assert set(examples["generated"]) == {"ddim50_both", "ddpm1000_both"}
+    assert len(examples["indices"]) == 3 and examples["generated"]["ddpm1000_both"].shape == (3, 1, SIZE, SIZE)
+
+    table = pd.read_csv(out.parent / "per_image.csv")
+    assert len(table) == 6 + 3 and set(table["variant"]) == {"ddim50_both", "ddpm1000_both"}
+    main = table[table["variant"] == "ddim50_both"]
+    assert np.isclose(main["ssim"].mean(), metrics["variants"]["ddim50_both"]["ssim"]["mean"], atol=1e-5)
+    assert np.allclose(main["memorisation_ratio"], metrics["memorisation"]["ratios"], atol=1e-4, equal_nan=True)
+    assert {"real_dice_fg", "subject", "view", "phase", "position"} <= set(table.columns)
+
+
+def test_files_are_replaced_atomically(tmp_path):
+    path = tmp_path / "metrics.json"
+    path.write_text('{"old": 1}')
+
+    def crash(tmp):
+        tmp.write_text('{"half')
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError):
+        _write_atomic(path, crash)
+    assert json.loads(path.read_text()) == {"old": 1} and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_heldout_neighbour_excludes_the_same_subject():
+    heldout = torch.tensor([[0.0], [10.0], [3.0]])
+    generated = heldout[:2].clone()  # exact copies of held-out slices 0 and 1
+    train = torch.tensor([[1.0], [12.0]])
+    plain = memorisation_ratios(generated, train, heldout)
+    assert np.allclose(plain["d_heldout"], 0)  # its own source slice: every ratio would be inf
+    grouped = memorisation_ratios(generated, train, heldout, query_groups=["a", "b"], heldout_groups=["a", "b", "b"])
+    assert grouped["index_heldout"].tolist() == [2, 0] and np.allclose(grouped["d_heldout"], [3, 10])
+    assert np.allclose(grouped["ratio"], [1 / 3, 2 / 10])
+    with pytest.raises(ValueError, match="outside group"):
+        memorisation_ratios(generated, train, heldout, query_groups=["a", "a"], heldout_groups=["a", "a", "a"])
+
+
+def test_cli_evaluate_prints_a_table_and_reuses_the_segmenter(evaluated, trained, tmp_path, capsys):
+    cfg, store, root = trained
+    (root / "vqvae" / "recon_metrics.json").write_text('{"metrics": {"ssim": {"mean": 0.5}}}')
+    out = tmp_path / "m.json"
+    code = cli_main(["evaluate", "--config", "smoke", "--checkpoint", str(root / "ldm" / LAST), "--store", str(store),
+                     "--n", "4", "--variants", "ddim50_both", "ddim50_no_guidance", "--out", str(out),
+                     "--device", "cpu", "--inception", str(tmp_path / "absent.pt"), "--quiet"])
+    printed = capsys.readouterr().out
+    assert code == 0 and "ddim50_no_guidance" in printed and "ceiling" in printed and "real vs real" in printed
+    assert "unavailable" in printed  # Inception on CPU is too slow for a unit test (test_fid.py checks it)
+    metrics = json.loads(out.read_text())
+    assert metrics["meta"]["n"] == 4 and metrics["meta"]["segmenter_trained"] is False  # the one trained above
+    assert metrics["variants"]["ddim50_no_guidance"]["guidance"]["scale_mask"] == 1.0
+    assert metrics["reconstruction"] == {"metrics": {"ssim": {"mean": 0.5}}}
+
+
+def test_cli_names_a_missing_checkpoint(trained, tmp_path, capsys):
+    cfg, store, root = trained
+    code = cli_main(["evaluate", "--config", "smoke", "--checkpoint", str(tmp_path / "nope.pt"), "--store", str(store),
+                     "--out", str(tmp_path / "m.json"), "--quiet"])
+    assert code == 2 and "nope.pt" in capsys.readouterr().err
+    assert not (tmp_path / "m.json").exists()
