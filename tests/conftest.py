@@ -35,3 +35,31 @@ def acdc_root() -> Path:
 def mnms2_root() -> Path:
     """``../shared/data/mnms2``: one M&Ms-2 subject (001), labels 1 LV 2 MYO 3 RV on disk."""
     return _real("mnms2")
+
+
+@pytest.fixture(scope="session")
+def smoke_ldm(tmp_path_factory) -> dict:
+    """A smoke VQ-VAE + LDM trained once per session (1 thread, seconds) on test_train's ring store.
+
+    Returns ``{"store", "ckpt", "figures", "overrides"}``; ``overrides`` point a ``smoke`` config
+    (and the notebooks' ``overrides`` parameter) at this store, run folder and figures folder.
+    """
+    import torch
+
+    from mmldm.config import load_config
+    from mmldm.train.ldm import train_ldm
+    from mmldm.train.vqvae import train_vqvae
+    from test_train import write_tiny_store
+
+    root = tmp_path_factory.mktemp("smoke_ldm")
+    store = write_tiny_store(root / "store.h5")
+    overrides = [f"paths.store={store}", f"paths.runs={root / 'runs'}", f"paths.figures={root / 'figures'}"]
+    cfg = load_config("smoke", overrides=overrides)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_vqvae(cfg, progress=False)
+        train_ldm(cfg, progress=False)
+    finally:
+        torch.set_num_threads(before)
+    return {"store": store, "ckpt": cfg.run_dir / "ldm" / "last.pt", "figures": cfg.figures_dir, "overrides": overrides}

@@ -250,13 +250,15 @@ def resolve_clipping(sampler_cfg, stats: dict):
 @torch.no_grad()
 def sample_images(cfg: Config, unet: UNet, vqvae: VQVAE, stats: dict, cond: torch.Tensor, view: torch.Tensor,
                   ema: EMA | None = None, sampler_cfg=None, seed: int = 0,
-                  device: torch.device | str = "cpu") -> torch.Tensor:
+                  device: torch.device | str = "cpu", callback=None) -> torch.Tensor:
     """Images (B, 1, H, W) in [-1, 1] for conditions ``cond`` (B, 5, H, W) and views (B,).
 
     Samples with the EMA weights when ``ema`` is given, with ``sampler_cfg`` (default: the
     profile's sampler as DDIM with at most 25 steps, what the progress grids use) and the
     profile's guidance; then un-normalises the latent and decodes it with the VQVAE. The
     training weights come back afterwards, and no global random state is touched.
+    ``callback(i, t, x_t, x0_hat)`` goes on to :func:`~mmldm.diffusion.sample.sample`: the
+    (normalised) latents of every step, for the interactive notebook's trajectory.
     """
     if sampler_cfg is None:
         sampler_cfg = dataclasses.replace(cfg.sampler, name="ddim", eta=0.0,
@@ -274,7 +276,8 @@ def sample_images(cfg: Config, unet: UNet, vqvae: VQVAE, stats: dict, cond: torc
         with ema.swapped_in(unet) if ema is not None else contextlib.nullcontext():
             g = cfg.guidance
             model_fn = guided_model_fn(unet, cond, view, g.scale_mask, g.scale_edge, g.mode)
-            z = sample(model_fn, sampler, shape, torch.Generator().manual_seed(seed), device=device)
+            z = sample(model_fn, sampler, shape, torch.Generator().manual_seed(seed), callback=callback,
+                       device=device)
     finally:
         unet.train(was_training)
     return vqvae.decode_latent(denormalize(z, stats)).clamp(-1, 1).cpu()
