@@ -136,7 +136,8 @@ def main() -> None:
         train_s = json.loads(timing.read_text())["train_s"] if timing.exists() else float("nan")
         seg = Path(args.segmenter) if args.segmenter else None
         metrics, res = evaluate(run / "last.pt", cfg.store_path, seg, args.n, sampler)
-        metrics.update(variant=spec, steps=steps, train_s=train_s, overrides=VARIANTS[name])
+        metrics.update(variant=spec, steps=steps, n=args.n, source=str(args.source), threads=args.threads,
+                       train_s=train_s, overrides=VARIANTS[name])
         rows[spec] = metrics
         torch.save({k: res[k] for k in ("generated", "real", "label", "cond")},
                    run / f"eval_samples{'_' + sampler if sampler else ''}.pt")

@@ -37,6 +37,12 @@ STAGES = [
     Stage("03_vqvae_training.ipynb", outputs=("{runs}/vqvae/last.pt", "{runs}/vqvae/recon_metrics.json",
                                               "{figures}/03_reconstructions.png")),
     Stage("04_ldm_training.ipynb", outputs=("{runs}/ldm/last.pt", "{figures}/04_samples.png")),
+    # The report goes into the folder above the figures (report/ for paper and laptop, the run
+    # folder for smoke: see mmldm.report.report_dir).
+    Stage("05_evaluation.ipynb", outputs=("{runs}/evaluation/metrics.json", "{figures}/../report.md",
+                                          "{figures}/../metrics.json", "{figures}/05_generated_vs_real.png")),
+    # Headless, the interactive notebook still runs end to end and saves its denoising strip.
+    Stage("06_interactive.ipynb", outputs=("{figures}/06_trajectory.png",)),
 ]
 
 

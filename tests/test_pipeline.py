@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -20,12 +21,14 @@ def _run(tmp_path, *extra):
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
 
 
-NOTEBOOKS = ["01_data_exploration", "02_preprocessing", "03_vqvae_training", "04_ldm_training"]
+NOTEBOOKS = ["01_data_exploration", "02_preprocessing", "03_vqvae_training", "04_ldm_training", "05_evaluation"]
 
 
 @pytest.mark.slow
 def test_pipeline_runs_notebooks_and_skips_when_up_to_date(tmp_path):
-    first = _run(tmp_path)  # 01-04: data, store, VQ-VAE, LDM (about a minute on the smoke profile)
+    committed = REPO / "report" / "report.md"
+    committed_before = committed.stat().st_mtime_ns if committed.exists() else None
+    first = _run(tmp_path)  # 01-05: data, store, VQ-VAE, LDM, evaluation (2-3 minutes on the smoke profile)
     assert first.returncode == 0, first.stdout + first.stderr
     assert (tmp_path / "store.h5").exists()
     runs, figures = tmp_path / "runs", tmp_path / "figures"
@@ -42,6 +45,19 @@ def test_pipeline_runs_notebooks_and_skips_when_up_to_date(tmp_path):
     assert recon["profile"] == "smoke" and set(recon["metrics"]) == {"ssim", "psnr", "nmse"}
     for png in ("03_reconstructions", "03_codebook_usage", "04_samples", "vqvae_loss_smoke", "ldm_loss_smoke"):
         assert (figures / f"{png}.png").exists(), png
+    # 05: the evaluation and the report, beside the figures folder (never the committed report/).
+    metrics = json.loads((runs / "evaluation" / "metrics.json").read_text())
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    assert metrics["meta"]["profile"] == "smoke" and metrics["meta"]["source"] == "phantom"
+    report = (tmp_path / "report.md").read_text()
+    main = metrics["variants"][metrics["main"]]
+    for text in ("## Summary", "## Intended use", "synthetic phantom", "Bernard et al.", "### Anatomy compliance",
+                 f"SSIM {main['ssim']['mean']:.3f} ± {main['ssim']['std']:.3f}", "## Limitations"):
+        assert text in report, text
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert "figures/05_generated_vs_real.png" in links and "figures/05_trajectory.png" in links
+    assert all((tmp_path / link).exists() for link in links), links
+    assert (committed.stat().st_mtime_ns if committed.exists() else None) == committed_before
 
     second = _run(tmp_path)
     assert second.returncode == 0, second.stderr

@@ -1,0 +1,333 @@
+"""The evaluation figures: what notebook 05 shows and ``report/figures`` keeps.
+
+    generation_grid(cond, {"generated": g}, real)  condition -> generated -> real, a column per slice
+                                                   (or one row per variant for the same slices)
+    denoising_trajectory(ldm, cond, view)          the sampler's x_t and x0 estimate at a few steps
+    trajectory_strip(trajectory)                   those, noisy (left) to clean (right)
+    variant_bars(metrics)                          SSIM / NMSE / Dice / s per image of each variant
+    group_boxplots(table)                          per-image SSIM / NMSE / Dice by view, phase, pathology
+    memorisation_histogram(ratios)                 d_train / d_heldout of every generated image
+    compute_plot(rows)                             SSIM, NMSE, Dice against training time
+
+Each function returns a ``Figure`` (or, for the trajectory, tensors) and saves nothing; callers
+save with :func:`mmldm.viz.plots.save_figure` (atomic) under the names in :data:`FIGURES`, the
+names the report (``mmldm/report.py``) looks for. Images are (N, 1, H, W) in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mmldm.train.log import condition_rgb
+from mmldm.data.sample import LABELS
+from mmldm.viz.plots import LABEL_COLOURS, plt, show_image
+
+# File names (in the figures folder) of the figures notebook 05 writes, by role.
+FIGURES = {
+    "grid": "05_generated_vs_real.png",
+    "examples": "05_variant_examples.png",
+    "trajectory": "05_trajectory.png",
+    "variants": "05_variants.png",
+    "groups": "05_groups.png",
+    "memorisation": "05_memorisation.png",
+    "compute": "05_quality_vs_compute.png",
+}
+
+UNIT = (-1.0, 1.0)  # display window of images in [-1, 1]
+
+
+def _image(x) -> np.ndarray:
+    x = x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float32)
+    return x.reshape(x.shape[-2], x.shape[-1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Images
+# ---------------------------------------------------------------------------------------------
+
+
+def generation_grid(cond: torch.Tensor, generated: Mapping[str, torch.Tensor], real: torch.Tensor,
+                    label: torch.Tensor | None = None, n: int = 6, overlay: bool = True,
+                    segmentation: torch.Tensor | None = None, size: float = 1.7):
+    """Columns: ``n`` slices spread over the set. Rows: the condition (label colours, Canny edges
+    in white), each generated set, the first generated set with the condition mask over it (does
+    the anatomy land where it was asked?), with the segmenter's labels of it (what the anatomy
+    Dice scores) when ``segmentation`` is given, and the real slice the condition came from."""
+    total = len(real)
+    if total == 0:
+        raise ValueError("generation_grid: no images")
+    for name, g in generated.items():
+        if len(g) != total:
+            raise ValueError(f"generation_grid: {name!r} has {len(g)} images, the real set {total}")
+    idx = np.unique(np.linspace(0, total - 1, min(n, total)).round().astype(int))
+    if label is None:
+        label = cond[:, 1:].argmax(1)
+    rows: list[tuple[str, list]] = [("condition: mask + edges", [condition_rgb(cond[i]) for i in idx])]
+    for name, g in generated.items():
+        rows.append((name, [(_image(g[i]), None) for i in idx]))
+    if overlay and generated:
+        first_name, first = next(iter(generated.items()))
+        rows.append((f"{first_name} + mask", [(_image(first[i]), label[i].cpu().numpy()) for i in idx]))
+        if segmentation is not None:
+            rows.append(("segmenter's labels of it", [(_image(first[i]), segmentation[i].cpu().numpy()) for i in idx]))
+    rows.append(("real", [(_image(real[i]), None) for i in idx]))
+
+    fig, axes = plt.subplots(len(rows), len(idx), figsize=(len(idx) * size, len(rows) * size * 1.08),
+                             squeeze=False)
+    for r, (name, items) in enumerate(rows):
+        for c, item in enumerate(items):
+            ax = axes[r, c]
+            if r == 0:
+                ax.imshow(item, interpolation="nearest")
+                ax.set_axis_off()
+            else:
+                show_image(ax, item[0], item[1], alpha=0.3, window=UNIT)
+            if c == 0:
+                ax.set_title(name, fontsize=8, loc="left")
+    from matplotlib.patches import Patch
+
+    axes[0, -1].legend(handles=[Patch(color=LABEL_COLOURS[k], label=LABELS[k]) for k in (1, 2, 3)] +
+                       [Patch(facecolor="white", edgecolor="grey", label="Canny edges")],
+                       loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False)
+    fig.tight_layout(pad=0.3)
+    return fig
+
+
+@torch.no_grad()
+def denoising_trajectory(ldm: dict, cond: torch.Tensor, view: torch.Tensor, sampler_cfg=None, guidance=None,
+                         seed: int = 0, frames: int = 6, device: torch.device | str = "cpu") -> dict:
+    """Sample once with :func:`mmldm.train.ldm.sample_images`, keeping ``frames`` evenly spaced steps.
+
+    ``ldm`` is what :func:`mmldm.train.ldm.load_ldm` returns; ``sampler_cfg`` and ``guidance``
+    default to its profile. The sampler's ``callback`` catches, at each kept step i, the latent
+    entering it (x_t) and the model's estimate of the clean latent (x0_hat); both are decoded by
+    the VQ-VAE. Returns ``{"step", "t"}`` (lists), ``"x_t"``, ``"x0_hat"`` (frames, B, 1, H, W)
+    and ``"final"`` (B, 1, H, W), the very images ``sample_images`` gives for this seed.
+    """
+    from mmldm.diffusion.sample import make_sampler
+    from mmldm.diffusion.schedule import NoiseSchedule
+    from mmldm.train.latents import denormalize
+    from mmldm.train.ldm import sample_images
+
+    cfg, vqvae, stats = ldm["config"], ldm["vqvae"], ldm["latent_stats"]
+    if guidance is not None:
+        cfg = dataclasses.replace(cfg, guidance=guidance)
+    sampler_cfg = sampler_cfg or cfg.sampler
+    n_steps = len(make_sampler(sampler_cfg, NoiseSchedule.from_config(cfg.diffusion), cfg.diffusion.prediction_type))
+    keep = set(np.linspace(0, n_steps - 1, min(frames, n_steps)).round().astype(int).tolist())
+    caught: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []
+
+    def callback(i, t, x_t, x0_hat):
+        if i in keep:
+            caught.append((i, int(t), x_t.clone(), x0_hat.clone()))
+
+    final = sample_images(cfg, ldm["unet"], vqvae, stats, cond, view, sampler_cfg=sampler_cfg, seed=seed,
+                          device=device, callback=callback)
+
+    def decode(latent):
+        return vqvae.decode_latent(denormalize(latent, stats)).clamp(-1, 1).cpu()
+
+    return {"step": [c[0] for c in caught], "t": [c[1] for c in caught],
+            "x_t": torch.stack([decode(c[2]) for c in caught]),
+            "x0_hat": torch.stack([decode(c[3]) for c in caught]), "final": final,
+            "sampler": f"{sampler_cfg.name} {sampler_cfg.num_inference_steps} steps", "guidance": cfg.guidance.mode}
+
+
+def trajectory_strip(trajectory: dict, cond: torch.Tensor | None = None, real: torch.Tensor | None = None,
+                     index: int = 0, size: float = 1.6):
+    """One slice's denoising, noisy (left) to clean (right): top row the decoded sample x_t entering
+    each kept step, bottom row the model's estimate of the clean image there; the condition, the
+    final image and the real slice frame them."""
+    steps, ts = trajectory["step"], trajectory["t"]
+    lead = cond is not None
+    cols = lead + len(steps) + 1 + (real is not None)
+    fig, axes = plt.subplots(2, cols, figsize=(cols * size, 2 * size * 1.3), squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    if lead:
+        axes[0, 0].imshow(condition_rgb(cond[index]), interpolation="nearest")
+        axes[0, 0].set_title("condition", fontsize=8)
+        axes[1, 0].text(0.95, 0.5, "top: sample x_t\nentering the step\n\nbottom: the model's\nestimate of x0",
+                        ha="right", va="center", fontsize=8, transform=axes[1, 0].transAxes)
+    for j, (i, t) in enumerate(zip(steps, ts)):
+        show_image(axes[0, lead + j], _image(trajectory["x_t"][j, index]), window=UNIT, title=f"step {i}, t = {t}")
+        show_image(axes[1, lead + j], _image(trajectory["x0_hat"][j, index]), window=UNIT, title=f"x0 estimate, t = {t}")
+    show_image(axes[0, lead + len(steps)], _image(trajectory["final"][index]), window=UNIT, title="final image")
+    if real is not None:
+        show_image(axes[0, cols - 1], _image(real[index]), window=UNIT, title="real slice")
+    fig.suptitle(f"denoising with {trajectory.get('sampler', '')}, guidance {trajectory.get('guidance', '')} "
+                 "(latents decoded by the VQ-VAE)", fontsize=9)
+    fig.tight_layout(pad=0.4, rect=(0, 0, 1, 0.94))
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Metric plots
+# ---------------------------------------------------------------------------------------------
+
+# (key in a variant's entry, panel title) for the per-variant bars.
+VARIANT_PANELS = (("ssim", "SSIM ↑"), ("nmse", "NMSE ↓"), ("dice", "anatomy Dice, fg ↑"), ("s_per_image", "s / image ↓"))
+
+
+def _mean_std(entry) -> tuple[float, float]:
+    if entry is None:
+        return math.nan, math.nan
+    if isinstance(entry, Mapping):
+        if "mean_fg" in entry:  # a Dice block
+            return _num(entry["mean_fg"]), math.nan
+        return _num(entry.get("mean")), _num(entry.get("std"))
+    return _num(entry), math.nan
+
+
+def _num(x) -> float:
+    try:
+        return math.nan if x is None else float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def variant_bars(metrics: Mapping, size: tuple = (13, 3.2)):
+    """One panel per metric, one bar per sampler/condition variant (± std over images where the
+    JSON has it); the main variant is darker. Dashed red lines: the seed's published SSIM / NMSE
+    and the segmenter's Dice on real held-out images (the ceiling)."""
+    import seaborn as sns
+
+    variants = metrics.get("variants") or {}
+    if not variants:
+        raise ValueError("variant_bars: metrics has no variants")
+    main = metrics.get("main")
+    names = list(variants)
+    published = metrics.get("published") or {}
+    ceiling = ((metrics.get("ceiling") or {}).get("dice") or {}).get("mean_fg")
+    refs = {"ssim": (published.get("ssim"), "seed, published"), "nmse": (published.get("nmse"), "seed, published"),
+            "dice": (ceiling, "real images (ceiling)")}
+    fig, axes = plt.subplots(1, len(VARIANT_PANELS), figsize=size)
+    palette = sns.color_palette("crest", 2)
+    for ax, (key, title) in zip(axes, VARIANT_PANELS):
+        stats = [_mean_std(variants[n].get(key)) for n in names]
+        df = pd.DataFrame({"variant": names, "value": [s[0] for s in stats]})
+        sns.barplot(data=df, x="value", y="variant", hue="variant", ax=ax, legend=False,
+                    palette={n: palette[1] if n == main else palette[0] for n in names})
+        err = np.array([s[1] for s in stats])
+        if np.isfinite(err).any():
+            err = np.nan_to_num(err)
+            lower = np.minimum(err, np.clip(df["value"].to_numpy(), 0, None))  # no bar below 0
+            ax.errorbar(df["value"], np.arange(len(names)), xerr=[lower, err], fmt="none", ecolor="k",
+                        elinewidth=0.8, capsize=2)
+        ref, ref_label = refs.get(key, (None, ""))
+        if np.isfinite(_num(ref)):
+            ax.axvline(_num(ref), color="tab:red", ls="--", lw=1, label=ref_label)
+            ax.legend(fontsize=7, loc="lower right", framealpha=0.8)
+        ax.set(title=title, xlabel="", ylabel="")
+        ax.tick_params(labelsize=7)
+        ax.grid(axis="x", alpha=0.3)
+        if ax is not axes[0]:
+            ax.set_yticklabels([])
+    fig.suptitle(f"samplers and conditions (darker: the main variant, {main}; bars ± std over images)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+GROUP_METRICS = (("ssim", "SSIM"), ("nmse", "NMSE"), ("dice_fg", "Dice (fg)"))
+
+
+def group_boxplots(table: pd.DataFrame, by: Sequence[str] = ("view", "phase", "pathology"), size: float = 3.0):
+    """Per-image metrics (rows: SSIM, NMSE, Dice where present) split by each metadata column of
+    ``by`` that the table has (columns); each box is one group, its points the images."""
+    import seaborn as sns
+
+    metrics = [(k, t) for k, t in GROUP_METRICS if k in table.columns and table[k].notna().any()]
+    groups = [g for g in by if g in table.columns and table[g].notna().any()]
+    if not metrics or not groups:
+        raise ValueError(f"group_boxplots: the table needs one of {[k for k, _ in GROUP_METRICS]} and one of "
+                         f"{list(by)} as columns; it has {list(table.columns)}")
+    fig, axes = plt.subplots(len(metrics), len(groups), figsize=(len(groups) * size + 1, len(metrics) * size * 0.8),
+                             squeeze=False)
+    for r, (key, title) in enumerate(metrics):
+        for c, group in enumerate(groups):
+            ax = axes[r, c]
+            data = table[[group, key]].dropna().astype({group: str})
+            order = sorted(data[group].unique())
+            sns.boxplot(data=data, x=group, y=key, order=order, ax=ax, color="lightsteelblue", fliersize=0,
+                        linewidth=0.8)
+            sns.stripplot(data=data, x=group, y=key, order=order, ax=ax, color="k", size=2, alpha=0.5, jitter=0.2)
+            counts = data[group].value_counts()
+            ax.set_xticks(range(len(order)), [f"{g}\n(n={counts[g]})" for g in order], fontsize=7)
+            ax.set(xlabel=group if r == len(metrics) - 1 else "", ylabel=title if c == 0 else "")
+            ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def memorisation_histogram(ratios, baseline=None, bins: int = 30, size: tuple = (6.5, 3.2), space: str = "pixels"):
+    """Histogram of d_train / d_heldout per generated image (see evaluate/memorisation.py): near 1
+    generalises, near 0 copies a training image. ``baseline``: the same ratios of real held-out
+    slices, drawn as an outline. Infinite and NaN ratios are counted, not drawn."""
+    r = np.asarray([np.nan if v is None else v for v in ratios], dtype=np.float64)
+    finite = r[np.isfinite(r)]
+    base = None if baseline is None else np.asarray([np.nan if v is None else v for v in baseline], dtype=np.float64)
+    base = None if base is None else base[np.isfinite(base)]
+    fig, ax = plt.subplots(figsize=size)
+    if finite.size:
+        both = finite if base is None or not base.size else np.concatenate([finite, base])
+        hi = max(1.5, float(np.percentile(both, 99.5)) * 1.05)
+        ax.hist(np.clip(finite, 0, hi), bins=bins, range=(0, hi), color="tab:blue", alpha=0.7,
+                label="generated images")
+        if base is not None and base.size:
+            ax.hist(np.clip(base, 0, hi), bins=bins, range=(0, hi), histtype="step", color="tab:orange", lw=1.5,
+                    label=f"real held-out slices (baseline), median {np.median(base):.2f}")
+        ax.axvline(float(np.median(finite)), color="k", lw=1.2, label=f"median of generated {np.median(finite):.2f}")
+    ax.axvline(1.0, color="tab:green", ls="--", lw=1, label="1: as near the training set as held-out data")
+    dropped = r.size - finite.size
+    ax.set(xlabel=f"d(nearest training) / d(nearest held-out), {space}", ylabel="images",
+           title=f"memorisation: {finite.size} images" + (f" ({dropped} not finite, not drawn)" if dropped else ""))
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+COMPUTE_PANELS = (("ssim", "SSIM (higher better)"), ("nmse", "NMSE (lower better)"),
+                  ("dice_fg", "anatomy Dice, fg (higher better)"))
+
+
+def compute_plot(rows: Sequence[Mapping], size: tuple = (11, 3.2)):
+    """Quality against training time: SSIM, NMSE and Dice of models trained for more steps
+    (rows with ``steps``, ``train_s`` and the metrics). Rows whose ``variant`` names differ only
+    in the step multiplier (``benchmarks/convergence.py``'s ``ours``, ``ours*2``, ``ours*4``) are
+    one recipe and share a line."""
+    df = pd.DataFrame(list(rows))
+    need = {"steps", "train_s"}
+    if df.empty or not need <= set(df.columns):
+        raise ValueError(f"compute_plot: rows need {sorted(need)} and metrics; got columns {list(df.columns)}")
+    df = df.sort_values("train_s")
+    df["minutes"] = df["train_s"].astype(float) / 60
+    if "variant" in df.columns:
+        df["recipe"] = [re.sub(r"\*\d+", "", str(v)) for v in df["variant"]]
+    lines = df.groupby("recipe") if "recipe" in df.columns else [("", df)]
+    fig, axes = plt.subplots(1, len(COMPUTE_PANELS), figsize=size)
+    for ax, (key, title) in zip(axes, COMPUTE_PANELS):
+        if key not in df.columns:
+            ax.set_axis_off()
+            ax.set_title(f"{title}: not measured", fontsize=8)
+            continue
+        for name, part in lines:
+            ax.plot(part["minutes"], part[key].astype(float), "o-", label=name or None)
+            for _, row in part.iterrows():
+                ax.annotate(f"{int(row['steps']):,}", (row["minutes"], float(row[key])), fontsize=7,
+                            textcoords="offset points", xytext=(3, 3))
+        ax.set(xlabel="training time (min)", title=title)
+        ax.margins(x=0.15, y=0.15)
+        ax.grid(alpha=0.3)
+        if "recipe" in df.columns:
+            ax.legend(fontsize=7)
+    fig.suptitle("quality against compute (labels: LDM optimiser steps)", fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,264 @@
+"""The report builder: every section from a synthetic metrics.json, numbers from the inputs only."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mmldm.config import load_config
+from mmldm.errors import DataError
+from mmldm.report import build_report, read_metrics, read_rows, report_dir, write_report
+from mmldm.viz import report_figures as rf
+
+VARIANTS = {  # name: (sampler, steps, guidance mode)
+    "ddim50_both": ("ddim", 50, "both"), "dpm20_both": ("dpm_solver", 20, "both"),
+    "ddpm1000_both": ("ddpm", 1000, "both"), "ddim50_mask_only": ("ddim", 50, "mask_only"),
+    "ddim50_edges_only": ("ddim", 50, "edges_only"), "ddim50_no_guidance": ("ddim", 50, "none"),
+}
+
+
+def synthetic_metrics(n: int = 12) -> dict:
+    """A metrics.json with distinctive numbers (each one appears nowhere else)."""
+    variants = {}
+    for j, (name, (sampler, steps, mode)) in enumerate(VARIANTS.items()):
+        variants[name] = {
+            "sampler": {"name": sampler, "num_inference_steps": steps}, "n": n,
+            "guidance": {"mode": mode, "scale_mask": 2.0, "scale_edge": 2.0},
+            "s_per_image": 0.1111 * (j + 1), "ssim": {"mean": 0.3011 + j / 100, "std": 0.0517},
+            "psnr": {"mean": 14.37 + j, "std": 1.23}, "nmse": {"mean": 0.4219 + j / 100, "std": 0.0611},
+            "saturated": 0.0, "dice": {"LV": 0.7712, "MYO": 0.6213, "RV": 0.6317, "mean_fg": 0.6741 - j / 100},
+        }
+    groups = {"view": {"SA": {"n": 10, "ssim": {"mean": 0.5123, "std": 0.01}, "psnr": {"mean": 15.0, "std": 1.0},
+                              "nmse": {"mean": 0.4, "std": 0.1}},
+                       "LA": {"n": 2, "ssim": {"mean": 0.4456, "std": 0.02}, "psnr": {"mean": 13.0, "std": 1.0},
+                              "nmse": {"mean": 0.5, "std": 0.1}}},
+              "phase": {"ED": {"n": 6, "ssim": {"mean": 0.3789, "std": 0.01}, "psnr": {"mean": 15.0, "std": 1.0},
+                               "nmse": {"mean": 0.4, "std": 0.1}}},
+              "pathology": {}}
+    ratios = list(np.linspace(0.7, 1.2, n))
+    variants["ddpm1000_both"]["n"] = 4  # the slow sampler runs on a subset, with the main one beside it
+    variants["ddpm1000_both"]["main_on_same_slices"] = {"n": 4, "ssim": {"mean": 0.2468, "std": 0.01},
+                                                        "nmse": {"mean": 0.5, "std": 0.1}, "dice": {"mean_fg": 0.6}}
+    groups["view"]["SA"]["dice_fg"] = {"mean": 0.6543, "std": 0.05}
+    return {
+        "meta": {"profile": "smoke", "ldm_profile": "smoke", "source": "phantom", "n_split": 36, "store": "data/processed/phantom_smoke.h5", "split": "val",
+                 "n": n, "seed": 0, "ldm_checkpoint": "runs/x/ldm/last.pt", "ldm_step": 4321,
+                 "vqvae_checkpoint": "runs/x/vqvae/last.pt", "segmenter_checkpoint": "runs/x/segmenter/segmenter.pt",
+                 "created": "2025-01-01T00:00:00", "seconds": 12.5, "torch": "2.x", "device": "cpu"},
+        "published": {"fid": 116.09, "ssim": 0.44, "nmse": 1.14, "source": "the seed study, M&Ms-2 256x256"},
+        "reconstruction": {"split": "val", "n_images": 12, "step": 700,
+                           "metrics": {"ssim": {"mean": 0.7123, "std": 0.05, "n": 12},
+                                       "psnr": {"mean": 24.61, "std": 1.0, "n": 12},
+                                       "nmse": {"mean": 0.0383, "std": 0.01, "n": 12}},
+                           "codebook": {"used": 345, "codebook_size": 1024, "perplexity": 210.7}},
+        "ceiling": {"dice": {"LV": 0.8304, "MYO": 0.7516, "RV": 0.7634, "mean_fg": 0.7826}},
+        "variants": variants, "main": "ddim50_both", "groups": groups,
+        "distribution": {
+            "inception": {"fid": None, "kid_mean": None, "kid_std": None, "real_vs_real_fid": None, "n": n,
+                          "available": False, "reason": "no Inception weights file found"},
+            "segmenter": {"fid": 3.4567, "kid_mean": 0.0123, "kid_std": 0.0021, "real_vs_real_fid": 1.2345, "n": n,
+                          "label": "in-domain (segmenter features)"}},
+        "memorisation": {"ratios": ratios, "space": "pixels", "n_train_reference": 345,
+                         "heldout_reference": "nearest held-out slice of another subject",
+                         "summary": {"n": n, "median": 0.9531, "p05": 0.7277, "min": 0.7001, "below_0.1": 0.0,
+                                     "below_0.5": 0.0},
+                         "baseline": {"ratios": [0.8, 0.9, None], "what": "real held-out slices",
+                                      "summary": {"n": 2, "median": 0.8517, "p05": 0.8, "min": 0.8,
+                                                  "below_0.1": 0.0, "below_0.5": 0.0}}},
+    }
+
+
+def samples(n: int = 12, size: int = 16) -> dict:
+    g = torch.Generator().manual_seed(0)
+    label = torch.zeros(n, size, size, dtype=torch.long)
+    label[:, 4:12, 4:12] = 2
+    label[:, 6:10, 6:10] = 1
+    onehot = torch.nn.functional.one_hot(label, 4).permute(0, 3, 1, 2).float()
+    edge = (torch.rand(n, 1, size, size, generator=g) > 0.9).float()
+    out = {"generated": torch.rand(n, 1, size, size, generator=g) * 2 - 1,
+           "real": torch.rand(n, 1, size, size, generator=g) * 2 - 1,
+           "label": label.to(torch.uint8), "cond": torch.cat([edge, onehot], 1).to(torch.uint8),
+           "segmentation": label.flip(-1).to(torch.uint8)}
+    out["examples"] = {"real": out["real"][:3], "cond": out["cond"][:3],
+                       "generated": {name: out["generated"][:3] * (j + 1) / 6 for j, name in enumerate(VARIANTS)}}
+    return out
+
+
+def per_image(n: int = 12) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    return pd.DataFrame({"subject": [f"s{i // 4}" for i in range(n)], "view": ["SA"] * (n - 2) + ["LA"] * 2,
+                         "phase": ["ED", "ES"] * (n // 2), "pathology": ["NOR"] * n,
+                         "ssim": rng.uniform(0.2, 0.5, n), "psnr": rng.uniform(12, 16, n),
+                         "nmse": rng.uniform(0.3, 0.6, n), "dice_fg": rng.uniform(0.5, 0.8, n)})
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    metrics = tmp_path / "eval" / "metrics.json"
+    metrics.parent.mkdir()
+    metrics.write_text(json.dumps(synthetic_metrics()))
+    torch.save(samples(), tmp_path / "eval" / "samples.pt")
+    per_image().to_csv(tmp_path / "eval" / "per_image.csv", index=False)
+    return tmp_path
+
+
+SECTIONS = ["# mmldm evaluation report", "## Summary", "## Intended use", "## Data", "## Architecture",
+            "## Training configuration", "## Results", "### Paired fidelity", "### By group",
+            "### Distribution", "### Anatomy compliance", "### Samplers and conditions", "### Training recipe",
+            "### Quality against compute", "### Memorisation", "## Figures", "## Challenges", "## Limitations",
+            "## Inputs"]
+
+
+def test_every_section_and_table_from_synthetic_metrics(inputs):
+    cfg = load_config("smoke")
+    out, figs = inputs / "report", inputs / "report" / "figures"
+    written = write_report(cfg, inputs / "eval" / "metrics.json", out_dir=out, figures_dir=figs,
+                           samples_path=inputs / "eval" / "samples.pt", table_path=inputs / "eval" / "per_image.csv")
+    text = (out / "report.md").read_text()
+    for heading in SECTIONS:
+        assert heading in text, heading
+    # Numbers from the JSON, formatted: published beside ours, groups, distribution, Dice, memorisation.
+    for number in ("116.09", "0.440", "1.140", "0.301 ± 0.052", "0.422 ± 0.061", "14.37", "0.512", "0.446",
+                   "0.379", "3.46", "0.0123 ± 0.0021", "1.23", "0.830", "0.783", "0.674", "0.953", "0.728",
+                   "0.712", "24.61", "345 of 1024", "4321", "0.111", "0.667", "0.654 ± 0.050", "0.247 ± 0.010",
+                   "0.852", "(of 345)"):
+        assert number in text, number
+    assert "no Inception weights file found" in text  # why the Inception FID is missing
+    assert "synthetic phantom" in text and "not for clinical decisions" in text
+    assert "Bernard et al." in text and "Martín-Isla et al." in text and "CC BY-NC-SA 4.0" in text
+    for name in VARIANTS:
+        assert f"`{name}`" in text
+    # Architecture from the config, with parameter counts.
+    assert str(cfg.vqvae.codebook_size) in text and str(cfg.unet.down_channels) in text
+    assert len(re.findall(r"\| parameters \| [\d.]+ [kM] \|", text)) == 3  # VQ-VAE, UNet, segmenter
+    # Optional inputs missing: said so, no crash.
+    assert "no `ablation.json` given" in text and "no `compute.json` given" in text
+    # Figures drawn and linked relative to the report; the metrics copied beside it.
+    for role in ("grid", "examples", "variants", "groups", "memorisation"):
+        assert written[role].exists() and f"figures/{rf.FIGURES[role]}" in text, role
+    assert json.loads((out / "metrics.json").read_text()) == synthetic_metrics()
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]  # atomic writes leave no temporaries
+
+
+def test_numbers_follow_the_json(inputs):
+    m = synthetic_metrics()
+    base = build_report(m)
+    m["variants"]["ddim50_both"]["ssim"]["mean"] = 0.8642
+    m["published"]["fid"] = 99.87
+    changed = build_report(m)
+    assert "0.864" in changed and "0.864" not in base
+    assert "99.87" in changed and "116.09" not in changed
+
+
+def test_optional_ablation_and_compute_tables(inputs):
+    out = inputs / "report"
+    out.mkdir()
+    # benchmarks/convergence.py's format: {variant spec: row}, NaN where not measured.
+    (out / "ablation.json").write_text(json.dumps({
+        "seed@ddpm1000": {"variant": "seed@ddpm1000", "sampler": "ddpm1000", "steps": 1000, "ssim": 0.1198,
+                          "nmse": 1.6557, "dice_fg": 0.3954, "train_s": 860.7, "real_dice_fg": 0.7815,
+                          "source": "acdc"},
+        "ours_x0_lr1e-3": {"ssim": 0.3981, "nmse": 0.4193, "dice_fg": 0.6777, "train_s": float("nan"),
+                           "source": "acdc"}}))
+    (out / "compute.json").write_text(json.dumps({
+        "ours": {"variant": "ours", "steps": 1000, "train_s": 600.0, "ssim": 0.3913, "nmse": 0.43, "dice_fg": 0.66},
+        "ours*2": {"variant": "ours*2", "steps": 2000, "train_s": 1200.0, "ssim": 0.4127, "nmse": 0.41,
+                   "dice_fg": 0.69},
+        "ours*4": {"variant": "ours*4", "steps": 4000, "train_s": 2400.0, "ssim": 0.4391, "nmse": 0.39,
+                   "dice_fg": 0.71}}))
+    written = write_report(load_config("smoke"), inputs / "eval" / "metrics.json", out_dir=out,
+                           figures_dir=out / "figures")
+    text = written["report"].read_text()
+    for number in ("0.120", "1.656", "0.395", "0.398", "0.678", "861", "0.391", "0.413", "0.439", "4000"):
+        assert number in text, number
+    assert "`seed@ddpm1000` | ddpm1000 | 1000 |" in text and "`ours_x0_lr1e-3` | n/a | n/a |" in text
+    assert "data `acdc`" in text and "`ours*4`" in text
+    assert "no `ablation.json`" not in text and "no `compute.json`" not in text
+    assert written["compute"].exists() and f"figures/{rf.FIGURES['compute']}" in text
+    fig = rf.compute_plot(read_rows(out / "compute.json")[0])
+    assert len(fig.axes[0].lines) == 1  # ours, ours*2, ours*4: one recipe, one line
+    rf.plt.close(fig)
+
+
+def test_bad_inputs_name_the_file(tmp_path):
+    bad = tmp_path / "metrics.json"
+    bad.write_text("{not json")
+    with pytest.raises(DataError, match=r"metrics\.json.*not valid JSON"):
+        read_metrics(bad)
+    m = synthetic_metrics()
+    del m["variants"]
+    bad.write_text(json.dumps(m))
+    with pytest.raises(DataError, match=r"metrics\.json.*variants"):
+        read_metrics(bad)
+    m = synthetic_metrics()
+    m["main"] = "nope"
+    bad.write_text(json.dumps(m))
+    with pytest.raises(DataError, match="nope"):
+        read_metrics(bad)
+    with pytest.raises(DataError, match="no such file"):
+        read_metrics(tmp_path / "missing.json")
+    assert read_rows(tmp_path / "absent.json") is None
+    (tmp_path / "ablation.json").write_text("[1, 2]")
+    with pytest.raises(DataError, match="ablation.json"):
+        read_rows(tmp_path / "ablation.json")
+
+
+def test_missing_sections_still_build():
+    m = synthetic_metrics()
+    for key in ("reconstruction", "ceiling", "groups", "distribution", "memorisation"):
+        m.pop(key)
+    text = build_report(m)  # no config, no figures
+    assert "## Results" in text and "No configuration was given" in text
+    assert "No distribution metrics" in text and "Not measured (no memorisation" in text
+    assert "n/a" in text
+
+
+def test_smoke_report_goes_into_the_run_folder_not_the_committed_report():
+    smoke, laptop = load_config("smoke"), load_config("laptop")
+    assert report_dir(laptop).name == "report"
+    assert report_dir(smoke) == smoke.run_dir
+
+
+def test_figures_draw(tmp_path):
+    m, s = synthetic_metrics(), samples()
+    for fig in (rf.generation_grid(s["cond"], {"generated": s["generated"]}, s["real"], s["label"]),
+                rf.variant_bars(m), rf.group_boxplots(per_image()), rf.memorisation_histogram(m["memorisation"]["ratios"]),
+                rf.compute_plot([{"steps": 10, "train_s": 5.0, "ssim": 0.1, "nmse": 0.9, "dice_fg": 0.2},
+                                 {"steps": 20, "train_s": 9.0, "ssim": 0.2, "nmse": 0.8, "dice_fg": 0.3}])):
+        assert fig.axes
+        rf.plt.close(fig)
+    with pytest.raises(ValueError, match="group_boxplots"):
+        rf.group_boxplots(pd.DataFrame({"x": [1]}))
+    with pytest.raises(ValueError, match="no images"):
+        rf.generation_grid(s["cond"][:0], {}, s["real"][:0])
+
+
+def test_trajectory_ends_at_the_sampled_image():
+    # An untrained smoke-size model is enough: the trajectory must be sample_images' own run.
+    from mmldm.models.unet import UNet
+    from mmldm.models.vqvae import VQVAE
+    from mmldm.train.ldm import sample_images
+
+    cfg = load_config("smoke")
+    torch.manual_seed(0)
+    c = cfg.unet.latent_channels
+    ldm = {"config": cfg, "unet": UNet(cfg.unet).eval(), "vqvae": VQVAE(cfg.vqvae).eval(),
+           "latent_stats": {"mode": "channel", "mean": [0.1] * c, "std": [0.5] * c, "min": -3.0, "max": 3.0}}
+    s = samples(n=2, size=cfg.data.size)
+    cond, view = s["cond"].float(), torch.tensor([0, 1])
+    traj = rf.denoising_trajectory(ldm, cond, view, seed=3, frames=3)
+    assert traj["step"] == [0, 2, 4] and len(traj["t"]) == 3  # 5 DDIM steps at smoke: first, middle, last
+    assert traj["x_t"].shape == traj["x0_hat"].shape == (3, 2, 1, cfg.data.size, cfg.data.size)
+    direct = sample_images(cfg, ldm["unet"], ldm["vqvae"], ldm["latent_stats"], cond, view,
+                           sampler_cfg=cfg.sampler, seed=3)
+    torch.testing.assert_close(traj["final"], direct)
+    assert traj["t"] == sorted(traj["t"], reverse=True)  # noisy to clean
+    fig = rf.trajectory_strip(traj, s["cond"], s["real"], index=1)
+    assert len(fig.axes) == 2 * (1 + 3 + 1 + 1)
+    rf.plt.close(fig)
