@@ -52,14 +52,14 @@ VARIANTS = {
 SAMPLERS = {"ddim50": ("ddim", 50), "dpm20": ("dpm_solver", 20), "ddpm1000": ("ddpm", 1000)}
 
 
-def parse_variant(spec: str) -> tuple[str, int, str | None]:
+def parse_variant(spec: str) -> tuple[str, float, str | None]:
     """``name[*mult][@sampler]``: a VARIANTS recipe, trained ``mult`` x the step budget, evaluated
     with one of SAMPLERS (default: the recipe's own sampler, DDIM 50 at laptop)."""
     rest, _, sampler = spec.partition("@")
     name, _, mult = rest.partition("*")
     if name not in VARIANTS or (sampler and sampler not in SAMPLERS):
         raise SystemExit(f"unknown variant {spec!r}: recipes {sorted(VARIANTS)}, samplers {sorted(SAMPLERS)}")
-    return name, int(mult or 1), sampler or None
+    return name, float(mult or 1), sampler or None
 
 
 def evaluate(ckpt: Path, store: Path, segmenter_path: Path | None, n: int,
@@ -96,13 +96,25 @@ def evaluate(ckpt: Path, store: Path, segmenter_path: Path | None, n: int,
     return out, res
 
 
+def save_rows(rows: dict, paths: list[Path]) -> None:
+    """Merge ``rows`` into each JSON file (temporary name, then rename): a variant's row is kept
+    as soon as it is measured, so a stopped run loses nothing already done."""
+    for path in paths:
+        existing = json.loads(path.read_text()) if path.exists() else {}
+        existing.update(rows)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(existing, indent=1))
+        tmp.replace(path)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--source", required=True, help="dataset folder (e.g. ACDC training)")
     p.add_argument("--vqvae", required=True, help="a trained VQVAE checkpoint (same for every variant)")
     p.add_argument("--segmenter", default=None, help="segmenter checkpoint for anatomy Dice")
     p.add_argument("--variants", nargs="+", default=["seed", "ours"],
-                   help="name[*mult][@sampler], e.g. seed@ddpm1000 ours ours*4 ours_spade; names: "
+                   help="name[*mult][@sampler], e.g. seed@ddpm1000 ours ours*0.5 ours*4 ours_spade; names: "
                         + ", ".join(sorted(VARIANTS)))
     p.add_argument("--steps", type=int, default=None, help="LDM optimiser steps per variant (default: the laptop "
                                                             "profile's train_ldm.steps), times the variant's mult")
@@ -122,23 +134,25 @@ def main() -> None:
     for spec in args.variants:
         name, mult, sampler = parse_variant(spec)
         base_steps = args.steps or load_config("laptop").train_ldm.steps
-        steps = base_steps * mult
+        steps = max(int(round(base_steps * mult)), 1)
         overrides = [f"paths.source={Path(args.source).resolve()}", *VARIANTS[name],
                      f"train_ldm.steps={steps}", f"train_ldm.cpu_threads={args.threads}",
                      "train_ldm.sample_every=0", f"train_ldm.ckpt_every={max(steps // 4, 1)}"]
         cfg = load_config("laptop", overrides=overrides)
-        run = out / (f"ldm_{name}" + (f"_x{mult}" if mult > 1 else ""))
+        run = out / (f"ldm_{name}" + (f"_x{mult:g}" if mult != 1 else ""))
         timing = run / "train_seconds.json"  # wall time of the training, kept for --eval-only and reruns
-        if not args.eval_only and not (run / "last.pt").exists():
+        if not args.eval_only and not timing.exists():  # not trained to the end yet: train, or continue
+            resumed = (run / "last.pt").exists()
             t0 = time.time()
             train_ldm(cfg, vqvae_ckpt=args.vqvae, out_dir=run, figures_dir=run, progress=False, resume=True)
-            timing.write_text(json.dumps({"train_s": time.time() - t0, "threads": args.threads}))
+            timing.write_text(json.dumps({"train_s": time.time() - t0, "threads": args.threads, "resumed": resumed}))
         train_s = json.loads(timing.read_text())["train_s"] if timing.exists() else float("nan")
         seg = Path(args.segmenter) if args.segmenter else None
         metrics, res = evaluate(run / "last.pt", cfg.store_path, seg, args.n, sampler)
         metrics.update(variant=spec, steps=steps, n=args.n, source=str(args.source), threads=args.threads,
                        train_s=train_s, overrides=VARIANTS[name])
         rows[spec] = metrics
+        save_rows({spec: metrics}, [out / "convergence.json", *([Path(args.json)] if args.json else [])])
         torch.save({k: res[k] for k in ("generated", "real", "label", "cond")},
                    run / f"eval_samples{'_' + sampler if sampler else ''}.pt")
         print(spec, json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}), flush=True)
@@ -146,13 +160,6 @@ def main() -> None:
     print("\n| variant | sampler | " + " | ".join(cols) + " |\n|---|---|" + "---|" * len(cols))
     for spec, m in rows.items():
         print(f"| {spec} | {m['sampler']} | " + " | ".join(f"{m.get(c, float('nan')):.3f}" for c in cols) + " |")
-    for path in [out / "convergence.json", *([Path(args.json)] if args.json else [])]:
-        existing = json.loads(path.read_text()) if path.exists() else {}
-        existing.update(rows)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(existing, indent=1))
-        tmp.replace(path)
 
 
 if __name__ == "__main__":
