@@ -57,7 +57,6 @@ depend on which other slices are generated.
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from pathlib import Path
 
@@ -67,6 +66,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from mmldm import atomic
 from mmldm.data.crop import crop_pad, heart_center, resize_label, window_size
 from mmldm.data.edges import canny_edges
 from mmldm.data.nifti import NIFTI_SUFFIXES, as_label, load_nifti
@@ -284,16 +284,10 @@ def write_volume(path: str | Path, image: np.ndarray, like: nib.Nifti1Image) -> 
     header["cal_min"], header["cal_max"] = 0.0, 1.0
     data = np.asarray(image, np.float32).reshape(like.shape)
     out = type(like)(data, None, header)  # affine None: the header's qform/sform are kept as they are
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name[: -len(suffix)]}.tmp-{os.getpid()}{suffix}")
-    try:
-        nib.save(out, str(tmp))
-        os.replace(tmp, path)
+    try:  # the temporary name keeps the suffix: nib.save picks the format from it
+        return atomic.write_atomic(path, lambda tmp: nib.save(out, str(tmp)), suffix=suffix)
     except OSError as err:
         raise DataError(path, f"cannot write: {err}") from err
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def _check_output(path: Path) -> None:

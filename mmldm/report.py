@@ -27,10 +27,10 @@ import json
 import math
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from mmldm import atomic
 from mmldm.errors import DataError
 
 REQUIRED = ("meta", "published", "variants", "main")
@@ -735,18 +735,6 @@ def build_report(metrics: dict, cfg=None, figures_dir: str | Path | None = None,
 # ---------------------------------------------------------------------------------------------
 
 
-def write_text_atomic(text: str, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def load_samples(path: str | Path) -> dict:
     """The evaluation's saved tensors (``samples.pt`` or ``.npz``): generated, real, label, cond."""
     import numpy as np
@@ -847,13 +835,7 @@ def write_report(cfg, metrics_path: str | Path, out_dir: str | Path | None = Non
     text = build_report(metrics, cfg, figures_dir, out_dir, ablation, compute, inputs)
     metrics_copy = out_dir / "metrics.json"
     if metrics_copy.resolve() != metrics_path.resolve():
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = metrics_copy.with_name(f".{metrics_copy.name}.tmp-{os.getpid()}")
-        try:
-            shutil.copyfile(metrics_path, tmp)
-            os.replace(tmp, metrics_copy)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic.copy_file(metrics_path, metrics_copy)
     written["metrics"] = metrics_copy
-    written["report"] = write_text_atomic(text, out_dir / "report.md")
+    written["report"] = atomic.write_text(out_dir / "report.md", text)
     return written

@@ -37,29 +37,32 @@ def mnms2_root() -> Path:
     return _real("mnms2")
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread during a test (modules that want it everywhere: ``pytestmark``)."""
+    from smoke_models import one_torch_thread
+
+    with one_torch_thread():
+        yield
+
+
 @pytest.fixture(scope="session")
 def smoke_ldm(tmp_path_factory) -> dict:
-    """A smoke VQ-VAE + LDM trained once per session (1 thread, seconds) on test_train's ring store.
+    """A smoke VQ-VAE + LDM trained once per session (1 thread, seconds) on the tiny ring store
+    (tests/smoke_models.py).
 
-    Returns ``{"store", "ckpt", "figures", "overrides"}``; ``overrides`` point a ``smoke`` config
-    (and the notebooks' ``overrides`` parameter) at this store, run folder and figures folder.
+    Returns ``{"store", "ckpt", "figures", "overrides", "cfg", "run", "vqvae", "ldm"}``;
+    ``overrides`` point a ``smoke`` config (``cfg``, and the notebooks' ``overrides`` parameter) at
+    this store, run folder ``run`` and figures folder; ``vqvae`` and ``ldm`` are the trainers'
+    summaries.
     """
-    import torch
-
     from mmldm.config import load_config
-    from mmldm.train.ldm import train_ldm
-    from mmldm.train.vqvae import train_vqvae
-    from test_train import write_tiny_store
+    from smoke_models import train_smoke_ldm, write_tiny_store
 
     root = tmp_path_factory.mktemp("smoke_ldm")
     store = write_tiny_store(root / "store.h5")
     overrides = [f"paths.store={store}", f"paths.runs={root / 'runs'}", f"paths.figures={root / 'figures'}"]
     cfg = load_config("smoke", overrides=overrides)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train_vqvae(cfg, progress=False)
-        train_ldm(cfg, progress=False)
-    finally:
-        torch.set_num_threads(before)
-    return {"store": store, "ckpt": cfg.run_dir / "ldm" / "last.pt", "figures": cfg.figures_dir, "overrides": overrides}
+    vq, ldm = train_smoke_ldm(cfg, store, cfg.run_dir, cfg.figures_dir)
+    return {"store": store, "ckpt": cfg.run_dir / "ldm" / "last.pt", "figures": cfg.figures_dir, "overrides": overrides,
+            "cfg": cfg, "run": cfg.run_dir, "vqvae": vq, "ldm": ldm}

@@ -27,13 +27,7 @@ def bench():
     return module
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a busy machine two threads spin-wait on each other and crawl."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread
 
 
 def tiny(bench, **over):

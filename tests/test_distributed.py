@@ -18,7 +18,7 @@ import pytest
 
 from mmldm.train.checkpoint import LAST, load_checkpoint, weights_hash
 from mmldm.train.log import read_log
-from test_train import write_tiny_store
+from smoke_models import write_tiny_store
 
 REPO = Path(__file__).resolve().parent.parent
 

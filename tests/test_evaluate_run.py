@@ -1,8 +1,8 @@
 """The evaluation engine (mmldm/evaluate/run.py) and ``python -m mmldm evaluate``, on smoke models.
 
-A tiny store is written directly (32 x 32 rings of LV / myocardium / RV, 4 training and 2
-held-out subjects, SA and LA views, ED and ES, two pathologies), a smoke VQVAE and LDM are
-trained on it once for the module (a few seconds), and the evaluation runs on a handful of
+A tiny store is written directly (tests/smoke_models.py: 32 x 32 rings of LV / myocardium / RV,
+4 training and 2 held-out subjects, SA and LA views, ED and ES, two pathologies), a smoke VQVAE and
+LDM are trained on it once for the module (a few seconds), and the evaluation runs on a handful of
 held-out slices. The smoke model's images are noise by design: these tests check the plumbing,
 the schema and the value ranges, never the quality.
 """
@@ -20,67 +20,23 @@ import torch
 from mmldm.cli import main as cli_main
 from mmldm.config import load_config
 from mmldm.errors import ConfigError
-from mmldm.data.store import StoreWriter
 from mmldm.evaluate.memorisation import memorisation_ratios
-from mmldm.evaluate.run import PUBLISHED, VARIANTS, _write_atomic, evaluate, variant_settings
+from mmldm.evaluate.run import PUBLISHED, VARIANTS, evaluate, variant_settings
 from mmldm.train.checkpoint import LAST
+from smoke_models import train_smoke_ldm, write_tiny_store
 
 SIZE = 32
-
-
-def write_store(path, subjects: int = 6, per_subject: int = 4, seed: int = 0):
-    """Rings of label 3/2/1 (RV, MYO, LV) around a jittered centre; the last two subjects held out."""
-    rng = np.random.default_rng(seed)
-    n = subjects * per_subject
-    yy, xx = np.mgrid[:SIZE, :SIZE]
-    labels = np.zeros((n, SIZE, SIZE), np.uint8)
-    for i in range(n):
-        cy, cx = SIZE / 2 + rng.uniform(-3, 3, 2)
-        r = np.hypot(yy - cy, xx - cx)
-        for lab, frac in ((3, 0.35), (2, 0.25), (1, 0.15)):
-            labels[i][r < SIZE * frac] = lab
-    images = np.array([-0.8, 0.6, -0.2, 0.3], np.float32)[labels] + rng.normal(0, 0.05, labels.shape)
-    edges = np.zeros_like(labels)
-    edges[:, 1:, :] |= labels[:, 1:, :] != labels[:, :-1, :]
-    edges[:, :, 1:] |= labels[:, :, 1:] != labels[:, :, :-1]
-    subject = [f"{s:03d}" for s in range(subjects) for _ in range(per_subject)]
-    writer = StoreWriter(path, SIZE)
-    writer.append(np.clip(images, -1, 1).astype(np.float32), labels, edges)
-    writer.finish(
-        {"subject": subject, "view": (["SA"] * (per_subject - 1) + ["LA"]) * subjects,
-         "phase": ["ED", "ES"] * (n // 2), "slice_index": list(range(n)), "source": ["phantom"] * n,
-         "split": ["val" if int(s) >= subjects - 2 else "train" for s in subject],
-         "vendor": [""] * n, "centre": [""] * n, "pathology": ["NOR", "NOR", "DCM", "DCM"] * (n // 4),
-         "spacing": [(1.0, 1.0)] * n},
-        {"config": f"size: {SIZE}\n", "sources": "[]"},
-    )
-    return path
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """(cfg, store, run folder): a smoke VQVAE and LDM trained once for this module."""
-    from mmldm.train.ldm import train_ldm
-    from mmldm.train.vqvae import train_vqvae
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    """(cfg, store, run folder): a smoke VQVAE and LDM trained once for this module, on a ring store
+    of its own: 6 subjects of 4 slices, the last 2 held out, pathologies NOR and DCM."""
     root = tmp_path_factory.mktemp("eval_run")
-    store = write_store(root / "tiny.h5")
+    store = write_tiny_store(root / "tiny.h5", subjects=6, per_subject=4, held_out=2, pathologies=("NOR", "DCM"))
     cfg = load_config("smoke")
-    try:
-        train_vqvae(cfg, store, root / "vqvae", progress=False, figures_dir=root / "figures")
-        train_ldm(cfg, store, root / "vqvae" / LAST, root / "ldm", progress=False, figures_dir=root / "figures")
-    finally:
-        torch.set_num_threads(before)
+    train_smoke_ldm(cfg, store, root, root / "figures")
     return cfg, store, root
 
 
@@ -187,19 +143,6 @@ def test_side_files_are_written_and_consistent(evaluated, trained):
     assert np.isclose(main["ssim"].mean(), metrics["variants"]["ddim50_both"]["ssim"]["mean"], atol=1e-5)
     assert np.allclose(main["memorisation_ratio"], metrics["memorisation"]["ratios"], atol=1e-4, equal_nan=True)
     assert {"real_dice_fg", "subject", "view", "phase", "position"} <= set(table.columns)
-
-
-def test_files_are_replaced_atomically(tmp_path):
-    path = tmp_path / "metrics.json"
-    path.write_text('{"old": 1}')
-
-    def crash(tmp):
-        tmp.write_text('{"half')
-        raise RuntimeError("killed mid-write")
-
-    with pytest.raises(RuntimeError):
-        _write_atomic(path, crash)
-    assert json.loads(path.read_text()) == {"old": 1} and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 
 
 def test_heldout_neighbour_excludes_the_same_subject():

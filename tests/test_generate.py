@@ -12,7 +12,6 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 from mmldm.cli import main
 from mmldm.config import load_config
@@ -35,12 +34,7 @@ from mmldm.generate import (
 AFFINE = np.array([[0.0, 1.3, 0.0, -20.0], [-1.2, 0.0, 0.0, 15.0], [0.0, 0.0, 8.0, -40.0], [0, 0, 0, 1]])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread
 
 
 @pytest.fixture(scope="module")

@@ -189,7 +189,7 @@ def test_resume_skips_complete_subjects(tmp_path, monkeypatch):
     second = subject_files(tmp_path / "dataset" / "002", 2)
     before = second[-1].read_bytes()
     second[-1].unlink()  # as if the run had been killed while writing subject 2
-    (second[0].parent / ".002_LA_ES_gt.nii.gz.999.partial").write_bytes(b"half a file")
+    (second[0].parent / ".002_LA_ES_gt.nii.gz.tmp-999").write_bytes(b"half a file")
 
     rendered = []
     original = phantom.render_subject
@@ -203,7 +203,7 @@ def test_resume_skips_complete_subjects(tmp_path, monkeypatch):
 
     assert rendered == [2, 3]
     assert second[-1].read_bytes() == before
-    assert not list((tmp_path / "dataset").rglob("*.partial"))
+    assert not list((tmp_path / "dataset").rglob("*.tmp-*"))
 
 
 def test_refuses_other_settings_and_other_data(tmp_path):

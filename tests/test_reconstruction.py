@@ -17,7 +17,7 @@ from mmldm.data.dataset import CardiacSliceDataset
 from mmldm.evaluate.reconstruction import codebook_usage, reconstruction_report, save_recon_metrics
 from mmldm.models.vqvae import VQVAE
 from mmldm.viz import plots
-from test_train import write_tiny_store
+from smoke_models import write_tiny_store
 
 
 @pytest.fixture(scope="module")

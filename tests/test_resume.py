@@ -25,7 +25,7 @@ import torch
 
 from mmldm.train.checkpoint import LAST, PREVIOUS, load_checkpoint
 from mmldm.train.log import read_log
-from test_train import write_tiny_store
+from smoke_models import write_tiny_store
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = 40

@@ -1,8 +1,9 @@
 """The trainers on the ``smoke`` profile, and the pieces they are made of.
 
-Training data is a tiny store written directly (30 slices of 32x32 concentric LV / myocardium /
-RV rings, 4 training subjects and 1 validation subject), so these tests need neither the phantom
-nor real data. ``write_tiny_store`` is shared with test_resume.py and test_distributed.py.
+Training data is a tiny store written directly (``write_tiny_store`` in tests/smoke_models.py: 30
+slices of 32x32 concentric LV / myocardium / RV rings, 4 training subjects and 1 validation
+subject), so these tests need neither the phantom nor real data. The trained smoke VQVAE and LDM
+are conftest's session fixture ``smoke_ldm``, trained on that same store.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import torch
 
 from mmldm.config import load_config
 from mmldm.data.dataset import CardiacSliceDataset
-from mmldm.data.store import StoreWriter
 from mmldm.errors import ConfigError
 from mmldm.train.checkpoint import LAST, PREVIOUS, load_checkpoint, weights_hash
 from mmldm.train.distributed import Dist
@@ -23,48 +23,12 @@ from mmldm.train.latents import LatentDataset, cache_key, denormalize, ensure_ca
 from mmldm.train.log import CSVLog, read_log
 from mmldm.train.loop import ResumableSampler
 from mmldm.train.optim import TrainConfig, build_optimizer, build_scheduler, lr_factor
-
-
-def write_tiny_store(path, size: int = 32, subjects: int = 5, per_subject: int = 6, seed: int = 0):
-    """Rings of label 3/2/1 (RV, myocardium, LV) around a jittered centre; last subject is validation."""
-    rng = np.random.default_rng(seed)
-    n = subjects * per_subject
-    yy, xx = np.mgrid[:size, :size]
-    labels = np.zeros((n, size, size), np.uint8)
-    for i in range(n):
-        cy, cx = size / 2 + rng.uniform(-3, 3, 2)
-        r = np.hypot(yy - cy, xx - cx)
-        for lab, frac in ((3, 0.35), (2, 0.25), (1, 0.15)):
-            labels[i][r < size * frac] = lab
-    images = np.array([-0.8, 0.6, -0.2, 0.3], np.float32)[labels] + rng.normal(0, 0.05, labels.shape)
-    edges = np.zeros_like(labels)
-    edges[:, 1:, :] |= labels[:, 1:, :] != labels[:, :-1, :]
-    edges[:, :, 1:] |= labels[:, :, 1:] != labels[:, :, :-1]
-    writer = StoreWriter(path, size)
-    writer.append(np.clip(images, -1, 1).astype(np.float32), labels, edges)
-    subject = [f"{s:03d}" for s in range(subjects) for _ in range(per_subject)]
-    writer.finish(
-        {"subject": subject, "view": (["SA"] * (per_subject - 1) + ["LA"]) * subjects,
-         "phase": ["ED", "ES"] * (n // 2), "slice_index": list(range(n)), "source": ["phantom"] * n,
-         "split": ["val" if s == subject[-1] else "train" for s in subject],
-         "vendor": [""] * n, "centre": [""] * n, "pathology": [""] * n, "spacing": [(1.0, 1.0)] * n},
-        {"config": f"size: {size}\n", "sources": "[]"},
-    )
-    return path
+from smoke_models import write_tiny_store
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     return write_tiny_store(tmp_path_factory.mktemp("store") / "tiny.h5")
-
-
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: the machine is shared, and two threads of tiny ops mostly wait."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,21 +166,9 @@ def test_csv_log_drops_rows_after_the_resume_step(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def trained(store, tmp_path_factory):
-    """A smoke VQVAE and LDM trained once in this process (1 thread)."""
-    from mmldm.train.ldm import train_ldm
-    from mmldm.train.vqvae import train_vqvae
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("run")
-    cfg = load_config("smoke")
-    try:
-        vq = train_vqvae(cfg, store, root / "vqvae", progress=False, figures_dir=root / "figures")
-        ldm = train_ldm(cfg, store, root / "vqvae" / LAST, root / "ldm", progress=False, figures_dir=root / "figures")
-    finally:
-        torch.set_num_threads(before)
-    return cfg, root, vq, ldm
+def trained(smoke_ldm):
+    """(cfg, run folder, VQVAE summary, LDM summary): conftest's session smoke VQVAE and LDM."""
+    return smoke_ldm["cfg"], smoke_ldm["run"], smoke_ldm["vqvae"], smoke_ldm["ldm"]
 
 
 def test_vqvae_trainer_writes_checkpoints_logs_and_figures(trained):
@@ -224,7 +176,7 @@ def test_vqvae_trainer_writes_checkpoints_logs_and_figures(trained):
     run = root / "vqvae"
     assert vq["step"] == cfg.train_vqvae.steps
     assert (run / LAST).exists() and (run / PREVIOUS).exists()
-    assert vq["loss_curve"] == root / "figures" / "vqvae_loss_smoke.png" and vq["loss_curve"].stat().st_size > 0
+    assert vq["loss_curve"] == cfg.figures_dir / "vqvae_loss_smoke.png" and vq["loss_curve"].stat().st_size > 0
     assert vq["samples"].exists() and vq["samples"].parent == run / "samples"
     log = read_log(run / "log.csv")
     every = cfg.train_vqvae.log_every

@@ -266,7 +266,7 @@ def test_regenerate_from_an_edited_mask(ex):
 
 def test_reverse_frame_needs_a_trajectory_and_the_store_must_fit(smoke_ldm, tmp_path):
     from mmldm.train.ldm import load_ldm
-    from test_train import write_tiny_store
+    from smoke_models import write_tiny_store
 
     ldm = load_ldm(smoke_ldm["ckpt"])
     fresh = Explorer(ldm, smoke_ldm["store"])

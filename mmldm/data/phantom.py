@@ -38,13 +38,13 @@ import csv
 import gzip
 import io
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
+from mmldm import atomic
 from mmldm.data.phantom_anatomy import DISEASE_WEIGHTS, DISEASES, Anatomy, sample_anatomy
 from mmldm.data.phantom_long_axis import FourChamberDrawer
 from mmldm.data.phantom_mri import Look, Scanner, sample_look
@@ -180,7 +180,7 @@ def _long_axis(anatomy: Anatomy, look: Look, size: int, rng: np.random.Generator
 
 def _write_subject(folder: Path, index: int, seed: int, size: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob("*.partial"):  # left by an interrupted run
+    for stale in folder.glob(atomic.STALE_GLOB):  # left by a killed run
         stale.unlink()
     code = subject_folder_name(index)
     for case, (image, label, spacing) in render_subject(seed, index, size).items():
@@ -200,7 +200,7 @@ def _write_nifti(path: Path, array: np.ndarray, spacing: tuple, axes: np.ndarray
     image.header.set_qform(affine, code=0)
     image.header.set_xyzt_units("mm", "sec")
     data = gzip.compress(image.to_bytes(), compresslevel=1, mtime=0)
-    _atomic_write(path, data)
+    atomic.write_bytes(path, data)
 
 
 def _write_csv(path: Path, rows: list[SubjectInfo]) -> None:
@@ -208,7 +208,7 @@ def _write_csv(path: Path, rows: list[SubjectInfo]) -> None:
     writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(asdict(row) for row in rows)
-    _atomic_write(path, text.getvalue().encode())
+    atomic.write_bytes(path, text.getvalue().encode())
 
 
 def _claim_folder(out: Path, seed: int, size: int) -> None:
@@ -225,11 +225,4 @@ def _claim_folder(out: Path, seed: int, size: int) -> None:
         raise DataError(out, f"already holds data that is not a phantom (no {SETTINGS}); "
                              "refusing to write a phantom into it")
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(marker, (json.dumps(settings) + "\n").encode())
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write under a temporary name in the same folder, then rename over ``path``."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
+    atomic.write_bytes(marker, (json.dumps(settings) + "\n").encode())

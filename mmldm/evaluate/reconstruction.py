@@ -31,12 +31,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from mmldm import atomic
 from mmldm.data.dataset import CardiacSliceDataset
 from mmldm.evaluate.metrics import PAIRED_METRICS, metric_table, paired_metrics, summarise
 from mmldm.models.vqvae import VQVAE
@@ -136,12 +136,4 @@ def recon_summary(report: dict, **extra) -> dict:
 
 def save_recon_metrics(report: dict, path: str | Path, **extra) -> Path:
     """Write :func:`recon_summary` as JSON to ``path``: a temporary file, then renamed into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(recon_summary(report, **extra), indent=2, default=str) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic.write_text(path, json.dumps(recon_summary(report, **extra), indent=2, default=str) + "\n")

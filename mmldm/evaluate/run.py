@@ -87,7 +87,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import os
 import platform
 import time
 from dataclasses import dataclass
@@ -98,6 +97,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from mmldm import atomic
 from mmldm.data.dataset import CardiacSliceDataset
 from mmldm.errors import ConfigError, DataError
 from mmldm.evaluate.anatomy import DICE_CLASSES, anatomy_dice, segment
@@ -196,21 +196,9 @@ def jsonable(obj):
     return obj
 
 
-def _write_atomic(path: Path, write) -> Path:
-    """``write(tmp)`` to a temporary name beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def write_json(obj, path: str | Path) -> Path:
     text = json.dumps(jsonable(obj), indent=1, allow_nan=False) + "\n"
-    return _write_atomic(Path(path), lambda tmp: tmp.write_text(text))
+    return atomic.write_text(path, text)
 
 
 def load_images(store: Path, split: str, positions=None) -> torch.Tensor:
@@ -540,7 +528,7 @@ def _write_samples(path: Path, runs: dict, main: str, segmenter) -> Path:
                      "cond": res["cond"][torch.from_numpy(rows)].round().to(torch.uint8),
                      "generated": {name: at(r, shown).float() for name, r in runs.items()}},
     }
-    return _write_atomic(path, lambda tmp: torch.save(samples, tmp))
+    return atomic.torch_save(samples, path)
 
 
 def _write_per_image(path: Path, runs: dict, main: str, ceiling: dict, ratios: np.ndarray) -> Path:
@@ -555,7 +543,7 @@ def _write_per_image(path: Path, runs: dict, main: str, ceiling: dict, ratios: n
         table.insert(0, "variant", name)
         tables.append(table)
     table = pd.concat(tables, ignore_index=True)
-    return _write_atomic(path, lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))
+    return atomic.write_atomic(path, lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))
 
 
 def format_table(metrics: dict) -> str:

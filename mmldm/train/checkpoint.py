@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmldm import atomic
 from mmldm.errors import MMLDMError
 
 FORMAT = "mmldm-checkpoint"
@@ -179,10 +180,10 @@ def save_checkpoint(state: dict, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"format": FORMAT, "version": FORMAT_VERSION, **state}
+    tmp = atomic.temporary_path(path)  # not atomic.write_atomic: fsync, read-back and rotation come between
     for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a killed run
-        if stale.name != f".{path.name}.tmp-{os.getpid()}":
+        if stale != tmp:
             stale.unlink(missing_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
             torch.save(state, f)

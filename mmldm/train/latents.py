@@ -23,7 +23,6 @@ for all channels), applied per channel. The stats travel in the LDM checkpoint.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import h5py
@@ -32,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from mmldm import atomic
 from mmldm.data.dataset import CardiacSliceDataset
 from mmldm.models.vqvae import VQVAE
 
@@ -76,19 +76,14 @@ def read_cache(path: str | Path, key: str) -> torch.Tensor | None:
 def write_cache(path: str | Path, latents: torch.Tensor, indices: np.ndarray, key: str, vqvae_hash: str,
                 store: str | Path) -> Path:
     """Write the cache atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+
+    def write(tmp: Path) -> None:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("latents", data=latents.numpy().astype(np.float32))
             f.create_dataset("index", data=np.asarray(indices, np.int64))
             f.attrs.update(key=key, vqvae_hash=vqvae_hash, store=str(Path(store).resolve()), version=CACHE_VERSION)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+
+    return atomic.write_atomic(path, write)
 
 
 def ensure_cache(path: str | Path, vqvae: VQVAE, vqvae_hash: str, slices: CardiacSliceDataset,

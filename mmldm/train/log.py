@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from mmldm import atomic
 from mmldm.viz.plots import LABEL_CMAP, plt, save_figure
 
 
@@ -34,12 +34,14 @@ class CSVLog:
         if resume_step is not None and self.path.exists():
             with open(self.path, newline="") as f:
                 kept = [row for row in csv.DictReader(f) if int(row["step"]) <= resume_step]
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, self.columns, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(kept)
-        os.replace(tmp, self.path)
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, self.columns, extrasaction="ignore")
+                writer.writeheader()
+                writer.writerows(kept)
+
+        atomic.write_atomic(self.path, write)
 
     def write(self, row: dict) -> None:
         with open(self.path, "a", newline="") as f:

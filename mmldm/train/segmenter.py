@@ -13,8 +13,8 @@ The checkpoint ``<out_dir>/segmenter.pt`` is a dict::
     {"model": state_dict, "config": the SegmenterConfig as a dict, "losses": mean loss per epoch,
      "steps": optimiser steps, "seconds": wall time, "store": the store path, "n_train": slices}
 
-written atomically: saved to ``segmenter.pt.tmp-<pid>`` and renamed over the final name
-(``os.replace``), so a crash never leaves half a file where a checkpoint was. ``load_segmenter``
+written atomically (:mod:`mmldm.atomic`: a temporary name, then ``os.replace``), so a crash
+never leaves half a file where a checkpoint was. ``load_segmenter``
 rebuilds the network from it.
 
     result = train_segmenter(load_config("laptop"), cfg.store_path, cfg.run_dir / "segmenter")
@@ -24,7 +24,6 @@ rebuilds the network from it.
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from mmldm import atomic
 from mmldm.data.dataset import CardiacSliceDataset, expand_batch
 from mmldm.models.segmenter import Segmenter, SegmenterConfig, segmentation_loss
 
@@ -48,19 +48,6 @@ class SegmenterRun:
     losses: list[float] = field(default_factory=list)  # mean training loss of each epoch
     step_losses: list[float] = field(default_factory=list)  # loss of every optimiser step
     seconds: float = 0.0
-
-
-def save_atomic(obj: dict, path: str | Path) -> Path:
-    """``torch.save`` to a temporary name beside ``path``, then rename over it (atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def load_segmenter(path: str | Path, device: torch.device | str = "cpu") -> Segmenter:
@@ -124,7 +111,7 @@ def _train(cfg: SegmenterConfig, store_path: Path, out_dir: Path, device, progre
     data.close()
 
     seconds = time.perf_counter() - start
-    path = save_atomic({
+    path = atomic.torch_save({
         "model": model.state_dict(),
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()},
         "losses": losses,

@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 
+from mmldm import atomic  # noqa: E402
 from mmldm.data.sample import LABELS, Slice  # noqa: E402
 
 LABEL_COLOURS = {1: (0.9, 0.2, 0.2), 2: (0.2, 0.8, 0.3), 3: (0.25, 0.45, 1.0)}
@@ -24,12 +25,8 @@ LABEL_CMAP = ListedColormap([(0, 0, 0, 0)] + [(*LABEL_COLOURS[k], 1.0) for k in 
 
 
 def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-    os.replace(tmp, path)
-    return path
+    path = Path(path)  # the temporary name keeps the suffix: savefig picks the format from it
+    return atomic.write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=dpi, bbox_inches="tight"), suffix=path.suffix)
 
 
 def _display_range(image: np.ndarray) -> tuple[float, float]:
