@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from mmldm.config import load_config
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -78,7 +80,7 @@ def test_cli_prints_the_table_and_writes_json(bench, tmp_path, capsys):
     data = json.loads(out_json.read_text())
     assert len(data["results"]) == 2
     r = data["results"][0]
-    assert r["profile"] == "smoke" and r["device"] == "cpu" and r["latent_shape"] == [3, 8, 8]
+    assert r["profile"] == "smoke" and r["device"] == "cpu" and r["latent_shape"] == [load_config("smoke").vqvae.latent_channels, 8, 8]
     assert set(r["params"]["unet"]) == set(bench.MODES) and r["params"]["vqvae"] > 0
     assert set(r["train_unet"]) == set(bench.MODES)
     for e in [r["train_vqvae"], *r["train_unet"].values()]:

@@ -50,7 +50,7 @@ def test_report_shapes_keys_and_usage_sums(store, vqvae):
     assert len(report["table"]) == n and {"subject", "view", "ssim"} <= set(report["table"].columns)
     # Every latent position of every image picks exactly one code.
     k = vqvae.config.codebook_size
-    assert report["counts"].shape == (k,) and report["latent_shape"] == (3, 8, 8)
+    assert report["counts"].shape == (k,) and report["latent_shape"] == (vqvae.config.latent_channels, 8, 8)
     assert report["counts"].sum() == n * 8 * 8 == report["codebook"]["positions"]
     usage = report["codebook"]
     assert usage["used"] == (report["counts"] > 0).sum() and usage["fraction_used"] == usage["used"] / k

@@ -140,7 +140,8 @@ def test_latent_cache_is_keyed_and_rebuilt(store, tmp_path):
     slices = CardiacSliceDataset(store, split="train")
     path = tmp_path / "latents.h5"
     latents, rebuilt = ensure_cache(path, vqvae, h, slices, 8, torch.device("cpu"), progress=False)
-    assert rebuilt and latents.shape == (len(slices), 3, 8, 8)
+    c = cfg.vqvae.latent_channels
+    assert rebuilt and latents.shape == (len(slices), c, 8, 8)
     assert torch.equal(latents[:2], vqvae.encode_to_latent(torch.stack([slices[0]["image"], slices[1]["image"]])))
     again, rebuilt = ensure_cache(path, vqvae, h, slices, 8, torch.device("cpu"), progress=False)
     assert not rebuilt and torch.equal(again, latents)
@@ -149,7 +150,7 @@ def test_latent_cache_is_keyed_and_rebuilt(store, tmp_path):
     assert cache_key(h, store, slices.indices) != cache_key(h, store, slices.indices[:-1])
     ds = LatentDataset(slices, latents, latent_stats(latents))
     item = ds[3]
-    assert item["latent"].shape == (3, 8, 8) and item["cond"].shape == (5, 32, 32) and item["view"].dtype == torch.long
+    assert item["latent"].shape == (c, 8, 8) and item["cond"].shape == (5, 32, 32) and item["view"].dtype == torch.long
 
 
 def test_csv_log_drops_rows_after_the_resume_step(tmp_path):
