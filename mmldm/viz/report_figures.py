@@ -299,7 +299,7 @@ COMPUTE_PANELS = (("ssim", "SSIM (higher better)"), ("nmse", "NMSE (lower better
 
 
 def compute_plot(rows: Sequence[Mapping], size: tuple = (11, 3.2)):
-    """Quality against training time: SSIM, NMSE and Dice of models trained for more steps
+    """Quality against compute: SSIM, NMSE and Dice of models trained for more steps
     (rows with ``steps``, ``train_s`` and the metrics). Rows whose ``variant`` names differ only
     in the step multiplier (``benchmarks/convergence.py``'s ``ours``, ``ours*2``, ``ours*4``) are
     one recipe and share a line."""
@@ -307,10 +307,12 @@ def compute_plot(rows: Sequence[Mapping], size: tuple = (11, 3.2)):
     need = {"steps", "train_s"}
     if df.empty or not need <= set(df.columns):
         raise ValueError(f"compute_plot: rows need {sorted(need)} and metrics; got columns {list(df.columns)}")
-    df = df.sort_values("train_s")
+    # x: optimiser steps (the compute a run was given); the measured wall time labels each point,
+    # since on a shared machine wall time also measures what else was running.
+    df = df.sort_values("steps")
     df["minutes"] = df["train_s"].astype(float) / 60
     if "variant" in df.columns:
-        df["recipe"] = [re.sub(r"\*\d+", "", str(v)) for v in df["variant"]]
+        df["recipe"] = [re.sub(r"\*[\d.]+", "", str(v)) for v in df["variant"]]
     lines = df.groupby("recipe") if "recipe" in df.columns else [("", df)]
     fig, axes = plt.subplots(1, len(COMPUTE_PANELS), figsize=size)
     for ax, (key, title) in zip(axes, COMPUTE_PANELS):
@@ -319,15 +321,17 @@ def compute_plot(rows: Sequence[Mapping], size: tuple = (11, 3.2)):
             ax.set_title(f"{title}: not measured", fontsize=8)
             continue
         for name, part in lines:
-            ax.plot(part["minutes"], part[key].astype(float), "o-", label=name or None)
+            ax.plot(part["steps"].astype(float), part[key].astype(float), "o-", label=name or None)
             for _, row in part.iterrows():
-                ax.annotate(f"{int(row['steps']):,}", (row["minutes"], float(row[key])), fontsize=7,
+                label = f"{row['minutes']:.0f} min" if np.isfinite(row["minutes"]) else ""
+                ax.annotate(label, (float(row["steps"]), float(row[key])), fontsize=7,
                             textcoords="offset points", xytext=(3, 3))
-        ax.set(xlabel="training time (min)", title=title)
+        ax.set_xscale("log", base=2)
+        ax.set(xlabel="LDM optimiser steps", title=title)
         ax.margins(x=0.15, y=0.15)
         ax.grid(alpha=0.3)
         if "recipe" in df.columns:
             ax.legend(fontsize=7)
-    fig.suptitle("quality against compute (labels: LDM optimiser steps)", fontsize=9)
+    fig.suptitle("quality against compute (labels: measured training wall time)", fontsize=9)
     fig.tight_layout()
     return fig
