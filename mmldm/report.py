@@ -566,11 +566,12 @@ def _compute(c: _Ctx) -> str:
     if c.compute is None:
         return "\n".join(lines + ["Not measured for this report (no `compute.json` given)."])
     rows, meta = c.compute
-    rows = sorted(rows, key=lambda r: (_num(r.get("train_s")) or 0, _num(r.get("steps")) or 0))
+    rows = sorted(rows, key=lambda r: (_num(r.get("steps")) or 0, _num(r.get("train_s")) or 0))
     lines += ["The same recipe trained for more optimiser steps; each model evaluated on the same held-out "
-              "slices.", "", _rows_table(rows, ("steps", "steps") if not any("variant" in r for r in rows)
+              "slices. Training times are wall times on the machine that ran them; on a shared machine they "
+              "include waiting for other jobs, so compare steps first.", "", _rows_table(rows, ("steps", "steps") if not any("variant" in r for r in rows)
                                          else ("variant", "variant")), "",
-              c.figure("05_quality_vs_compute.png", "SSIM, NMSE and anatomy Dice against training time."),
+              c.figure("05_quality_vs_compute.png", "SSIM, NMSE and anatomy Dice against optimiser steps, each point labelled with its training wall time."),
               _source_note(meta, c.inputs.get("compute"), rows)]
     return "\n".join(lines)
 
