@@ -340,3 +340,14 @@ def test_widgets_call_the_explorer(ex):
     real = ui.real_img.value
     ui.slice.value = 2
     assert ex.index == 2 and ui.real_img.value != real and "new slice" in ui.final_caption.value
+
+
+def test_typical_slice_is_the_first_showing_all_three_structures(ex):
+    def shows_all(i, k=20):
+        counts = np.bincount(np.asarray(ex.slices[i]["label"]).ravel(), minlength=4)
+        return bool((counts[1:] >= k).all())
+
+    i = ex.typical_slice()
+    assert shows_all(i) or not any(shows_all(j) for j in range(len(ex.slices)))
+    assert not any(shows_all(j) for j in range(i))
+    assert ex.typical_slice(min_pixels=10**6) == 0  # none qualifies: the first slice

@@ -270,6 +270,15 @@ class Explorer:
                 for i in range(len(self.slices))]
 
     @torch.no_grad()
+    def typical_slice(self, min_pixels: int = 20) -> int:
+        """The first slice showing LV, myocardium and RV (each at least ``min_pixels`` pixels): a
+        mid-ventricular slice, where every mask edit has something to act on. 0 when none does."""
+        for i in range(len(self.slices)):
+            counts = np.bincount(np.asarray(self.slices[i]["label"]).ravel(), minlength=NUM_CLASSES)
+            if (counts[1:] >= min_pixels).all():
+                return i
+        return 0
+
     def select(self, i: int) -> None:
         """Make slice ``i`` of the split the current one: its image, condition, latent and noise."""
         if not 0 <= i < len(self.slices):
