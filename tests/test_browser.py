@@ -115,6 +115,7 @@ def test_notebook06_in_chromium(lab):
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
+    from selenium.common.exceptions import TimeoutException
 
     figure = lab["figures"] / "06_trajectory.png"
     figure.unlink(missing_ok=True)
@@ -132,11 +133,25 @@ def test_notebook06_in_chromium(lab):
         wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Cell")))
         wait.until(EC.presence_of_element_located(
             (By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status='idle']")))
-        # Run > Run All Cells.
-        menu = next(e for e in browser.find_elements(By.CSS_SELECTOR, ".lm-MenuBar-item") if e.text.strip() == "Run")
-        menu.click()
-        wait.until(lambda b: next((e for e in b.find_elements(By.CSS_SELECTOR, ".lm-Menu-item")
-                                   if e.text.strip() == "Run All Cells" and e.is_displayed()), False)).click()
+        # Run > Run All Cells. On a busy machine the first request can arrive before the kernel's
+        # connection is ready and be dropped (every prompt stays "[ ]"): then ask again.
+        def started(b):
+            return any(p.text.strip() not in ("", "[ ]:") for p in b.find_elements(
+                By.CSS_SELECTOR, ".jp-NotebookPanel .jp-CodeCell .jp-InputPrompt"))
+
+        for attempt in range(3):
+            menu = next(e for e in browser.find_elements(By.CSS_SELECTOR, ".lm-MenuBar-item")
+                        if e.text.strip() == "Run")
+            menu.click()
+            wait.until(lambda b: next((e for e in b.find_elements(By.CSS_SELECTOR, ".lm-Menu-item")
+                                       if e.text.strip() == "Run All Cells" and e.is_displayed()), False)).click()
+            try:
+                WebDriverWait(browser, 30).until(started)
+                break
+            except TimeoutException:
+                browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
+        else:
+            raise AssertionError("Run All Cells never started the kernel on the notebook")
         # The explorer appears, with its forward panel drawn.
         image = wait.until(EC.visibility_of_element_located((By.CSS_SELECTOR, ".mmldm-explorer img.mmldm-fwd-xt")))
         wait.until(lambda b: image.get_attribute("src") and image.size["width"] > 0)
