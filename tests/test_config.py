@@ -61,8 +61,9 @@ def test_bad_literal_is_named():
 
 
 def test_inconsistent_sections_rejected():
+    other = load_config("smoke").vqvae.latent_channels + 1
     with pytest.raises(ConfigError, match="latent_channels"):
-        load_config("smoke", overrides=["unet.latent_channels=4"])
+        load_config("smoke", overrides=[f"unet.latent_channels={other}"])
 
 
 def test_overrides_and_base_chain():
