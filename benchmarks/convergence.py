@@ -99,13 +99,13 @@ def evaluate(ckpt: Path, store: Path, segmenter_path: Path | None, n: int,
 def save_rows(rows: dict, paths: list[Path]) -> None:
     """Merge ``rows`` into each JSON file (temporary name, then rename): a variant's row is kept
     as soon as it is measured, so a stopped run loses nothing already done."""
+    from mmldm.atomic import write_text
+
     for path in paths:
         existing = json.loads(path.read_text()) if path.exists() else {}
         existing.update(rows)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(existing, indent=1))
-        tmp.replace(path)
+        write_text(path, json.dumps(existing, indent=1))
 
 
 def main() -> None:
@@ -125,6 +125,7 @@ def main() -> None:
     p.add_argument("--eval-only", action="store_true", help="evaluate existing runs, no training")
     args = p.parse_args()
 
+    from mmldm.atomic import torch_save, write_text
     from mmldm.config import load_config
     from mmldm.train.ldm import train_ldm
 
@@ -145,7 +146,7 @@ def main() -> None:
             resumed = (run / "last.pt").exists()
             t0 = time.time()
             train_ldm(cfg, vqvae_ckpt=args.vqvae, out_dir=run, figures_dir=run, progress=False, resume=True)
-            timing.write_text(json.dumps({"train_s": time.time() - t0, "threads": args.threads, "resumed": resumed}))
+            write_text(timing, json.dumps({"train_s": time.time() - t0, "threads": args.threads, "resumed": resumed}))
         train_s = json.loads(timing.read_text())["train_s"] if timing.exists() else float("nan")
         seg = Path(args.segmenter) if args.segmenter else None
         metrics, res = evaluate(run / "last.pt", cfg.store_path, seg, args.n, sampler)
@@ -153,7 +154,7 @@ def main() -> None:
                        train_s=train_s, overrides=VARIANTS[name])
         rows[spec] = metrics
         save_rows({spec: metrics}, [out / "convergence.json", *([Path(args.json)] if args.json else [])])
-        torch.save({k: res[k] for k in ("generated", "real", "label", "cond")},
+        torch_save({k: res[k] for k in ("generated", "real", "label", "cond")},
                    run / f"eval_samples{'_' + sampler if sampler else ''}.pt")
         print(spec, json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}), flush=True)
     cols = ["ssim", "nmse", "psnr", "saturated", "dice_LV", "dice_MYO", "dice_RV", "dice_fg", "s_per_image", "train_s"]
