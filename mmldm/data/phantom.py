@@ -180,8 +180,7 @@ def _long_axis(anatomy: Anatomy, look: Look, size: int, rng: np.random.Generator
 
 def _write_subject(folder: Path, index: int, seed: int, size: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob(atomic.STALE_GLOB):  # left by a killed run
-        stale.unlink()
+    atomic.sweep_stale(folder)  # left by a killed run
     code = subject_folder_name(index)
     for case, (image, label, spacing) in render_subject(seed, index, size).items():
         axes = _SA_AXES if case.startswith("SA") else _LA_AXES

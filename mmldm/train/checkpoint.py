@@ -9,7 +9,7 @@ Writing is atomic (:func:`save_checkpoint`): the state goes to a temporary file 
 folder, is flushed and fsync'ed, is read back once to prove it is whole, and only then does
 ``last.pt`` become ``prev.pt`` and the temporary file become ``last.pt`` (``os.replace``, atomic
 on one file system). A SIGKILL at any moment leaves ``last.pt`` whole (old or new) and at worst a
-stray ``.last.pt.tmp-<pid>``, which the next save deletes.
+stray ``.last.pt.tmp-<pid>``, which the next save deletes (once that process is gone).
 
 What a checkpoint holds (a plain dict, loadable with ``torch.load(weights_only=True)``)::
 
@@ -181,9 +181,7 @@ def save_checkpoint(state: dict, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"format": FORMAT, "version": FORMAT_VERSION, **state}
     tmp = atomic.temporary_path(path)  # not atomic.write_atomic: fsync, read-back and rotation come between
-    for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a killed run
-        if stale != tmp:
-            stale.unlink(missing_ok=True)
+    atomic.sweep_stale(path.parent, path.name)  # left by a killed run (never a live writer's)
     try:
         with open(tmp, "wb") as f:
             torch.save(state, f)
