@@ -22,5 +22,29 @@ class DataError(MMLDMError):
         super().__init__(f"{self.path}: {problem}" if self.path is not None else problem)
 
 
+def report(problem: DataError, skipped: list | None) -> None:
+    """Raise ``problem``, or, when the caller collects problems in ``skipped``, append it there
+    (how a reader lists a folder with ``skip_bad``: the bad case is left out, the rest go on)."""
+    if skipped is None:
+        raise problem
+    skipped.append(problem)
+
+
 class ConfigError(MMLDMError):
     """A config file or key that is wrong (unknown key, wrong type, bad value)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that the same clean-up runs: every
+    ``except BaseException`` / ``finally`` that deletes a temporary file or releases a lock."""
+
+
+def terminate_as_interrupt() -> None:
+    """From now on SIGTERM (``kill``, a job scheduler, ``timeout``) raises :class:`Terminated` in
+    the main thread instead of ending the process on the spot (which would leave temporary files)."""
+    import signal
+
+    def handler(signum, frame):
+        raise Terminated(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)

@@ -9,8 +9,10 @@ For every case (subject x view x phase) the reader finds::
     edge    = canny_edges(image[z], ...)               # on the final image           (edges.py)
 
 then the subjects present in the store (after filtering and skipping) are split into train/val
-(split.py), so ``val`` subjects always end up in the store, and everything is written (store.py). Cases run in a multiprocessing pool (``workers``, default: every core), in
-order, so the store is identical whatever the number of workers.
+(split.py), so ``val`` subjects always end up in the store, and everything is written (store.py).
+``split="test"`` (``preprocess --split test``) puts every subject into one split instead: an
+external test set, for ``evaluate --split test``. Cases run in a multiprocessing pool (``workers``,
+default: every core), in order, so the store is identical whatever the number of workers.
 
 Unlabelled slices are dropped by default: the diffusion model is conditioned on the label map
 and the edges, and a slice with an empty label map (above the base, below the apex) would teach
@@ -18,13 +20,17 @@ it that "all background" means "any image". ``keep_unlabelled=True`` keeps them 
 the VQVAE on more images).
 
 Bad files. A reader raises :class:`~mmldm.errors.DataError` (unreadable file, shape mismatch,
-unknown labels...); an image without contrast is one too. By default preprocessing stops with
-that message, which names the file. With ``skip_bad`` it records ``"file: reason"``, leaves the
-case out, goes on, and the summary and the store's ``skipped`` attribute list what was left out.
+unknown labels...), while listing the cases too (a missing ``_gt`` file, a missing or garbled
+``Info.cfg``, a frame it names that does not exist); an image without contrast is one too. By
+default preprocessing stops with that message, which names the file. With ``skip_bad`` it
+records ``"file: reason"``, leaves the case out, goes on, and the summary and the store's
+``skipped`` attribute list every file left out.
 
-Atomicity. The store is written to ``<out>.tmp-<pid>`` beside ``out`` and renamed over ``out``
-(``os.replace``, atomic on one file system) only when complete; any exception, Ctrl-C included,
-deletes the temporary file. A store at ``out`` is therefore always whole.
+Atomicity. The store is written to the hidden temporary name ``.<out>.tmp-<pid>`` beside ``out``
+(:mod:`mmldm.atomic`'s scheme) and renamed over ``out`` (``os.replace``, atomic on one file
+system) only when complete; any exception, Ctrl-C or SIGTERM included, deletes the temporary
+file, and one left by a killed run (SIGKILL) is deleted by the next run. A store at ``out`` is
+therefore always whole.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import dataclasses
 import json
 import multiprocessing
 import os
+import signal
 import time
 from collections import Counter
 from contextlib import ExitStack
@@ -45,12 +52,15 @@ import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
+from mmldm import atomic
 from mmldm.data.crop import crop_volume
 from mmldm.data.edges import canny_edges
 from mmldm.data.normalize import normalize
 from mmldm.data.readers import find_cases, load_case
 from mmldm.data.sample import PHASES, VIEWS, Case
 from mmldm.data.split import split_subjects
+
+SPLIT_NAMES = ("train", "val", "test")  # "test": every subject of an external test set (split=)
 from mmldm.data.store import StoreWriter
 from mmldm.errors import DataError
 
@@ -126,12 +136,13 @@ class Summary:
                  f"{sum(self.subjects.values())} subjects in {self.seconds:.1f} s "
                  f"({self.n_slices / max(self.seconds, 1e-9):.0f} slices/s)"]
         lines.append("  subjects: " + ", ".join(f"{s} {n}" for s, n in sorted(self.subjects.items())))
-        lines.append(f"  {'view':<5}{'phase':<7}{'train':>7}{'val':>7}")
+        splits = [s for s in SPLIT_NAMES if s in self.subjects]
+        lines.append(f"  {'view':<5}{'phase':<7}" + "".join(f"{s:>7}" for s in splits))
         for view in VIEWS:
             for phase in PHASES:
-                row = [self.slices.get((view, phase, s), 0) for s in ("train", "val")]
+                row = [self.slices.get((view, phase, s), 0) for s in splits]
                 if any(row):
-                    lines.append(f"  {view:<5}{phase:<7}{row[0]:>7}{row[1]:>7}")
+                    lines.append(f"  {view:<5}{phase:<7}" + "".join(f"{n:>7}" for n in row))
         lines.append(f"  unlabelled slices dropped: {self.dropped_unlabelled}")
         lines.append(f"  files skipped: {len(self.skipped)}")
         lines += [f"    {s}" for s in self.skipped]
@@ -182,6 +193,11 @@ def _work(item: tuple[int, Case], cfg: DataConfig) -> _CaseResult:
     return _CaseResult(index, image, label, edge, keep, spacing, dropped)
 
 
+def _worker_signals() -> None:
+    """Pool workers die on SIGTERM at once (the parent, told too, cleans up; see mmldm.errors)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def preprocess(
     source: str | Path,
     out: str | Path,
@@ -189,31 +205,46 @@ def preprocess(
     format: str = "auto",
     skip_bad: bool = False,
     progress: bool = True,
+    split: str | None = None,
 ) -> Summary:
     """Preprocess the dataset at ``source`` into the HDF5 store ``out``; returns the Summary.
 
-    ``skip_bad`` (or ``cfg.skip_bad``) leaves out unusable cases instead of stopping. With
-    ``progress`` a tqdm bar runs while cases are processed and the summary is printed.
+    ``skip_bad`` (or ``cfg.skip_bad``) leaves out unusable cases instead of stopping. ``split``
+    (``"train"``, ``"val"`` or ``"test"``) puts every subject into that split instead of drawing
+    train/val with ``cfg.val``. With ``progress`` a tqdm bar runs while cases are processed and
+    the summary is printed.
     """
     cfg = cfg or DataConfig()
     skip_bad = skip_bad or cfg.skip_bad
+    if split is not None and split not in SPLIT_NAMES:
+        raise DataError(None, f"split must be one of {', '.join(SPLIT_NAMES)}, got {split!r}")
     start = time.perf_counter()
     out = Path(out)
-    cases = [c for c in find_cases(source, format) if c.view in cfg.views and c.phase in cfg.phases]
+    listing: list[DataError] = []  # cases that could not even be listed
+    cases = [c for c in find_cases(source, format, skipped=listing) if c.view in cfg.views and c.phase in cfg.phases]
+    if listing and not skip_bad:
+        first, more = listing[0], len(listing) - 1
+        raise DataError(first.path, f"{first.problem} (skip_bad leaves such files out"
+                                    f"{f'; {more} more such problem(s)' if more else ''})")
     if not cases:
         raise DataError(source, f"no cases with views {cfg.views} and phases {cfg.phases}")
+    if out.exists() and any(os.path.samefile(out, f) for c in cases for f in (c.image_path, c.label_path)):
+        raise DataError(out, "is one of the dataset's own files: the store would be written over it; "
+                             "choose another output")
     workers = min(cfg.workers if cfg.workers is not None else (os.cpu_count() or 1), len(cases))
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    atomic.sweep_stale(out.parent, out.name)  # a store left half-written by a killed run
+    tmp = atomic.temporary_path(out)
     writer = None
     try:
         writer = StoreWriter(tmp, cfg.size, cfg.image_dtype, cfg.compression, cfg.image_compression)
         rows: list[tuple[Case, int, tuple[float, float]]] = []  # (case, slice index, spacing) per slice
-        skipped, sources, dropped, written = [], [], 0, 0
+        skipped, sources, dropped, written = [str(e) for e in listing], [], 0, 0
         work = partial(_work, cfg=cfg)
         with ExitStack() as stack:  # the pool starts before tqdm's monitor thread, and always ends
-            pool = stack.enter_context(multiprocessing.get_context().Pool(workers)) if workers > 1 else None
+            pool = (stack.enter_context(multiprocessing.get_context().Pool(workers, initializer=_worker_signals))
+                    if workers > 1 else None)
             results = pool.imap(work, enumerate(cases), chunksize=1) if pool else map(work, enumerate(cases))
             bar = stack.enter_context(tqdm(total=len(cases), unit="case", desc="preprocess", disable=not progress))
             for result in results:
@@ -235,10 +266,14 @@ def preprocess(
         if not rows:
             raise DataError(source, "no labelled slices to write" + (f"; {len(skipped)} files skipped" if skipped else ""))
 
-        try:
-            splits = split_subjects([c.subject for c, _, _ in rows], cfg.val, cfg.split_seed)
-        except ValueError as e:
-            raise DataError(source, f"{e} (lower val in the data config)") from None
+        if split is not None:
+            splits = {c.subject: split for c, _, _ in rows}
+        else:
+            try:
+                splits = split_subjects([c.subject for c, _, _ in rows], cfg.val, cfg.split_seed)
+            except ValueError as e:
+                raise DataError(source, f"{e} (lower val in the data config, or preprocess a test set with "
+                                        "--split test)") from None
         meta = {
             "subject": [c.subject for c, _, _ in rows],
             "view": [c.view for c, _, _ in rows],
@@ -268,7 +303,7 @@ def preprocess(
     per_split = Counter(splits.values())
     summary = Summary(
         out=out,
-        subjects={s: per_split.get(s, 0) for s in ("train", "val")},
+        subjects={s: per_split.get(s, 0) for s in ([split] if split else ["train", "val"])},
         slices=dict(Counter(zip(meta["view"], meta["phase"], meta["split"]))),
         cases=written,
         dropped_unlabelled=dropped,

@@ -24,7 +24,7 @@ import numpy as np
 from mmldm.data.nifti import find_nifti, load_pair
 from mmldm.data.readers.folders import subject_folders_under
 from mmldm.data.sample import Case, Volume
-from mmldm.errors import DataError
+from mmldm.errors import DataError, report
 
 LAYOUT = "ACDC: [ROOT/{training,testing}/]patientXXX/Info.cfg + patientXXX_frameNN[_gt].nii.gz"
 SPLITS = ("training", "testing")
@@ -38,8 +38,9 @@ INFO_KEYS = {"Group": ("pathology", str), "Height": ("height", float),
 
 
 def is_subject_folder(folder: Path) -> bool:
-    """A folder holding ``Info.cfg`` and at least one ``<folder>_frameNN`` image."""
-    return (folder / "Info.cfg").is_file() and any(folder.glob(f"{folder.name}_frame*.nii*"))
+    """A folder holding at least one ``<folder>_frameNN`` image (its ``Info.cfg`` is checked when
+    the cases are listed: a patient without one is reported, not silently passed over)."""
+    return folder.is_dir() and any(folder.glob(f"{folder.name}_frame*.nii*"))
 
 
 def subject_folders(root: Path) -> list[Path]:
@@ -51,21 +52,31 @@ def looks_like(root: Path) -> bool:
     return bool(subject_folders(root))
 
 
-def find_cases(root: str | Path) -> list[Case]:
-    """Two cases per patient (ED and ES, short axis), frames from ``Info.cfg``."""
+def find_cases(root: str | Path, skipped: list[DataError] | None = None) -> list[Case]:
+    """Two cases per patient (ED and ES, short axis), frames from ``Info.cfg``.
+
+    A problem raises a DataError, or with ``skipped`` is appended there and the patient (a bad
+    ``Info.cfg``) or the case (a missing frame or ``_gt``) is left out.
+    """
     cases = []
     for folder in subject_folders(Path(root)):
-        info = read_info(folder / "Info.cfg")
+        try:
+            info = read_info(folder / "Info.cfg")
+        except DataError as err:
+            report(err, skipped)
+            continue
         meta = {key: info[name] for name, (key, _) in INFO_KEYS.items() if name in info}
         for phase in ("ED", "ES"):
             stem = f"{folder.name}_frame{info[phase]:02d}"
             image_path = find_nifti(folder, stem)
             if image_path is None:
                 problem = f"missing: Info.cfg says {phase} is frame {info[phase]}"
-                raise DataError(folder / f"{stem}.nii.gz", problem)
+                report(DataError(folder / f"{stem}.nii.gz", problem), skipped)
+                continue
             label_path = find_nifti(folder, f"{stem}_gt")
             if label_path is None:
-                raise DataError(image_path, f"label file {stem}_gt.nii.gz is missing")
+                report(DataError(image_path, f"label file {stem}_gt.nii.gz is missing"), skipped)
+                continue
             case = Case(folder.name, "SA", phase, "acdc", image_path, label_path, meta=dict(meta))
             cases.append(case)
     return cases
@@ -79,8 +90,11 @@ def load_case(case: Case) -> Volume:
 
 def read_info(path: Path) -> dict:
     """``Info.cfg`` as a dict: ED and ES frame numbers (int) plus the keys in INFO_KEYS, typed."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(path, "is missing (it gives the patient's ED and ES frame numbers)")
     try:
-        lines = Path(path).read_text(errors="replace").splitlines()
+        lines = path.read_text(errors="replace").splitlines()
     except OSError as err:
         raise DataError(path, f"cannot read: {err}") from err
     raw = dict(line.split(":", 1) for line in lines if ":" in line)
@@ -96,4 +110,6 @@ def read_info(path: Path) -> dict:
             info[name] = kind(raw[name])
         except ValueError:
             raise DataError(path, f"{name} value {raw[name]!r} is not a {kind.__name__}") from None
+        if name in ("ED", "ES") and info[name] < 0:
+            raise DataError(path, f"{name} frame {info[name]} is negative")
     return info

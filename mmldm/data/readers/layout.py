@@ -30,20 +30,30 @@ def detect_format(root: str | Path) -> str:
     raise DataError(root, f"no known dataset layout found; looked for {_layouts()}")
 
 
-def find_cases(root: str | Path, format: str = "auto") -> list[Case]:
-    """Every (subject, view, phase) case under ``root``, in subject order; never empty."""
+def find_cases(root: str | Path, format: str = "auto", skipped: list[DataError] | None = None) -> list[Case]:
+    """Every (subject, view, phase) case under ``root``, in subject order; never empty.
+
+    A case that cannot be listed (a missing ``_gt`` file, a missing or unreadable ``Info.cfg``, a
+    frame it names that does not exist...) raises a DataError naming the file; with a ``skipped``
+    list, it is appended there instead and left out (``preprocess --skip-bad``).
+    """
     if format not in FORMATS:
         raise DataError(root, f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
     root = _check_folder(root)
     if format == "auto":
         format = detect_format(root)
+    before = len(skipped) if skipped is not None else 0
     if format == "phantom":
-        cases = mnms2.find_cases(root, source="phantom")
+        cases = mnms2.find_cases(root, source="phantom", skipped=skipped)
         layout = mnms2.LAYOUT
     else:
-        cases = READERS[format].find_cases(root)
+        cases = READERS[format].find_cases(root, skipped=skipped)
         layout = READERS[format].LAYOUT
     if not cases:
+        left_out = skipped[before:] if skipped is not None else []
+        if left_out:
+            raise DataError(root, f"no usable cases: all {len(left_out)} left out, the first because "
+                                  f"{left_out[0]}")
         raise DataError(root, f"no cases found; looked for {layout}")
     return cases
 

@@ -33,7 +33,7 @@ from mmldm.data.nifti import find_nifti, load_nifti, load_pair
 from mmldm.data.readers.mnms2 import parse_cell  # the two M&Ms CSVs write cells alike
 from mmldm.data.readers.folders import subject_folders_under
 from mmldm.data.sample import Case, Volume
-from mmldm.errors import DataError
+from mmldm.errors import DataError, report
 
 LAYOUT = (
     "M&Ms: [ROOT/{Training/Labeled,Validation,Testing}/]CODE/CODE_sa.nii.gz + CODE_sa_gt.nii.gz"
@@ -61,8 +61,12 @@ def looks_like(root: Path) -> bool:
     return bool(subject_folders(root))
 
 
-def find_cases(root: str | Path) -> list[Case]:
-    """Two cases per subject (ED, ES), each with the time index of its frame."""
+def find_cases(root: str | Path, skipped: list[DataError] | None = None) -> list[Case]:
+    """Two cases per subject (ED, ES), each with the time index of its frame.
+
+    A subject without its ``_gt`` file or without two labelled frames raises a DataError, or with
+    ``skipped`` is appended there and left out.
+    """
     folders = subject_folders(Path(root))
     info = read_information(folders)
     cases = []
@@ -70,11 +74,16 @@ def find_cases(root: str | Path) -> list[Case]:
         image_path = find_nifti(folder, f"{folder.name}_sa")
         label_path = find_nifti(folder, f"{folder.name}_sa_gt")
         if label_path is None:
-            raise DataError(image_path, f"label file {folder.name}_sa_gt.nii.gz is missing")
+            report(DataError(image_path, f"label file {folder.name}_sa_gt.nii.gz is missing"), skipped)
+            continue
         meta = dict(info.get(folder.name, {}))
         frames = {phase: meta.pop(phase) for phase in ("ED", "ES") if phase in meta}
         if len(frames) < 2:  # not in the CSV (or no CSV): ask the label file
-            frames = frames_from_labels(label_path)
+            try:
+                frames = frames_from_labels(label_path)
+            except DataError as err:
+                report(err, skipped)
+                continue
         for phase in ("ED", "ES"):
             frame = frames[phase]
             case = Case(folder.name, "SA", phase, "mnms", image_path, label_path, frame, dict(meta))

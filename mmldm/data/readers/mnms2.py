@@ -22,7 +22,7 @@ from pathlib import Path
 
 from mmldm.data.nifti import find_nifti, load_pair
 from mmldm.data.sample import PHASES, VIEWS, Case, Volume
-from mmldm.errors import DataError
+from mmldm.errors import DataError, report
 
 LAYOUT = "M&Ms-2: [ROOT/dataset/]NNN/NNN_{SA,LA}_{ED,ES}.nii.gz + NNN_..._gt.nii.gz"
 CSV_NAME = "dataset_information.csv"
@@ -56,8 +56,11 @@ def looks_like(root: Path) -> bool:
     return bool(subject_folders(root))
 
 
-def find_cases(root: str | Path, source: str = "mnms2") -> list[Case]:
-    """All (subject, view, phase) cases under ``root``; ``source`` tags them ("phantom" too)."""
+def find_cases(root: str | Path, source: str = "mnms2", skipped: list[DataError] | None = None) -> list[Case]:
+    """All (subject, view, phase) cases under ``root``; ``source`` tags them ("phantom" too).
+
+    An image without its ``_gt`` raises a DataError, or with ``skipped`` is appended there and left out.
+    """
     root = Path(root)
     folders = subject_folders(root)
     info = read_information(folders)
@@ -72,7 +75,8 @@ def find_cases(root: str | Path, source: str = "mnms2") -> list[Case]:
                     continue
                 label_path = find_nifti(folder, f"{stem}_gt")
                 if label_path is None:
-                    raise DataError(image_path, f"label file {stem}_gt.nii.gz is missing")
+                    report(DataError(image_path, f"label file {stem}_gt.nii.gz is missing"), skipped)
+                    continue
                 cases.append(
                     Case(folder.name, view, phase, source, image_path, label_path, meta=dict(meta))
                 )
