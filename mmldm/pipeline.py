@@ -20,7 +20,8 @@ from pathlib import Path
 
 from mmldm.config import REPO_ROOT, load_config, to_dict
 from mmldm.data.source import ensure_source
-from mmldm.errors import MMLDMError
+from mmldm.errors import MMLDMError, Terminated, terminate_as_interrupt
+from mmldm.lock import run_lock
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
 
@@ -55,13 +56,18 @@ def _hash(*parts: bytes) -> str:
 
 def run(profile: str, source: str | None = None, force: bool = False, only: list[str] | None = None,
         overrides: list[str] | None = None) -> None:
-    import papermill as pm
-
     overrides = list(overrides or [])
     if source is not None:
         overrides.append(f"paths.source={source}")
     cfg = load_config(profile, overrides=overrides)
     run_dir = cfg.run_dir
+    with run_lock(run_dir, "run_all.sh"):  # one pipeline per run folder (the trainers lock their own folders)
+        _run(cfg, profile, run_dir, force, only, overrides)
+
+
+def _run(cfg, profile: str, run_dir: Path, force: bool, only: list[str] | None, overrides: list[str]) -> None:
+    import papermill as pm
+
     (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
     stamps = run_dir / "stamps"
     stamps.mkdir(exist_ok=True)
@@ -116,11 +122,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="*", help="run only stages whose notebook name starts with these")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = p.parse_args(argv)
+    if argv is None:  # the real command line: SIGTERM cleans up (temporary files, the lock) like Ctrl-C
+        terminate_as_interrupt()
     try:
         run(args.profile, source=args.source, force=args.force, only=args.only, overrides=args.set)
     except MMLDMError as e:
         print(f"run_all: error: {e}", file=sys.stderr)
         return 1
+    except Terminated:
+        print("run_all: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     return 0
 
 

@@ -176,3 +176,22 @@ def read_sources(f: h5py.File) -> list[str]:
 def read_skipped(f: h5py.File) -> list[str]:
     """``"file: reason"`` for each file that preprocessing left out (empty unless skip_bad)."""
     return json.loads(f.attrs.get("skipped", "[]"))
+
+
+def store_size(path: str | Path) -> int:
+    """The side, in pixels, of the store's slices (what a model trained on it expects)."""
+    with open_store(path) as f:
+        return int(f["image"].shape[-1])
+
+
+def check_same_size(sizes: dict[str, int | None], fix: str = "") -> None:
+    """Raise a DataError when the image sizes of ``{what: size}`` (None: unknown, skipped) differ.
+
+    A model is trained at one image size; given slices of another it still runs (every layer is
+    convolutional) and its numbers are silently wrong, so the store, the VQVAE and the LDM are
+    checked against each other wherever two of them meet.
+    """
+    known = {what: int(size) for what, size in sizes.items() if size is not None}
+    if len(set(known.values())) > 1:
+        listed = ", ".join(f"{what}: {size} px" for what, size in known.items())
+        raise DataError(None, f"image sizes disagree ({listed}){'; ' + fix if fix else ''}")

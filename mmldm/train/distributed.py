@@ -58,13 +58,13 @@ def launched_by_torchrun() -> bool:
 def setup(device: str | None = None) -> Dist:
     """Join the process group if started by ``torchrun``; pick the device either way.
 
-    ``device`` forces one ("cpu", "cuda"); by default CUDA when available. Under torchrun each
+    ``device`` forces one ("cpu", "cuda", "cuda:N"); by default CUDA when available. Under torchrun each
     process takes GPU ``LOCAL_RANK``. Calling it again in a process that has joined already
     returns the same answer.
     """
     use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
-    if not launched_by_torchrun():
-        return Dist(device=torch.device("cuda" if use_cuda else "cpu"))
+    if not launched_by_torchrun():  # "cuda:N" picks GPU N; under torchrun each process takes LOCAL_RANK
+        return Dist(device=torch.device(device if use_cuda and device else "cuda" if use_cuda else "cpu"))
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local = int(os.environ.get("LOCAL_RANK", rank))
     if use_cuda:

@@ -37,6 +37,7 @@ import torch
 
 from mmldm.config import Config, from_dict
 from mmldm.data.dataset import CardiacSliceDataset
+from mmldm.data.store import check_same_size, store_size
 from mmldm.diffusion.guidance import drop_conditions, guided_model_fn
 from mmldm.diffusion.objectives import diffusion_loss
 from mmldm.diffusion.sample import make_sampler, sample
@@ -57,6 +58,7 @@ from mmldm.train.loop import (
     no_sync,
     optimizer_step,
     place,
+    run_folder,
     seed_everything,
     stream_seed,
     to_device,
@@ -83,12 +85,15 @@ def train_ldm(
     Defaults: ``store_path`` = ``cfg.store_path``, ``vqvae_ckpt`` = ``cfg.run_dir/vqvae/last.pt``,
     ``out_dir`` = ``cfg.run_dir/ldm``, ``figures_dir`` = ``cfg.figures_dir`` (``paths.figures``).
     ``resume`` continues from ``out_dir/last.pt`` (or ``prev.pt``) bit-exactly; it must be the
-    same VQVAE. Under ``torchrun`` every process calls this and rank 0 writes.
+    same VQVAE. Without it a folder holding a checkpoint is refused (``resume="replace"`` sets it
+    aside; see :func:`~mmldm.train.vqvae.train_vqvae`). Under ``torchrun`` every process calls
+    this and rank 0 writes, holding ``out_dir``'s lock.
 
     Returns ``{"step", "checkpoint", "log", "loss_curve", "samples", "latent_cache",
     "latent_stats", "weights_hash", "seconds", "images_per_s", "last"}``.
     """
-    with torch_settings(cfg.train_ldm):
+    out_dir = Path(out_dir) if out_dir is not None else cfg.run_dir / LDMTrainer.stage
+    with run_folder(out_dir, LDMTrainer.stage, resume), torch_settings(cfg.train_ldm):
         trainer = LDMTrainer(cfg, store_path, vqvae_ckpt, out_dir, figures_dir, device, resume, progress)
         result = trainer.fit(progress)
     return {**result, "latent_cache": trainer.cache_path, "latent_stats": trainer.stats}
@@ -120,6 +125,9 @@ class LDMTrainer(Trainer):
         # 1. The frozen VQVAE, and the training latents (cached by rank 0, then read by every rank).
         self.vqvae, self.vq_ref = load_vqvae(vqvae_ckpt, d.device)
         _check_compatible(cfg, self.vq_ref["config"], vqvae_ckpt)
+        check_same_size({f"store {store_path}": store_size(store_path), f"VQVAE {vqvae_ckpt}": self.vq_ref["size"],
+                         "the config's data.size": cfg.data.size},
+                        "train the LDM on the store and at the size the VQVAE was trained on")
         slices = CardiacSliceDataset(store_path, split="train", in_memory=tc.in_memory)
         self.cache_path = self.out_dir / "latents.h5" if tc.cache_latents else None
         batch = tc.micro_batch(d.world_size)
@@ -214,13 +222,14 @@ class LDMTrainer(Trainer):
 
 def load_vqvae(path: str | Path, device: torch.device | str = "cpu") -> tuple[VQVAE, dict]:
     """The frozen VQVAE of a ``vqvae`` checkpoint (eval mode, no gradients) and its reference
-    ``{"path", "hash", "config"}``."""
+    ``{"path", "hash", "config", "size"}`` (``size``: the image side it was trained at)."""
     ckpt = load_checkpoint(path, stage="vqvae")
     config = ckpt["config"]["vqvae"]
     vqvae = VQVAE(from_dict(VQVAEConfig, config, where=f"{path}: config.vqvae"))
     vqvae.load_state_dict(ckpt["model"])
     vqvae.eval().requires_grad_(False).to(device)
-    return vqvae, {"path": str(Path(path).resolve()), "hash": weights_hash(vqvae.state_dict()), "config": config}
+    return vqvae, {"path": str(Path(path).resolve()), "hash": weights_hash(vqvae.state_dict()), "config": config,
+                   "size": int(ckpt["config"]["data"]["size"])}
 
 
 def _check_compatible(cfg: Config, vq_config: dict, path: Path) -> None:
@@ -298,6 +307,8 @@ def load_ldm(path: str | Path, use_ema: bool = True, vqvae_ckpt: str | Path | No
     if vq_ref["hash"] != ref["hash"]:
         raise CheckpointError(path, f"was trained on VQVAE weights {ref['hash']}, but {vq_ref['path']} holds "
                                     f"{vq_ref['hash']}")
+    check_same_size({f"LDM {path}": cfg.data.size, f"VQVAE {vq_ref['path']}": vq_ref["size"]},
+                    "this LDM was not trained on this VQVAE's images")
     unet = UNet(cfg.unet)
     unet.load_state_dict(ckpt["model"])
     if use_ema and ckpt["ema"] is not None:

@@ -39,11 +39,22 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from tqdm.auto import tqdm
 
+from mmldm import atomic
 from mmldm.config import Config, to_dict
 from mmldm.data.dataset import CardiacSliceDataset
-from mmldm.errors import ConfigError, DataError
+from mmldm.errors import ConfigError, DataError, MMLDMError
+from mmldm.lock import run_lock
 from mmldm.train import distributed
-from mmldm.train.checkpoint import LAST, capture_rng, find_resume, restore_rng, save_checkpoint, weights_hash
+from mmldm.train.checkpoint import (
+    LAST,
+    PREVIOUS,
+    CheckpointError,
+    capture_rng,
+    find_resume,
+    restore_rng,
+    save_checkpoint,
+    weights_hash,
+)
 from mmldm.train.distributed import Dist
 from mmldm.train.log import CSVLog, read_log, save_loss_curve
 from mmldm.train.optim import TrainConfig
@@ -295,6 +306,46 @@ def mean_rate(log_path: str | Path) -> float | None:
 
 
 # ---------------------------------------------------------------------------------------------
+# The run folder: one writer, nothing replaced unasked
+# ---------------------------------------------------------------------------------------------
+
+
+class RunExistsError(MMLDMError):
+    """A fresh run asked for in a folder that holds another run's checkpoint."""
+
+
+RESUME_MODES = (False, True, "auto", "replace")
+
+
+def holds_checkpoint(run_dir: str | Path) -> bool:
+    run_dir = Path(run_dir)
+    return (run_dir / LAST).exists() or (run_dir / PREVIOUS).exists()
+
+
+@contextlib.contextmanager
+def run_folder(out_dir: str | Path, stage: str, resume: bool | str):
+    """What a trainer holds while it writes ``out_dir``: the folder's lock (rank 0; see
+    :mod:`mmldm.lock`), after which temporary files of killed runs are swept; and the rule that a
+    fresh run (``resume=False``) never replaces a checkpoint: it is refused, naming ``--resume``
+    and ``--replace`` (``resume="replace"`` sets the old run aside in ``<run>/replaced/``)."""
+    if resume not in RESUME_MODES:
+        raise ConfigError(f"resume must be one of {RESUME_MODES}, got {resume!r}")
+    out_dir = Path(out_dir)
+    main = int(os.environ.get("RANK", "0")) == 0  # before the process group exists: torchrun's variable
+    with run_lock(out_dir, f"train-{stage}", enabled=main):
+        if main:
+            for folder in (out_dir, out_dir / "samples"):
+                atomic.sweep_stale(folder)
+        if resume is False and holds_checkpoint(out_dir):
+            found = out_dir / LAST if (out_dir / LAST).exists() else out_dir / PREVIOUS
+            raise RunExistsError(
+                f"{out_dir} already holds a run ({found.name}); pass --resume to continue it, or --replace to "
+                f"start afresh and keep the old checkpoints and log in {out_dir / 'replaced'} "
+                "(in Python: resume=True or resume=\"replace\")")
+        yield out_dir
+
+
+# ---------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------
 
@@ -374,11 +425,22 @@ class Trainer:
     def start(self, resume: bool | str, progress: bool = True) -> None:
         """Resume from the run folder (if asked and there is a checkpoint), else seed this rank.
 
-        ``resume=True`` continues whatever checkpoint is there (warning about config changes);
+        ``resume=True`` continues whatever checkpoint is there (warning about config changes;
+        one of another architecture is an error naming the changed keys);
         ``resume="auto"`` (what the notebooks use) continues only a checkpoint of the same
         model and data (see :meth:`resume_blockers`) and otherwise starts afresh, after moving
-        the old checkpoints to ``<run>/replaced/`` so nothing is lost.
+        the old checkpoints to ``<run>/replaced/`` so nothing is lost. ``resume="replace"``
+        always starts afresh, setting any old checkpoints aside the same way. (``resume=False``
+        into a folder with a checkpoint is refused earlier, by :func:`run_folder`.)
         """
+        if resume == "replace":
+            if holds_checkpoint(self.out_dir):
+                if self.d.is_main:
+                    print(f"{self.stage}: starting afresh, old checkpoints moved to {self.out_dir / 'replaced'}",
+                          flush=True)
+                    self.set_aside()
+                distributed.barrier()
+            resume = False
         found = find_resume(self.out_dir, self.stage) if resume else None
         if found is not None and resume == "auto":
             blockers = self.resume_blockers(found[0])
@@ -395,11 +457,17 @@ class Trainer:
             seed_everything(stream_seed(self.tc.seed, self.d.rank, "torch"))
         else:
             ckpt, path = found
+            try:
+                self.load(ckpt)
+            except (RuntimeError, KeyError, ValueError, TypeError) as e:  # shapes or names that do not fit
+                blockers = self.resume_blockers(ckpt)
+                why = "; ".join(blockers[:6]) if blockers else str(e).strip().splitlines()[0][:300]
+                raise CheckpointError(path, f"cannot resume from it with this config, it is another model ({why}); "
+                                      "resume with the checkpoint's config, or start afresh with --replace") from None
             changed = config_changes(ckpt["config"], to_dict(self.cfg))
             if changed and self.d.is_main:
                 warnings.warn(f"{path}: resuming with a config that differs from the checkpoint's "
                               f"({'; '.join(changed[:8])}); the run continues, but not as the original would")
-            self.load(ckpt)
             self.step = int(ckpt["step"])
             restore_rank_rng(ckpt, self.d, self.tc.seed, self.generators)
             if self.d.is_main and progress:

@@ -32,6 +32,7 @@ import torch
 
 from mmldm.config import Config
 from mmldm.data.dataset import CardiacSliceDataset
+from mmldm.data.store import check_same_size, store_size
 from mmldm.models.vqvae import (
     VQVAE,
     adversarial_active,
@@ -50,6 +51,7 @@ from mmldm.train.loop import (
     no_sync,
     optimizer_step,
     place,
+    run_folder,
     seed_everything,
     to_device,
     torch_settings,
@@ -74,13 +76,17 @@ def train_vqvae(
     ``store_path`` defaults to ``cfg.store_path``, ``out_dir`` to ``cfg.run_dir / "vqvae"``,
     ``figures_dir`` to ``cfg.figures_dir`` (``paths.figures``). With ``resume`` the run continues
     from ``out_dir/last.pt`` (or ``prev.pt``) when there is one, bit-exactly (see
-    :mod:`mmldm.train.loop`); without it, training starts from scratch and replaces what is there.
+    :mod:`mmldm.train.loop`); without it, training starts from scratch, and a folder that already
+    holds a checkpoint is refused (:class:`~mmldm.train.loop.RunExistsError`); ``resume="replace"``
+    moves the old run to ``out_dir/replaced/`` first, ``resume="auto"`` continues the same model
+    or replaces another. Rank 0 holds ``out_dir``'s lock (:mod:`mmldm.lock`) while it trains.
     Under ``torchrun`` every process calls this; rank 0 writes the files.
 
     Returns ``{"step", "checkpoint", "log", "loss_curve", "samples", "weights_hash", "seconds",
     "images_per_s", "last"}`` (``last``: the last logged row).
     """
-    with torch_settings(cfg.train_vqvae):
+    out_dir = Path(out_dir) if out_dir is not None else cfg.run_dir / VQVAETrainer.stage
+    with run_folder(out_dir, VQVAETrainer.stage, resume), torch_settings(cfg.train_vqvae):
         trainer = VQVAETrainer(cfg, store_path, out_dir, figures_dir, device, resume, progress)
         return trainer.fit(progress)
 
@@ -102,6 +108,8 @@ class VQVAETrainer(Trainer):
                          Path(figures_dir) if figures_dir is not None else cfg.figures_dir)
         tc, vc = self.tc, cfg.vqvae
         store_path = Path(store_path) if store_path is not None else cfg.store_path
+        check_same_size({f"store {store_path}": store_size(store_path), "the config's data.size": cfg.data.size},
+                        "preprocess the store at data.size, or set data.size to the store's size")
 
         # Data: the training slices; a few fixed validation slices to show reconstructions of.
         self.train_set = CardiacSliceDataset(store_path, split="train", in_memory=tc.in_memory)
