@@ -747,7 +747,7 @@ def load_samples(path: str | Path) -> dict:
             with np.load(path) as z:
                 data = {k: torch.from_numpy(z[k]) for k in z.files}
         else:
-            data = torch.load(path, map_location="cpu", weights_only=False)
+            data = torch.load(path, map_location="cpu", weights_only=True)  # tensors, lists, strings: no code
     except FileNotFoundError:
         raise DataError(path, "no such file") from None
     except Exception as e:  # noqa: BLE001 - any unreadable file is reported the same way

