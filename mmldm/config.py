@@ -101,16 +101,17 @@ def from_dict(cls: type, data: dict, where: str = "config") -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - names)
+    prefix = f"{where}: " if where else ""
     if unknown:
         raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"{prefix}unknown key(s) {', '.join(map(repr, unknown))}; "
             f"{cls.__name__} accepts {', '.join(sorted(names))}"
         )
-    kwargs = {k: _convert(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    kwargs = {k: _convert(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
     try:
         obj = cls(**kwargs)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"{where}: {e}") from None
+        raise ConfigError(f"{prefix}{e}") from None
     return obj
 
 
@@ -132,13 +133,35 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key written twice in one mapping (plain YAML keeps the last,
+    so a forgotten earlier line would silently lose)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise ConfigError(f"key {key!r} appears twice in one mapping (lines {seen[key] + 1} and "
+                                  f"{key_node.start_mark.line + 1}); keep one")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _StrictLoader.construct_mapping)
+
+
 def read_yaml(path: str | Path, _seen: tuple = ()) -> dict:
-    """Read a profile file, resolving ``base:`` chains; returns the merged raw mapping."""
+    """Read a profile file, resolving ``base:`` chains; returns the merged raw mapping.
+
+    A key written twice in one mapping is an error (plain YAML would keep the last silently)."""
     path = Path(path)
     if path in _seen:
         raise ConfigError(f"{path}: 'base' chain loops back to itself")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file (profiles: {', '.join(PROFILES)})") from None
     except yaml.YAMLError as e:
@@ -170,7 +193,7 @@ def set_dotted(data: dict, dotted: str, value: Any) -> None:
     for k in keys[:-1]:
         node = node.setdefault(k, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"override {dotted!r}: {k!r} is not a section")
+            raise ConfigError(f"--set {dotted}: {k!r} is not a section")
     node[keys[-1]] = value
 
 
@@ -307,17 +330,39 @@ def load_config(profile: str | Path = "laptop", overrides: list[str] | None = No
     """Load a profile by name (``configs/<name>.yaml``) or path, then apply ``KEY=VALUE`` overrides.
 
     >>> cfg = load_config("smoke", overrides=["data.size=32"])
+
+    An error names the file when the file alone is wrong, else the first ``--set`` that makes it so.
     """
     path = resolve_profile(profile)
     data = read_yaml(path)
-    for item in overrides or []:
+    data.setdefault("profile", path.stem)
+    if not overrides:
+        return from_dict(Config, data, where=str(path))
+    applied = _apply_overrides(data, overrides)
+    try:
+        return from_dict(Config, applied, where=str(path))
+    except ConfigError:
+        from_dict(Config, data, where=str(path))  # the file alone is wrong: that error names the file
+        for n in range(1, len(overrides) + 1):  # else the first override that breaks it is named
+            try:
+                from_dict(Config, _apply_overrides(data, overrides[:n]), where="")
+            except ConfigError as e:
+                raise ConfigError(f"--set {overrides[n - 1]}: {e}") from None
+        raise
+
+
+def _apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """A deep copy of ``data`` with ``SECTION.KEY=VALUE`` overrides applied (values parsed as YAML)."""
+    import copy
+
+    data = copy.deepcopy(data)
+    for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected SECTION.KEY=VALUE")
+            raise ConfigError(f"--set {item}: expected SECTION.KEY=VALUE")
         key, value = item.split("=", 1)
         try:
             parsed = yaml.safe_load(value)
         except yaml.YAMLError:
             parsed = value
         set_dotted(data, key.strip(), parsed)
-    data.setdefault("profile", path.stem)
-    return from_dict(Config, data, where=str(path))
+    return data
