@@ -24,7 +24,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from mmldm.errors import MMLDMError, Terminated, terminate_as_interrupt
+from mmldm.errors import MMLDMError, Terminated, check_terminated, terminate_as_interrupt
 
 SEED_MAX = 2**32 - 1  # numpy's legacy seeding takes no more; torch would take 2**64 - 1
 
@@ -375,7 +375,9 @@ def main(argv: list[str] | None = None) -> int:
 
     warnings.formatwarning = one_line  # only the text: a caller recording warnings still gets them
     try:
-        return args.func(args)
+        code = args.func(args)
+        check_terminated()  # a SIGTERM whose exception Python swallowed: say so, do not report success
+        return code
     except MMLDMError as e:
         print(f"mmldm {args.command}: error: {e}", file=sys.stderr)
         return 2

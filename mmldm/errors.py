@@ -39,12 +39,36 @@ class Terminated(KeyboardInterrupt):
     ``except BaseException`` / ``finally`` that deletes a temporary file or releases a lock."""
 
 
+_terminated: list[int] = []  # the signal, once SIGTERM has come
+
+
 def terminate_as_interrupt() -> None:
     """From now on SIGTERM (``kill``, a job scheduler, ``timeout``) raises :class:`Terminated` in
-    the main thread instead of ending the process on the spot (which would leave temporary files)."""
+    the main thread instead of ending the process on the spot (which would leave temporary files).
+
+    Python ignores an exception raised by a signal handler that happens to run inside an at-fork
+    callback or a ``__del__`` ("Exception ignored in ..."; measured: SIGTERM while a
+    multiprocessing pool forks its workers). So the signal is also remembered, and the long loops
+    call :func:`check_terminated` once per item: a swallowed SIGTERM stops the run there instead.
+    """
     import signal
+    import sys
 
     def handler(signum, frame):
+        _terminated.append(signum)
         raise Terminated(f"signal {signum}")
 
+    default_hook = sys.unraisablehook
+
+    def unraisable(info):  # the swallowed one: not a traceback on stderr, it is raised again later
+        if not isinstance(info.exc_value, Terminated):
+            default_hook(info)
+
+    sys.unraisablehook = unraisable
     signal.signal(signal.SIGTERM, handler)
+
+
+def check_terminated() -> None:
+    """Raise :class:`Terminated` if SIGTERM came and its first exception was swallowed (see above)."""
+    if _terminated:
+        raise Terminated(f"signal {_terminated[0]}")

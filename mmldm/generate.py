@@ -72,7 +72,7 @@ from mmldm.data.edges import canny_edges
 from mmldm.data.nifti import NIFTI_SUFFIXES, as_label, load_nifti
 from mmldm.data.readers import acdc
 from mmldm.data.sample import NUM_CLASSES, VIEWS
-from mmldm.errors import DataError, MMLDMError
+from mmldm.errors import DataError, MMLDMError, check_terminated
 
 # --labels choice -> lookup table disk value -> canonical value (None: the file is canonical).
 LABEL_ORDERS: dict[str, np.ndarray | None] = {"acdc": acdc.REMAP, "mnms": None, "mnms2": None, "canonical": None}
@@ -249,6 +249,7 @@ def generate_volume(ldm: dict, label: np.ndarray, spacing: tuple[float, ...], *,
     grids, images, conds, centers, windows = [], [], [], [], []
     start = time.perf_counter()
     for z in tqdm(todo, desc="generate", unit="slice", disable=not progress):
+        check_terminated()
         center = heart_center(label[:, :, z]) or volume_center
         grid = to_grid(label[:, :, z], center, spacing[:2], data.fov_mm, data.size)
         cond = condition(grid, edges, data)

@@ -62,7 +62,7 @@ from mmldm.data.split import split_subjects
 
 SPLIT_NAMES = ("train", "val", "test")  # "test": every subject of an external test set (split=)
 from mmldm.data.store import StoreWriter
-from mmldm.errors import DataError
+from mmldm.errors import DataError, check_terminated
 
 
 @dataclass
@@ -248,6 +248,7 @@ def preprocess(
             results = pool.imap(work, enumerate(cases), chunksize=1) if pool else map(work, enumerate(cases))
             bar = stack.enter_context(tqdm(total=len(cases), unit="case", desc="preprocess", disable=not progress))
             for result in results:
+                check_terminated()
                 bar.update(1)
                 case = cases[result.index]
                 if result.error is not None:
@@ -293,6 +294,7 @@ def preprocess(
             "skipped": json.dumps(skipped),
             "pixel_mm": cfg.fov_mm / cfg.size,
         })
+        check_terminated()  # never publish the store of a run that was told to stop
         os.replace(tmp, out)
     except BaseException:
         if writer is not None:

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from mmldm.data.dataset import CardiacSliceDataset
 from mmldm.diffusion.guidance import GuidanceConfig
 from mmldm.diffusion.sample import SamplerConfig
+from mmldm.errors import check_terminated
 
 
 def pick_indices(n_total: int, n: int | None) -> np.ndarray:
@@ -67,6 +68,7 @@ def generate_paired(ldm: dict, store_path: str | Path, split: str = "val", n: in
     bar = tqdm(range(0, len(idx), batch_size), desc=f"generating {len(idx)} {split} slices",
                disable=not progress, leave=False)
     for start in bar:
+        check_terminated()
         items = [ds[int(i)] for i in idx[start:start + batch_size]]
         cond = torch.stack([it["cond"] for it in items])
         view = torch.stack([torch.as_tensor(it["view"]) for it in items])

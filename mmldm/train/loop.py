@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from mmldm import atomic
 from mmldm.config import Config, to_dict
 from mmldm.data.dataset import CardiacSliceDataset
-from mmldm.errors import ConfigError, DataError, MMLDMError
+from mmldm.errors import ConfigError, DataError, MMLDMError, check_terminated
 from mmldm.lock import run_lock
 from mmldm.train import distributed
 from mmldm.train.checkpoint import (
@@ -515,6 +515,7 @@ class Trainer:
         sums: dict = defaultdict(float)
         count, meter = 0, Throughput()
         while self.step < tc.steps:
+            check_terminated()
             for k, v in self.train_step().items():  # tensors: read only when logging (no GPU waits)
                 sums[k] += v
             self.step += 1
