@@ -73,3 +73,68 @@ def train_smoke_ldm(cfg, store, run_dir: Path, figures_dir: Path) -> tuple[dict,
         vq = train_vqvae(cfg, store, run_dir / "vqvae", progress=False, figures_dir=figures_dir)
         ldm = train_ldm(cfg, store, run_dir / "vqvae" / LAST, run_dir / "ldm", progress=False, figures_dir=figures_dir)
     return vq, ldm
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line as a user calls it, and a tiny raw dataset to point it at
+# ---------------------------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def cli_env() -> dict:
+    """The environment of a CLI subprocess: this checkout's mmldm, one thread."""
+    import os
+
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def cli_command(*args) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "mmldm", *map(str, args)]
+
+
+def run_cli(*args, timeout: float = 300):
+    """``python -m mmldm ARGS`` in a subprocess; the CompletedProcess (text stdout, stderr, returncode)."""
+    import subprocess
+
+    return subprocess.run(cli_command(*args), env=cli_env(), cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def dead_pid() -> int:
+    """The id of a process that has just ended (and been reaped): no process has it now."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def write_acdc(root, patients: int = 3, size: int = 40, slices: int = 4, seed: int = 0) -> Path:
+    """A tiny ACDC-layout folder: ``patientNNN/Info.cfg`` (ED frame 1, ES frame 2) and the two
+    frames' image + ``_gt`` (ACDC numbering 1 RV, 2 MYO, 3 LV) with ring anatomy, 1.5 mm pixels."""
+    import nibabel as nib
+
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    for p in range(1, patients + 1):
+        name = f"patient{p:03d}"
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "Info.cfg").write_text("ED: 1\nES: 2\nGroup: NOR\nHeight: 170.0\nNbFrame: 2\nWeight: 70.0\n")
+        for frame in (1, 2):
+            cy, cx = size / 2 + rng.uniform(-2, 2, 2)
+            r = np.hypot(yy - cy, xx - cx)
+            label = np.zeros((size, size, slices), np.uint8)
+            for acdc_value, frac in ((1, 0.35), (2, 0.25), (3, 0.15)):  # RV outside, LV inside
+                label[r < size * frac] = acdc_value
+            image = (np.array([20.0, 150.0, 60.0, 200.0], np.float32)[label]
+                     + rng.normal(0, 5, label.shape)).astype(np.float32)
+            affine = np.diag([1.5, 1.5, 10.0, 1.0])
+            nib.save(nib.Nifti1Image(image, affine), str(folder / f"{name}_frame{frame:02d}.nii.gz"))
+            nib.save(nib.Nifti1Image(label, affine), str(folder / f"{name}_frame{frame:02d}_gt.nii.gz"))
+    return root
