@@ -43,7 +43,9 @@ def _nearest_existing(path: Path) -> Path:
 
 def _probe(folder: Path, flag: str, path: Path) -> None:
     """Create and delete a hidden temporary file in ``folder`` (the name mmldm.atomic sweeps if we die)."""
-    probe = folder / f".mmldm-write-test.tmp-{os.getpid()}"
+    from mmldm.atomic import temporary_path
+
+    probe = temporary_path(folder / "mmldm-write-test")
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
