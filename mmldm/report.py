@@ -57,6 +57,10 @@ TRAINING_FIGURES = (
 )
 
 
+# The evaluation figures' file names (mmldm.viz.report_figures.FIGURES, without importing matplotlib).
+FIGURE_NAMES = {"spectrum": "05_spectrum.png", "shuffled": "05_shuffled_real_vs_generated.png"}
+
+
 # ---------------------------------------------------------------------------------------------
 # Reading the inputs
 # ---------------------------------------------------------------------------------------------
@@ -252,8 +256,6 @@ def _header(c: _Ctx) -> str:
 def _summary(c: _Ctx) -> str:
     v, pub = c.variant, c.m.get("published") or {}
     dice, ceiling = v.get("dice") or {}, ((c.m.get("ceiling") or {}).get("dice") or {})
-    inc = ((c.m.get("distribution") or {}).get("inception") or {})
-    seg = ((c.m.get("distribution") or {}).get("segmenter") or {})
     mem = ((c.m.get("memorisation") or {}).get("summary") or {})
     lines = ["## Summary", ""]
     if c.phantom:
@@ -273,10 +275,7 @@ def _summary(c: _Ctx) -> str:
         f"- Anatomy: a segmenter trained on real training slices finds the requested structures in the "
         f"generated images with mean foreground Dice {fmt(dice.get('mean_fg'))}; on the real held-out "
         f"images (the ceiling) {fmt(ceiling.get('mean_fg'))}.",
-        f"- Distribution: FID on Inception features {fmt(inc.get('fid'), 2)}"
-        + (f" ({inc.get('reason')})" if not inc.get("available", inc.get("fid") is not None) and inc.get("reason") else "")
-        + f"; in-domain FID on segmenter features {fmt(seg.get('fid'), 2)} "
-        f"(real-vs-real baseline {fmt(seg.get('real_vs_real_fid'), 2)}).",
+        _realism_summary(c),
         f"- Memorisation: median ratio of nearest-training to nearest-held-out distance {fmt(mem.get('median'))} "
         f"(≈ 1: no sign of copying; → 0: copies).",
     ]
@@ -412,7 +411,7 @@ def _training(c: _Ctx) -> str:
 
 def _paired(c: _Ctx) -> str:
     pub, v = c.m.get("published") or {}, c.variant
-    inc = ((c.m.get("distribution") or {}).get("inception") or {})
+    inc = _fid_spaces(c.m).get("inception") or {}
     rows = [("seed (published)", pub.get("source", "n/a"), fmt(pub.get("fid"), 2), fmt(pub.get("ssim")), "n/a",
              fmt(pub.get("nmse"))),
             (f"ours, `{c.main}`", f"{c.data_name}, profile {c.profile}", fmt(inc.get("fid"), 2),
@@ -421,7 +420,7 @@ def _paired(c: _Ctx) -> str:
         "### Paired fidelity: ours beside the seed's published figures", "",
         "Each held-out slice's own mask and edges go in; the generated image is compared with that real "
         "slice (SSIM, PSNR and NMSE on intensities in [0, 1]; mean ± std over slices). FID is the "
-        "Inception-feature FID of the whole set.", "",
+        f"Inception-feature FID of the whole generated set ({inc.get('n', 'n/a')} images; see Realism).", "",
         table(["", "data", "FID ↓", "SSIM ↑", "PSNR (dB) ↑", "NMSE ↓"], rows), "", c.data_line()])
 
 
@@ -445,30 +444,171 @@ def _groups(c: _Ctx) -> str:
     return "\n".join(lines)
 
 
-def _distribution(c: _Ctx) -> str:
+FID_SPACES = (("inception", "Inception (ImageNet features)"), ("segmenter", "in-domain (segmenter features)"))
+NEAR_BASELINE = 0.1  # a FID ratio within 10 % of 1 counts as "as real as real" at this n
+
+
+def _fid_spaces(metrics: Mapping) -> dict:
+    """The FID blocks by feature space: ``realism`` (this evaluation) or, in a metrics.json written
+    before it existed, the small-n ``distribution`` block."""
+    return (metrics.get("realism") or {}) or (metrics.get("distribution") or {})
+
+
+def limiting_stage(generated_ratio, autoencoder_ratio, near: float = NEAR_BASELINE) -> tuple[str | None, str]:
+    """Which stage limits realism, from two FID ratios over the same real-vs-real baseline:
+    ``generated_ratio`` = FID(generated, held-out) / FID(real train, held-out) and
+    ``autoencoder_ratio`` = FID(VQ-VAE reconstructions of real train, held-out) / the same baseline.
+
+    The generated images' excess over the baseline is ``g - 1``; the reconstructions already show
+    ``a - 1`` of it, and no generator decoding through this VQ-VAE can be expected to do better.
+    Returns ``(stage, sentence)``: ``"neither"`` when ``g <= 1 + near``; ``"autoencoder"`` when
+    ``(a - 1) / (g - 1) >= 1/2`` (the reconstructions already account for half the gap or more);
+    else ``"diffusion"``; ``(None, reason)`` when a ratio is missing."""
+    g, a = _num(generated_ratio), _num(autoencoder_ratio)
+    if g is None or a is None:
+        return None, "Which stage limits realism cannot be said: a FID ratio is missing."
+    if g <= 1 + near:
+        return "neither", (f"The generated images are within {near:.0%} of the real-vs-real baseline (FID ratio "
+                           f"{fmt(g, 2)}): at this n neither stage measurably limits realism.")
+    share = max(0.0, a - 1) / (g - 1)
+    if share >= 0.5:
+        return "autoencoder", (f"**The autoencoder limits realism**: the VQ-VAE's reconstructions of real slices "
+                               f"already score a FID ratio of {fmt(a, 2)} against the generated images' {fmt(g, 2)}, "
+                               f"{share:.0%} of the gap to real; a better diffusion model cannot close it without "
+                               "a better VQ-VAE.")
+    return "diffusion", (f"**The diffusion model limits realism**: the VQ-VAE's reconstructions score a FID ratio of "
+                         f"{fmt(a, 2)}, the generated images {fmt(g, 2)}; only {share:.0%} of the gap to real is "
+                         "the autoencoder's, the rest opens in the latent diffusion model.")
+
+
+def _verdict(realism: Mapping) -> tuple[str | None, str, str]:
+    """``limiting_stage`` on the Inception ratios when available, else the in-domain ones; also
+    names the feature space used."""
+    for key, name in (("inception", "Inception"), ("segmenter", "in-domain")):
+        d = realism.get(key) or {}
+        g, a = d.get("ratio"), (d.get("autoencoder") or {}).get("ratio")
+        if _num(g) is not None and _num(a) is not None:
+            return (*limiting_stage(g, a), name)
+    return (*limiting_stage(None, None), "")
+
+
+def _texture_word(ratio) -> str:
+    r = _num(ratio)
+    return "" if r is None else " (smoother than real)" if r < 0.9 else " (noisier than real)" if r > 1.1 else \
+        " (like real)"
+
+
+def _realism_summary(c: _Ctx) -> str:
+    realism = c.m.get("realism")
+    if not realism:
+        spaces = _fid_spaces(c.m)
+        inc, seg = spaces.get("inception") or {}, spaces.get("segmenter") or {}
+        return (f"- Distribution: FID on Inception features {fmt(inc.get('fid'), 2)}"
+                + (f" ({inc.get('reason')})" if not inc.get("available", inc.get("fid") is not None)
+                   and inc.get("reason") else "")
+                + f"; in-domain FID on segmenter features {fmt(seg.get('fid'), 2)} "
+                f"(real-vs-real baseline {fmt(seg.get('real_vs_real_fid'), 2)}).")
+    inc, seg = realism.get("inception") or {}, realism.get("segmenter") or {}
+    hf = ((realism.get("spectrum") or {}).get("hf_ratio") or {}).get("generated")
+    inc_text = (f"Inception FID {fmt(inc.get('fid'), 2)}, {fmt(inc.get('ratio'), 2)}× the real-vs-real baseline "
+                f"{fmt(inc.get('real_vs_real_fid'), 2)}" if inc.get("available") else
+                f"Inception FID unavailable ({inc.get('reason') or 'no reason given'})")
+    _, sentence, space = _verdict(realism)
+    return (f"- Realism ({realism.get('n_generated', '?')} generated images against "
+            f"{realism.get('n_heldout', '?')} real held-out slices): {inc_text}; in-domain FID "
+            f"{fmt(seg.get('fid'), 2)}, {fmt(seg.get('ratio'), 2)}× its baseline; high-frequency power "
+            f"{fmt(hf, 2)}× the real slices'{_texture_word(hf)}. " + sentence
+            + (f" (From the {space} FID ratios.)" if space else ""))
+
+
+def _legacy_distribution(c: _Ctx) -> str:
+    """The small-n FID table of a metrics.json written before the realism block existed."""
     dist = c.m.get("distribution") or {}
     rows = []
-    for key, default in (("inception", "Inception (ImageNet features)"), ("segmenter", "in-domain (segmenter features)")):
+    for key, default in FID_SPACES:
         d = dist.get(key)
         if not d:
             continue
-        def kid(prefix):
-            m = _num(d.get(f"{prefix}kid_mean"))
-            return "n/a" if m is None else f"{fmt(m, 4)} ± {fmt(d.get(f'{prefix}kid_std'), 4, small=False)}"
-
-        note = "" if d.get("available", True) else (d.get("reason") or "not available")
-        rows.append((d.get("label", default), fmt(d.get("fid"), 2), kid(""), fmt(d.get("real_vs_real_fid"), 2),
-                     kid("real_vs_real_"), d.get("n", "n/a"), note))
+        rows.append((d.get("label", default), fmt(d.get("fid"), 2), _kid(d), fmt(d.get("real_vs_real_fid"), 2),
+                     _kid(d, "real_vs_real_"), d.get("n", "n/a"),
+                     "" if d.get("available", True) else (d.get("reason") or "not available")))
     lines = ["### Distribution: FID and KID", "",
              "FID/KID compare the set of generated images with the set of real held-out images in a feature "
-             "space. FID is biased upwards on small sets, so each row gives a *real-vs-real* baseline: the "
-             "same measure between as many real training slices and the real held-out slices, which a "
-             "generator cannot be expected to beat at this n. Inception features come from natural images "
-             "(the standard, comparable with published FIDs only at the same n and resolution); the "
-             "segmenter's features come from cardiac MRI (in-domain, comparable only within this project).", ""]
+             "space, each beside a *real-vs-real* baseline: the same measure between as many real training "
+             "slices and the real held-out slices.", ""]
     lines += [table(["features", "FID ↓", "KID ↓", "real vs real FID", "real vs real KID", "n", "note"], rows)
               if rows else "No distribution metrics in metrics.json.", "", c.data_line()]
     return "\n".join(lines)
+
+
+def _kid(d: Mapping, prefix: str = "") -> str:
+    m = _num(d.get(f"{prefix}kid_mean"))
+    return "n/a" if m is None else f"{fmt(m, 4)} ± {fmt(d.get(f'{prefix}kid_std'), 4, small=False)}"
+
+
+def _realism(c: _Ctx) -> str:
+    realism = c.m.get("realism")
+    if not realism:
+        return _legacy_distribution(c)
+    n_gen, n_held, n_train = (realism.get(k, "?") for k in ("n_generated", "n_heldout", "n_train"))
+    seeds = realism.get("seeds") or []
+    fid_rows = []
+    for key, default in FID_SPACES:
+        d = realism.get(key)
+        if not d:
+            continue
+        note = "" if d.get("available", True) else (d.get("reason") or "not available")
+        ae = d.get("autoencoder") or {}
+        fid_rows.append((f"generated (`{realism.get('variant', c.main)}`)", d.get("label", default), d.get("n", "n/a"),
+                         fmt(d.get("fid"), 2), _kid(d), fmt(d.get("real_vs_real_fid"), 2),
+                         fmt(d.get("ratio"), 2), note))
+        if ae:
+            fid_rows.append(("VQ-VAE reconstructions of the training slices (ceiling)", d.get("label", default),
+                             ae.get("n", "n/a"), fmt(ae.get("fid"), 2), _kid(ae), fmt(d.get("real_vs_real_fid"), 2),
+                             fmt(ae.get("ratio"), 2), note))
+    spec = realism.get("spectrum") or {}
+    frac, ratio, counts = spec.get("hf_fraction") or {}, spec.get("hf_ratio") or {}, spec.get("n") or {}
+    names = (("heldout", "real held-out slices (reference)"), ("train", "real training slices"),
+             ("generated", f"generated (`{realism.get('variant', c.main)}`)"),
+             ("reconstruction", "VQ-VAE reconstructions of the held-out slices"))
+    spec_rows = [(title, counts.get(k, "n/a"), fmt_pct(frac.get(k)), "1.000" if k == spec.get("reference") else
+                  fmt(ratio.get(k))) for k, title in names if k in frac]
+    ae, inc, seg = realism.get("autoencoder") or {}, realism.get("inception") or {}, realism.get("segmenter") or {}
+    ae_row = (ae.get("n", "n/a"), fmt_ms(ae.get("ssim")), fmt_ms(ae.get("psnr"), 2),
+              fmt((inc.get("autoencoder") or {}).get("fid"), 2), fmt((inc.get("autoencoder") or {}).get("ratio"), 2),
+              fmt((seg.get("autoencoder") or {}).get("ratio"), 2), fmt(ratio.get("reconstruction")))
+    _, sentence, space = _verdict(realism)
+    cutoff = spec.get("cutoff", "?")
+    return "\n".join([
+        f"### Realism: FID, KID and texture at n = {n_gen}", "",
+        f"The main configuration made {n_gen} images from {realism.get('n_masks', '?')} held-out masks, "
+        f"{len(seeds)} different seed(s) each, compared as a set with {n_held} real held-out slices. FID is "
+        f"biased upwards on small sets, so every FID has its **real-vs-real baseline at the same n**: the FID "
+        f"between {n_train} real *training* slices and the same held-out slices. The **ratio** FID / baseline "
+        "is the number to read: 1 means the set is as close to the held-out slices as other real slices are "
+        "(the generated images share the held-out masks' anatomy, so in the in-domain space, which mostly sees "
+        "anatomy, it can fall below 1). Inception features come from natural images (the standard; comparable "
+        "with published FIDs only at the same n and resolution); the segmenter's come from cardiac MRI "
+        "(in-domain, comparable only within this project).", "",
+        table(["set against the real held-out slices", "features", "n", "FID ↓", "KID ↓", "real vs real FID",
+               "FID ratio ↓", "note"], fid_rows), "",
+        f"**Texture.** The share of each set's image power above {cutoff} cycles/pixel (structure finer than "
+        f"{fmt(1 / cutoff, 0) if _num(cutoff) else '?'} pixels: edges, texture, noise), and that share over the "
+        "real held-out slices': below 1 a set is smoother than real, above 1 noisier.", "",
+        table(["set", "n", f"power above {cutoff} cycles/pixel", "over real held-out"], spec_rows)
+        if spec_rows else "No spectrum in metrics.json.", "",
+        "**The autoencoder's ceiling.** Every generated image is a VQ-VAE decoding, so the generator can look "
+        "no more real than the VQ-VAE's reconstructions: their paired SSIM / PSNR on the held-out slices, the "
+        "FID of the reconstructed training slices over the same baseline, and their high-frequency ratio.", "",
+        table(["n", "recon SSIM ↑", "recon PSNR (dB) ↑", "recon FID (Inception) ↓", "FID ratio (Inception)",
+               "FID ratio (in-domain)", "high-frequency ratio"], [ae_row]), "",
+        sentence + (f" (From the {space} FID ratios.)" if space else ""), "",
+        c.figure(FIGURE_NAMES["spectrum"], "Radially averaged power spectra: generated, real held-out, real "
+                                           "training and VQ-VAE reconstructions (left), and each over the real "
+                                           "held-out slices' (right)."),
+        f"*Realism: {c.data_name}, split `{c.meta.get('split', '?')}`, {n_gen} generated / {n_held} held-out / "
+        f"{n_train} training slices, profile `{c.profile}`, seeds {', '.join(map(str, seeds)) or '?'} "
+        "(one pass over the masks each).*"])
 
 
 def _anatomy(c: _Ctx) -> str:
@@ -609,7 +749,9 @@ def _figures(c: _Ctx) -> str:
                   c.figure("05_variant_examples.png", "The same held-out slices generated by every sampler and "
                                                       "condition variant."),
                   c.figure("05_trajectory.png", "The denoising trajectory of one slice: the sample entering each "
-                                                "kept step and the model's estimate of the clean image there.")]
+                                                "kept step and the model's estimate of the clean image there."),
+                  c.figure(FIGURE_NAMES["shuffled"], "Generated and real held-out slices, shuffled: which are which? "
+                                                     "The key below the grid lists the generated cells.")]
     data = [c.figure(n, cap) for n, cap in DATA_FIGURES]
     if not any(evaluation + data):
         return "\n".join(lines + ["No figures found in the figures folder."])
@@ -676,8 +818,7 @@ def _limitations(c: _Ctx) -> str:
     lines += [
         "- The seed's published figures were measured on its own data, resolution and images; ours on the "
         "data named under each table. The columns sit side by side for reference, not as a like-for-like test.",
-        f"- n = {c.meta.get('n', '?')} held-out slices and one sampling seed: FID in particular is biased at "
-        "small n (see the real-vs-real column); standard deviations are over slices, not over training runs.",
+        _sample_size_limitation(c),
         "- Anatomy Dice depends on a segmenter that errs on real images too (its ceiling); a generator could "
         "in principle please this judge without being right.",
         f"- Memorisation is checked in {_spaces(c.m.get('memorisation') or {})} only, against the training "
@@ -685,6 +826,16 @@ def _limitations(c: _Ctx) -> str:
         "- Research and teaching only; not validated for any clinical use.",
     ]
     return "\n".join(lines)
+
+
+def _sample_size_limitation(c: _Ctx) -> str:
+    realism = c.m.get("realism") or {}
+    fid = (f" FID / KID on {realism.get('n_generated', '?')} generated images ({len(realism.get('seeds') or [])} "
+           f"seed(s) per mask) against {realism.get('n_heldout', '?')} real held-out slices: FID is biased at small "
+           "n, which is why each is read over its real-vs-real baseline at the same n." if realism else
+           " FID in particular is biased at small n (see the real-vs-real column).")
+    return (f"- Paired metrics on n = {c.meta.get('n', '?')} held-out slices and one sampling seed;{fid} Standard "
+            "deviations are over slices, not over training runs.")
 
 
 def _inputs(c: _Ctx) -> str:
@@ -700,7 +851,7 @@ def _inputs(c: _Ctx) -> str:
 SECTIONS = {  # name -> builder, in the report's order
     "header": _header, "summary": _summary, "intended_use": lambda c: _intended_use(), "data": _data,
     "architecture": _architecture, "training": _training, "results": lambda c: "## Results", "paired": _paired,
-    "groups": _groups, "distribution": _distribution, "anatomy": _anatomy, "variants": _variants,
+    "groups": _groups, "realism": _realism, "anatomy": _anatomy, "variants": _variants,
     "recipe": _recipe, "compute": _compute, "memorisation": _memorisation, "figures": _figures,
     "challenges": _challenges, "limitations": _limitations, "inputs": _inputs,
 }
@@ -781,6 +932,10 @@ def draw_figures(metrics: dict, figures_dir: str | Path, samples: dict | None = 
         if isinstance(ex, dict) and isinstance(ex.get("generated"), dict) and len(ex["generated"]) > 1:
             save("examples", rf.generation_grid(ex["cond"], ex["generated"], ex["real"], overlay=False,
                                                 n=len(ex["real"])))
+        save("shuffled", rf.shuffled_real_vs_generated(samples["real"], samples["generated"])[0])
+    spectrum = (metrics.get("realism") or {}).get("spectrum")
+    if spectrum:
+        save("spectrum", rf.radial_spectra(spectrum))
     save("variants", rf.variant_bars(metrics))
     if table is not None and len(table):
         try:

@@ -88,3 +88,22 @@ def test_paths_are_per_source_and_profile():
     b = load_config("laptop", overrides=["paths.source=/data/ACDC/training"])
     assert a.store_path != b.store_path and "training_laptop" in b.store_path.name
     assert load_config("smoke").store_path != a.store_path
+
+
+def test_evaluation_section_is_validated(tmp_path):
+    cfg = load_config("smoke")
+    assert (cfg.evaluation.n, cfg.evaluation.n_ddpm, cfg.evaluation.realism_n, cfg.evaluation.realism_seeds) == (4, 2, 8, 2)
+    assert cfg.evaluation.main in cfg.evaluation.variants and len(cfg.evaluation.variants) == 6
+    assert load_config("smoke", overrides=["evaluation.n=null"]).evaluation.n is None  # null: every slice
+    for override, message in (("evaluation.variants=[ddim50_both, ddim7]", "ddim7"),
+                              ("evaluation.n=0", r"evaluation\.n"), ("evaluation.realism_seeds=0", "realism_seeds"),
+                              ("evaluation.realism_n=1", "realism_n"), ("evaluation.main=dpm20_both",
+                                                                         "evaluation.main"),
+                              ("evaluation.variants=[]", "empty"), ("evaluation.n_ddpm=-1", "n_ddpm")):
+        with pytest.raises(ConfigError, match=message):
+            load_config("smoke", overrides=[override, "evaluation.variants=[ddim50_both]"]
+                        if "main" in override else [override])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: smoke\nevaluation:\n  seeds: 3\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*evaluation.*seeds"):
+        load_config(bad)

@@ -21,7 +21,10 @@ from mmldm.cli import main as cli_main
 from mmldm.config import load_config
 from mmldm.errors import ConfigError
 from mmldm.evaluate.memorisation import memorisation_ratios
-from mmldm.evaluate.run import PUBLISHED, VARIANTS, evaluate, variant_settings
+from mmldm.evaluate.generate import generate_paired, pick_indices
+from mmldm.evaluate.run import PUBLISHED, VARIANTS, evaluate, evaluation_settings, realism_images, variant_settings
+from mmldm.evaluate.settings import EvaluationConfig
+from mmldm.train.ldm import load_ldm
 from mmldm.train.checkpoint import LAST
 from smoke_models import train_smoke_ldm, write_tiny_store
 
@@ -80,7 +83,7 @@ def test_metrics_json_schema_and_ranges(evaluated):
     on_disk = json.loads(out.read_text())  # parses; NaN would have been written as null
     assert on_disk == metrics
     assert set(metrics) >= {"meta", "published", "reconstruction", "ceiling", "variants", "main", "groups",
-                            "distribution", "memorisation"}
+                            "realism", "memorisation"}
     meta = metrics["meta"]
     for key in ("profile", "source", "store", "split", "n", "seed", "ldm_checkpoint", "ldm_step", "vqvae_checkpoint",
                 "segmenter_checkpoint", "created", "seconds", "torch", "device"):
@@ -111,11 +114,41 @@ def test_metrics_json_schema_and_ranges(evaluated):
     for g in groups["phase"].values():
         assert {"ssim", "psnr", "nmse", "dice_fg"} <= set(g)
 
-    inception, seg = metrics["distribution"]["inception"], metrics["distribution"]["segmenter"]
+    assert meta["evaluation"] == {"n": 6, "n_ddpm": 3, "variants": ["ddpm1000_both", "ddim50_both"],
+                                  "main": "ddim50_both", "realism_n": 8, "realism_seeds": 2, "batch_size": 32}
+
+    # Realism: the smoke profile asks for 8 images, 2 seeds for each of 4 masks of the 8 held-out slices.
+    realism = metrics["realism"]
+    assert realism["variant"] == "ddim50_both" and realism["sampler"] == main["sampler"]
+    assert (realism["n_generated"], realism["n_masks"], realism["seeds"]) == (8, 4, [0, 4])
+    assert realism["reused_main"] is False  # the main variant ran on 6 slices, not on these 4 masks
+    assert (realism["n_heldout"], realism["n_train"]) == (8, 8)  # all 8 held-out slices; as many training ones
+    inception, seg = realism["inception"], realism["segmenter"]
     assert inception["available"] is False and "absent.pt" in inception["reason"] and inception["fid"] is None
+    assert inception["ratio"] is None and inception["autoencoder"]["fid"] is None
     assert seg["available"] is True and seg["label"] == "in-domain (segmenter features)"
-    assert seg["fid"] >= 0 and seg["real_vs_real_fid"] >= 0 and seg["n"] == 6 and seg["n_real_vs_real"] == 6
-    assert seg["kid_mean"] is not None and seg["kid_std"] >= 0 and seg["kid_subset_size"] == 3
+    assert seg["fid"] >= 0 and seg["real_vs_real_fid"] > 0 and seg["ratio"] == pytest.approx(
+        seg["fid"] / seg["real_vs_real_fid"])
+    assert (seg["n"], seg["n_heldout"], seg["n_real_vs_real"]) == (8, 8, 8)
+    assert seg["kid_mean"] is not None and seg["kid_std"] >= 0 and seg["kid_subset_size"] == 4
+    ae_fid = seg["autoencoder"]
+    assert ae_fid["n"] == 8 and ae_fid["fid"] >= 0 and ae_fid["ratio"] == pytest.approx(
+        ae_fid["fid"] / seg["real_vs_real_fid"])
+    spec = realism["spectrum"]
+    assert len(spec["frequency"]) == SIZE // 2 + 1 and spec["frequency"][-1] == 0.5 and spec["cutoff"] == 0.25
+    assert set(spec["spectra"]) == {"generated", "heldout", "train", "reconstruction"}
+    assert spec["reference"] == "heldout"
+    assert all(len(v) == SIZE // 2 + 1 and min(v) >= 0 for v in spec["spectra"].values())
+    assert all(0 < v < 1 for v in spec["hf_fraction"].values())
+    assert set(spec["hf_ratio"]) == {"generated", "train", "reconstruction"}
+    fraction = spec["hf_fraction"]
+    assert spec["hf_ratio"]["generated"] == pytest.approx(fraction["generated"] / fraction["heldout"])
+    assert spec["n"] == {"generated": 8, "heldout": 8, "train": 8, "reconstruction": 8}
+    ae = realism["autoencoder"]
+    assert ae["n"] == 8 and ae["n_train"] == 8
+    _check_stat(ae["ssim"], -1, 1)
+    _check_stat(ae["psnr"], 0, 100)
+    assert ae["ssim"]["n"] == 8
 
     mem = metrics["memorisation"]
     assert len(mem["ratios"]) == 6 and all(r is None or r >= 0 for r in mem["ratios"]) and mem["space"] == "pixels"
@@ -170,8 +203,20 @@ def test_cli_evaluate_prints_a_table_and_reuses_the_segmenter(evaluated, trained
     assert "unavailable" in printed  # Inception on CPU is too slow for a unit test (test_fid.py checks it)
     metrics = json.loads(out.read_text())
     assert metrics["meta"]["n"] == 4 and metrics["meta"]["segmenter_trained"] is False  # the one trained above
+    # What --n and --variants leave unsaid comes from the smoke profile's evaluation section.
+    assert metrics["meta"]["evaluation"]["n_ddpm"] == cfg.evaluation.n_ddpm == 2
+    assert metrics["realism"]["n_generated"] == cfg.evaluation.realism_n == 8
+    assert metrics["realism"]["reused_main"] is True  # 4 slices = the 4 realism masks: seed 0 reused
     assert metrics["variants"]["ddim50_no_guidance"]["guidance"]["scale_mask"] == 1.0
     assert metrics["reconstruction"] == {"metrics": {"ssim": {"mean": 0.5}}}
+
+
+def test_cli_n_takes_a_count_or_all(trained, tmp_path, capsys):
+    cfg, store, root = trained
+    for bad in ("0", "some"):
+        with pytest.raises(SystemExit):
+            cli_main(["evaluate", "--config", "smoke", "--checkpoint", str(root / "ldm" / LAST), "--n", bad])
+        assert "positive integer or 'all'" in capsys.readouterr().err
 
 
 def test_cli_names_a_missing_checkpoint(trained, tmp_path, capsys):
@@ -180,3 +225,39 @@ def test_cli_names_a_missing_checkpoint(trained, tmp_path, capsys):
                      "--out", str(tmp_path / "m.json"), "--quiet"])
     assert code == 2 and "nope.pt" in capsys.readouterr().err
     assert not (tmp_path / "m.json").exists()
+
+
+def test_evaluation_settings_take_the_profile_and_let_arguments_override():
+    cfg = load_config("smoke")
+    assert evaluation_settings(cfg) == cfg.evaluation
+    s = evaluation_settings(cfg, n="all", n_ddpm=5, batch_size=3, realism_n=10, realism_seeds=3)
+    assert (s.n, s.n_ddpm, s.batch_size, s.realism_n, s.realism_seeds) == (None, 5, 3, 10, 3)
+    assert s.realism_masks == 4  # ceil(10 / 3)
+    assert evaluation_settings(cfg, n=7).n == 7 and evaluation_settings(cfg, n=None).n == cfg.evaluation.n
+    # Variants without the profile's main one: the first given becomes main; repeats count once.
+    s = evaluation_settings(cfg, variants=["dpm20_both", "ddim50_mask_only", "dpm20_both"])
+    assert s.main == "dpm20_both" and s.variants == ["dpm20_both", "ddim50_mask_only"]
+    for bad in (dict(variants=["ddim7"]), dict(n=0), dict(realism_n=1), dict(main="ddim50_mask_only",
+                                                                           variants=["ddim50_both"])):
+        with pytest.raises(ConfigError, match="evaluation"):
+            evaluation_settings(cfg, **bad)
+
+
+def test_realism_images_use_distinct_seeds_and_reuse_only_identical_generations(trained):
+    cfg, store, root = trained
+    ldm = load_ldm(root / "ldm" / LAST)
+    settings = EvaluationConfig(n=4, realism_n=8, realism_seeds=2)
+    sampler, guidance = variant_settings("ddim50_both", cfg.sampler, cfg.guidance, 100)
+    masks = pick_indices(8, 4)
+    main = generate_paired(ldm, store, indices=masks, sampler=sampler, guidance=guidance, seed=0, progress=False)
+    kwargs = dict(n_split=8, n_train_split=16, progress=False)
+    reused = realism_images(ldm, store, main, settings, sampler, guidance, **kwargs)
+    fresh = realism_images(ldm, store, {**main, "indices": masks[:3]}, settings, sampler, guidance, **kwargs)
+    assert reused["reused_main"] and not fresh["reused_main"] and reused["seeds"] == [0, 4]
+    assert reused["generated"].shape == (8, 1, SIZE, SIZE) and reused["masks"].tolist() == masks.tolist()
+    torch.testing.assert_close(reused["generated"], fresh["generated"])  # reuse changes no image
+    torch.testing.assert_close(reused["generated"][:4], main["generated"])
+    assert not torch.allclose(reused["generated"][:4], reused["generated"][4:])  # the second seed differs
+    assert reused["heldout"].shape == reused["train"].shape == reused["reconstructed_train"].shape == (8, 1, SIZE, SIZE)
+    assert reused["reconstructed_heldout"].abs().max() <= 1
+    assert not torch.allclose(reused["reconstructed_heldout"], reused["heldout"])  # a lossy autoencoder

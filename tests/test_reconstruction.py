@@ -14,7 +14,14 @@ import torch
 
 from mmldm.config import load_config
 from mmldm.data.dataset import CardiacSliceDataset
-from mmldm.evaluate.reconstruction import codebook_usage, reconstruction_report, save_recon_metrics
+from mmldm.evaluate.reconstruction import (
+    codebook_usage,
+    recon_summary,
+    reconstruct_images,
+    reconstruction_report,
+    save_recon_metrics,
+)
+from mmldm.evaluate.spectrum import high_frequency_ratio
 from mmldm.models.vqvae import VQVAE
 from mmldm.viz import plots
 from smoke_models import write_tiny_store
@@ -79,7 +86,48 @@ def test_recon_metrics_json_and_histogram(store, vqvae, tmp_path):
     assert set(data["metrics"]) == {"ssim", "psnr", "nmse"} and data["metrics"]["ssim"]["n"] == 24
     assert data["metrics"]["nmse"]["mean"] == pytest.approx(report["metrics"]["nmse"].mean())
     assert data["codebook"]["positions"] == 24 * 64
+    assert data["realism"]["spectrum"]["n"] == 24 and data["realism"]["spectrum"]["hf_ratio"] > 0
+    assert data["realism"]["inception"]["fid"] is None  # not asked for: notebook 03 stays cheap
     assert [p.name for p in path.parent.iterdir()] == ["recon_metrics.json"]  # no temporary left behind
     fig = plots.codebook_histogram(report["counts"])
     assert "perplexity" in fig.axes[0].get_title()
     plots.plt.close(fig)
+
+
+class PooledPixels(torch.nn.Module):
+    """A cheap stand-in for Inception: 4 x 4 average-pooled pixels (16 features)."""
+
+    def forward(self, images):
+        return torch.nn.functional.adaptive_avg_pool2d(images.float(), 4).flatten(1)
+
+
+def test_realism_of_reconstructions_is_streamed_exactly(store, vqvae):
+    report = reconstruction_report(vqvae, store, split="val", batch_size=4)  # fid off: spectrum only
+    spec, inc = report["realism"]["spectrum"], report["realism"]["inception"]
+    assert inc["requested"] is False and inc["available"] is False and inc["fid"] is None
+    # The batch-by-batch spectrum equals the one of the whole sets at once.
+    ds = CardiacSliceDataset(store, split="val", expand=False)
+    real = torch.from_numpy(np.stack([np.asarray(ds.read(i)[0], np.float32) for i in range(len(ds))]))[:, None]
+    ds.close()
+    whole = high_frequency_ratio(reconstruct_images(vqvae, real, batch_size=5), real)
+    assert spec["n"] == 6 and spec["cutoff"] == 0.25
+    assert spec["real_fraction"] == pytest.approx(whole["real_fraction"])
+    assert spec["reconstruction_fraction"] == pytest.approx(whole["generated_fraction"], rel=1e-4)
+    assert spec["hf_ratio"] == pytest.approx(whole["ratio"], rel=1e-4) and spec["hf_ratio"] > 0
+
+
+def test_reconstruction_fid_when_asked_and_available(store, vqvae, tmp_path, monkeypatch):
+    missing = reconstruction_report(vqvae, store, fid=True, inception_path=tmp_path / "absent.pt")
+    assert missing["realism"]["inception"]["requested"] is True
+    assert missing["realism"]["inception"]["available"] is False and "absent.pt" in missing["realism"]["inception"]["reason"]
+    from mmldm.evaluate import reconstruction
+
+    monkeypatch.setattr(reconstruction, "load_inception", lambda path=None, device="cpu": (PooledPixels(), ""))
+    report = reconstruction_report(vqvae, store, split="val", batch_size=4, fid=True)
+    inc = report["realism"]["inception"]
+    assert inc["available"] is True and inc["n"] == 6 and inc["fid"] > 0 and inc["kid_mean"] is not None
+    real, recon = (PooledPixels()(x) for x in (report["examples"]["real"], report["examples"]["reconstruction"]))
+    assert not torch.allclose(real, recon)  # an untrained VQ-VAE: the two sets differ, FID > 0 above
+    summary = recon_summary(report, profile="smoke")
+    assert summary["realism"]["inception"]["fid"] == pytest.approx(inc["fid"])
+    json.dumps(summary, allow_nan=False)  # NaN-free

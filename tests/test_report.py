@@ -13,7 +13,7 @@ import torch
 
 from mmldm.config import load_config
 from mmldm.errors import DataError
-from mmldm.report import build_report, read_metrics, read_rows, report_dir, write_report
+from mmldm.report import build_report, limiting_stage, read_metrics, read_rows, report_dir, write_report
 from mmldm.viz import report_figures as rf
 
 VARIANTS = {  # name: (sampler, steps, guidance mode)
@@ -59,11 +59,7 @@ def synthetic_metrics(n: int = 12) -> dict:
                            "codebook": {"used": 345, "codebook_size": 1024, "perplexity": 210.7}},
         "ceiling": {"dice": {"LV": 0.8304, "MYO": 0.7516, "RV": 0.7634, "mean_fg": 0.7826}},
         "variants": variants, "main": "ddim50_both", "groups": groups,
-        "distribution": {
-            "inception": {"fid": None, "kid_mean": None, "kid_std": None, "real_vs_real_fid": None, "n": n,
-                          "available": False, "reason": "no Inception weights file found"},
-            "segmenter": {"fid": 3.4567, "kid_mean": 0.0123, "kid_std": 0.0021, "real_vs_real_fid": 1.2345, "n": n,
-                          "label": "in-domain (segmenter features)"}},
+        "realism": realism_block(),
         "memorisation": {"ratios": ratios, "space": "pixels", "n_train_reference": 345,
                          "heldout_reference": "nearest held-out slice of another subject",
                          "summary": {"n": n, "median": 0.9531, "p05": 0.7277, "min": 0.7001, "below_0.1": 0.0,
@@ -71,6 +67,32 @@ def synthetic_metrics(n: int = 12) -> dict:
                          "baseline": {"ratios": [0.8, 0.9, None], "what": "real held-out slices",
                                       "summary": {"n": 2, "median": 0.8517, "p05": 0.8, "min": 0.8,
                                                   "below_0.1": 0.0, "below_0.5": 0.0}}},
+    }
+
+
+def realism_block() -> dict:
+    """metrics.json's realism block: 24 images (12 masks x 2 seeds) against 36 held-out slices."""
+    freqs = [0.0, 0.125, 0.25, 0.375, 0.5]
+    return {
+        "variant": "ddim50_both", "n_generated": 24, "n_masks": 12, "seeds": [0, 12], "reused_main": True,
+        "n_heldout": 36, "n_train": 24,
+        "inception": {"label": "standard (Inception-v3 pool3)", "available": True, "reason": "", "fid": 87.65,
+                      "kid_mean": 0.0456, "kid_std": 0.0078, "real_vs_real_fid": 43.21, "ratio": 2.0285, "n": 24,
+                      "n_heldout": 36, "n_real_vs_real": 24,
+                      "autoencoder": {"fid": 61.23, "kid_mean": 0.0321, "kid_std": 0.0045, "ratio": 1.417, "n": 24}},
+        "segmenter": {"label": "in-domain (segmenter features)", "available": True, "reason": "", "fid": 3.4567,
+                      "kid_mean": 0.0123, "kid_std": 0.0021, "real_vs_real_fid": 1.2345, "ratio": 2.8001, "n": 24,
+                      "n_heldout": 36, "n_real_vs_real": 24,
+                      "autoencoder": {"fid": 1.9753, "kid_mean": 0.0067, "kid_std": 0.0011, "ratio": 1.6001, "n": 24}},
+        "spectrum": {"frequency": freqs, "cutoff": 0.25, "window": "hann", "reference": "heldout",
+                     "spectra": {"generated": [0.0, 1.0, 0.1, 0.01, 0.001], "heldout": [0.0, 1.1, 0.2, 0.05, 0.01],
+                                 "train": [0.0, 1.05, 0.19, 0.045, 0.011],
+                                 "reconstruction": [0.0, 1.1, 0.15, 0.02, None]},
+                     "hf_fraction": {"generated": 0.0812, "heldout": 0.1234, "train": 0.1199, "reconstruction": 0.0934},
+                     "hf_ratio": {"generated": 0.658, "train": 0.9716, "reconstruction": 0.7569},
+                     "n": {"generated": 24, "heldout": 36, "train": 24, "reconstruction": 36}},
+        "autoencoder": {"what": "...", "n": 36, "n_train": 24, "ssim": {"mean": 0.8123, "std": 0.031, "n": 36},
+                        "psnr": {"mean": 27.89, "std": 1.1, "n": 36}, "nmse": {"mean": 0.0211, "std": 0.01, "n": 36}},
     }
 
 
@@ -110,7 +132,7 @@ def inputs(tmp_path):
 
 SECTIONS = ["# mmldm evaluation report", "## Summary", "## Intended use", "## Data", "## Architecture",
             "## Training configuration", "## Results", "### Paired fidelity", "### By group",
-            "### Distribution", "### Anatomy compliance", "### Samplers and conditions", "### Training recipe",
+            "### Realism", "### Anatomy compliance", "### Samplers and conditions", "### Training recipe",
             "### Quality against compute", "### Memorisation", "## Figures", "## Challenges", "## Limitations",
             "## Inputs"]
 
@@ -129,7 +151,16 @@ def test_every_section_and_table_from_synthetic_metrics(inputs):
                    "0.712", "24.61", "345 of 1024", "4321", "0.111", "0.667", "0.654 ± 0.050", "0.247 ± 0.010",
                    "0.852", "(of 345)"):
         assert number in text, number
-    assert "no Inception weights file found" in text  # why the Inception FID is missing
+    # Realism: FID beside its baseline and ratio, the autoencoder's ceiling, texture, all at their n.
+    for number in ("87.65", "0.0456 ± 0.0078", "43.21", "2.03", "61.23", "1.42", "2.80", "1.60", "1.98",
+                   "8.1 %", "12.3 %", "0.658", "0.972", "0.757", "0.812 ± 0.031", "27.89 ± 1.10",
+                   "n = 24", "12 held-out masks", "24 generated / 36 held-out / 24 training"):
+        assert number in text, number
+    realism = text[text.index("### Realism"):text.index("### Anatomy")]
+    assert "**The diffusion model limits realism**" in realism and "41%" in realism  # (1.417-1)/(2.0285-1)
+    assert "From the Inception FID ratios" in realism
+    assert "Realism (24 generated images against 36 real held-out slices)" in text  # the summary
+    assert "smoother than real" in text  # high-frequency ratio 0.658
     assert "synthetic phantom" in text and "not for clinical decisions" in text
     assert "Bernard et al." in text and "Martín-Isla et al." in text and "CC BY-NC-SA 4.0" in text
     for name in VARIANTS:
@@ -140,7 +171,7 @@ def test_every_section_and_table_from_synthetic_metrics(inputs):
     # Optional inputs missing: said so, no crash.
     assert "no `ablation.json` given" in text and "no `compute.json` given" in text
     # Figures drawn and linked relative to the report; the metrics copied beside it.
-    for role in ("grid", "examples", "variants", "groups", "memorisation"):
+    for role in ("grid", "examples", "variants", "groups", "memorisation", "spectrum", "shuffled"):
         assert written[role].exists() and f"figures/{rf.FIGURES[role]}" in text, role
     assert json.loads((out / "metrics.json").read_text()) == synthetic_metrics()
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]  # atomic writes leave no temporaries
@@ -209,9 +240,37 @@ def test_bad_inputs_name_the_file(tmp_path):
         read_rows(tmp_path / "ablation.json")
 
 
+def test_realism_verdict_follows_the_numbers():
+    m = synthetic_metrics()
+    m["realism"]["inception"]["autoencoder"]["ratio"] = 1.9  # reconstructions already far from real
+    text = build_report(m)
+    assert "**The autoencoder limits realism**" in text and "1.90" in text and "88%" in text
+    m["realism"]["inception"]["ratio"] = 1.05  # generated within 10 % of the baseline
+    assert "neither stage measurably limits realism" in build_report(m)
+    m["realism"]["inception"].update(available=False, reason="no Inception file here", fid=None, ratio=None)
+    text = build_report(m)  # falls back to the in-domain ratios: 2.80 over 1.60 -> (0.60 / 1.80) = 33 %
+    assert "no Inception file here" in text and "From the in-domain FID ratios" in text and "33%" in text
+    assert "**The diffusion model limits realism**" in text
+    assert limiting_stage(None, 1.2)[0] is None and limiting_stage(3.0, 0.8)[0] == "diffusion"
+    assert limiting_stage(3.0, 2.0)[0] == "autoencoder" and limiting_stage(1.1, 5.0)[0] == "neither"
+
+
+def test_a_metrics_file_from_before_the_realism_block_still_reports():
+    m = synthetic_metrics()
+    del m["realism"]
+    m["distribution"] = {
+        "inception": {"fid": None, "kid_mean": None, "kid_std": None, "real_vs_real_fid": None, "n": 12,
+                      "available": False, "reason": "no Inception weights file found"},
+        "segmenter": {"fid": 3.9876, "kid_mean": 0.0123, "kid_std": 0.0021, "real_vs_real_fid": 1.2345, "n": 12,
+                      "label": "in-domain (segmenter features)"}}
+    text = build_report(m)
+    assert "### Distribution: FID and KID" in text and "3.99" in text and "no Inception weights file found" in text
+    assert "in-domain FID on segmenter features 3.99" in text and "### Realism" not in text
+
+
 def test_missing_sections_still_build():
     m = synthetic_metrics()
-    for key in ("reconstruction", "ceiling", "groups", "distribution", "memorisation"):
+    for key in ("reconstruction", "ceiling", "groups", "realism", "memorisation"):
         m.pop(key)
     text = build_report(m)  # no config, no figures
     assert "## Results" in text and "No configuration was given" in text
@@ -233,6 +292,31 @@ def test_figures_draw(tmp_path):
                                  {"steps": 20, "train_s": 9.0, "ssim": 0.2, "nmse": 0.8, "dice_fg": 0.3}])):
         assert fig.axes
         rf.plt.close(fig)
+    fig = rf.radial_spectra(m["realism"]["spectrum"])
+    left, right = fig.axes
+    assert len(left.lines) == 4 + 1 and len(right.lines) == 4 + 2  # 4 sets, the cutoff (and 1 on the right)
+    assert any("12.3 % above cutoff" in t.get_text() for t in left.get_legend().get_texts())
+    rf.plt.close(fig)
+    g = torch.Generator().manual_seed(1)
+    real, generated = torch.rand(40, 1, 8, 8, generator=g) * 2 - 1, torch.rand(40, 1, 8, 8, generator=g) * 2 - 1
+    fig, key = rf.shuffled_real_vs_generated(real, generated, n=16, seed=0)
+    cells = [ax for ax in fig.axes if ax.images]
+    assert len(cells) == 32 and len(fig.axes) == 32  # a 4 x 8 grid, every cell an image
+    assert len(key) == 16 and key == sorted(set(key)) and set(key) <= set(range(1, 33))
+    assert any(", ".join(map(str, key)) in t.get_text() for t in fig.texts)  # the key is printed below
+    shown = {tuple(ax.images[0].get_array().data.ravel()[:3].round(5)) for ax in cells}
+    generated_first = {tuple(x.ravel()[:3].numpy().round(5)) for x in generated}
+    assert sum(c in generated_first for c in shown) == 16  # exactly 16 cells hold generated images
+    for cell in key:
+        first = tuple(fig.axes[cell - 1].images[0].get_array().data.ravel()[:3].round(5))
+        assert first in generated_first, cell
+    assert rf.shuffled_real_vs_generated(real, generated, seed=0)[1] == key  # seeded
+    rf.plt.close(fig)
+    fig, key = rf.shuffled_real_vs_generated(real[:3], generated[:3])  # fewer than asked: 3 + 3 cells
+    assert len([ax for ax in fig.axes if ax.images]) == 6 and len(key) == 3
+    rf.plt.close(fig)
+    with pytest.raises(ValueError, match="no images"):
+        rf.shuffled_real_vs_generated(real[:0], generated)
     with pytest.raises(ValueError, match="group_boxplots"):
         rf.group_boxplots(pd.DataFrame({"x": [1]}))
     with pytest.raises(ValueError, match="no images"):

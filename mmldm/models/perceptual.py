@@ -2,7 +2,16 @@
 
 The seed trains its VQVAE with LPIPS (Zhang et al., 2018), which downloads ImageNet VGG16 weights
 at run time. mmldm never downloads anything, so the perceptual term is off unless
-``VQVAEConfig.perceptual_weights`` names a file on disk. Three kinds of file are accepted:
+``VQVAEConfig.perceptual_weights`` names a file on disk, or the word ``random``.
+
+0. ``random``: **no file at all**. A small VGG-like network whose convolutions keep their seeded
+   random (Kaiming) initialisation, frozen (:class:`RandomFeatures`). Random convolutional
+   features already separate textures and edges (Ulyanov et al., "Deep Image Prior", 2018; Liu
+   et al., "Generic Perceptual Loss", 2021, who found randomly-weighted deep features a useful
+   perceptual loss), so this is the download-free perceptual-style loss. It is cheap: four levels
+   of 3x3 convolutions, 16-64 wide, on the grey image.
+
+Three kinds of file are accepted:
 
 1. A **TorchScript** module (``torch.jit.save``; deprecated by recent PyTorch but still loaded).
    It receives the images as they are, (B, 1, H, W) in [-1, 1], and returns one feature map or
@@ -77,8 +86,43 @@ class VGG16Features(nn.Module):
         return taps
 
 
+class RandomFeatures(nn.Module):
+    """A frozen, seeded, randomly initialised VGG-like feature network (``perceptual_weights: random``).
+
+    Levels of two 3x3 conv + ReLU, 2x2 average pooling between levels; the features after each
+    level are the taps. The same seed gives the same network on every machine (CPU RNG).
+    """
+
+    def __init__(self, channels: tuple[int, ...] = (16, 32, 64, 64), seed: int = 1234):
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.levels = nn.ModuleList()
+        prev = 1
+        for c in channels:
+            convs = [nn.Conv2d(prev, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)]
+            for conv in convs:  # Kaiming-normal weights from our own generator: reproducible
+                fan_in = conv.in_channels * 9
+                with torch.no_grad():
+                    conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
+                    conv.bias.zero_()
+            self.levels.append(nn.Sequential(convs[0], nn.ReLU(), convs[1], nn.ReLU()))
+            prev = c
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        taps = []
+        h = x
+        for i, level in enumerate(self.levels):
+            if i:
+                h = F.avg_pool2d(h, 2)
+            h = level(h)
+            taps.append(h)
+        return taps
+
+
 def load_feature_network(path: str | Path) -> nn.Module:
-    """Load a TorchScript feature network or a VGG16 state dict from ``path`` (see module doc)."""
+    """The feature network ``path`` names: ``"random"`` or a file (see module doc)."""
+    if str(path) == "random":
+        return RandomFeatures()
     path = Path(path)
     hint = "set perceptual_weights to a TorchScript feature network or a VGG16 state dict, or to null"
     if not path.is_file():

@@ -68,7 +68,7 @@ class VQVAEConfig:
     recon_loss: Literal["l2", "l1"] = "l2"
     codebook_loss_weight: float = 1.0
     commitment_loss_weight: float = 0.2  # beta
-    perceptual_weights: Optional[str] = None  # local TorchScript / VGG16 state dict; None: no term
+    perceptual_weights: Optional[str] = None  # "random", or a local TorchScript / VGG16 state dict; None: no term
     perceptual_loss_weight: float = 1.0
     disc_channels: list[int] = field(default_factory=lambda: [64, 128, 256])
     # Optimiser steps before the GAN terms switch on. The seed's disc_start is 15,000 *batches of
@@ -76,6 +76,10 @@ class VQVAEConfig:
     # M&Ms-2), well inside the paper run's 5,000 steps.
     adversarial_start: int = 1700
     adversarial_loss_weight: float = 0.5
+    # VQGAN's adaptive weight (Esser et al. 2021, eq. 7): the GAN term is scaled by
+    # ||grad_L recon|| / ||grad_L GAN|| at the decoder's last layer L, so neither term drowns the
+    # other whatever the loss scales; off in the seed.
+    adversarial_adaptive: bool = False
 
     def __post_init__(self):
         check_levels(self.down_channels, self.mid_channels, self.down_sample, self.attn_down, self.norm_groups,
@@ -230,12 +234,14 @@ def vqvae_generator_loss(
     step: int,
     discriminator: Optional[nn.Module] = None,
     perceptual: Optional[nn.Module] = None,
+    last_layer: Optional[torch.Tensor] = None,
 ) -> dict[str, torch.Tensor]:
     """The autoencoder's loss terms (already weighted) and their sum ``"total"``.
 
     Keys: ``recon``, ``codebook``, ``commitment``, plus ``perceptual`` when ``perceptual`` is
     given and ``adversarial`` when a discriminator is given and the step has reached
-    ``adversarial_start``.
+    ``adversarial_start``. With ``cfg.adversarial_adaptive``, ``last_layer`` (the decoder's
+    output weight) sets the adaptive GAN weight, logged as ``adaptive_weight``.
     """
     rec = F.mse_loss(recon, x) if cfg.recon_loss == "l2" else F.l1_loss(recon, x)
     terms = {
@@ -246,9 +252,26 @@ def vqvae_generator_loss(
     if perceptual is not None:
         terms["perceptual"] = cfg.perceptual_loss_weight * perceptual(recon, x)
     if discriminator is not None and adversarial_active(cfg, step):
-        terms["adversarial"] = cfg.adversarial_loss_weight * lsgan_generator_loss(discriminator(recon))
+        gan = lsgan_generator_loss(discriminator(recon))
+        weight = cfg.adversarial_loss_weight
+        if cfg.adversarial_adaptive:
+            weight = weight * adaptive_weight(rec + terms.get("perceptual", 0.0), gan, last_layer)
+        terms["adversarial"] = weight * gan
     terms["total"] = sum(terms.values())
     return terms
+
+
+def adaptive_weight(rec: torch.Tensor, gan: torch.Tensor, last_layer: Optional[torch.Tensor]) -> torch.Tensor:
+    """VQGAN's lambda = ||grad_L rec|| / (||grad_L gan|| + 1e-4), clamped to [0, 1e4], detached.
+
+    ``L`` is the decoder's last convolution weight (where both losses meet first on the way
+    back). Without it (or outside autograd, e.g. under ``torch.no_grad``) the weight is 1.
+    """
+    if last_layer is None or not rec.requires_grad or not gan.requires_grad:
+        return torch.ones((), device=gan.device)
+    g_rec = torch.autograd.grad(rec, last_layer, retain_graph=True)[0]
+    g_gan = torch.autograd.grad(gan, last_layer, retain_graph=True)[0]
+    return (g_rec.norm() / (g_gan.norm() + 1e-4)).clamp(0.0, 1e4).detach()
 
 
 def vqvae_discriminator_loss(

@@ -149,7 +149,7 @@ class VQVAETrainer(Trainer):
                 with autocast(tc, d.device):
                     recon, info = self.model_t(x)
                     terms = vqvae_generator_loss(vc, x, recon, info, step, self.disc if adversarial else None,
-                                                 self.perceptual)
+                                                 self.perceptual, last_layer=self.model.decoder.conv_out.weight)
                 (terms["total"] / tc.grad_accum).backward()
             pairs.append((x, recon.detach()))
             for k, v in terms.items():

@@ -8,6 +8,10 @@
     group_boxplots(table)                          per-image SSIM / NMSE / Dice by view, phase, pathology
     memorisation_histogram(ratios)                 d_train / d_heldout of every generated image
     compute_plot(rows)                             SSIM, NMSE, Dice against training time
+    radial_spectra(spectrum)                       power against spatial frequency: generated, real,
+                                                   VQ-VAE reconstructions (metrics.json's realism.spectrum)
+    shuffled_real_vs_generated(real, generated)    generated and real slices shuffled in one grid, with
+                                                   the key (which cells are generated) printed below
 
 Each function returns a ``Figure`` (or, for the trajectory, tensors) and saves nothing; callers
 save with :func:`mmldm.viz.plots.save_figure` (atomic) under the names in :data:`FIGURES`, the
@@ -38,6 +42,8 @@ FIGURES = {
     "groups": "05_groups.png",
     "memorisation": "05_memorisation.png",
     "compute": "05_quality_vs_compute.png",
+    "spectrum": "05_spectrum.png",
+    "shuffled": "05_shuffled_real_vs_generated.png",
 }
 
 UNIT = (-1.0, 1.0)  # display window of images in [-1, 1]
@@ -335,3 +341,98 @@ def compute_plot(rows: Sequence[Mapping], size: tuple = (11, 3.2)):
     fig.suptitle("quality against compute (labels: measured training wall time)", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Realism: texture and a look-alike test
+# ---------------------------------------------------------------------------------------------
+
+# (key in realism.spectrum's "spectra", legend label, style)
+SPECTRUM_CURVES = (("heldout", "real held-out", dict(color="k", lw=1.8)),
+                   ("train", "real training", dict(color="0.5", lw=1.2, ls="--")),
+                   ("generated", "generated", dict(color="tab:red", lw=1.5)),
+                   ("reconstruction", "VQ-VAE reconstruction of held-out", dict(color="tab:blue", lw=1.3, ls="-.")))
+
+
+def radial_spectra(spectrum: Mapping, size: tuple = (11, 3.6)):
+    """Radially averaged power spectra (see evaluate/spectrum.py) of the sets in ``spectrum``
+    (metrics.json's ``realism.spectrum``: ``frequency``, ``spectra`` {name: mean power}, ``cutoff``,
+    ``hf_fraction``, ``n``, ``reference``). Left: log power against cycles/pixel, each legend entry
+    with its share of power above the cutoff (dotted line). Right: each spectrum over the
+    reference's (real held-out), where 1 is "as much power at this frequency as real": a curve
+    falling below 1 to the right is a set smoother than real images. The DC ring (0, no power
+    after mean subtraction) is not drawn."""
+    freqs = np.asarray(spectrum.get("frequency") or [], dtype=np.float64)
+    spectra = {k: np.asarray([np.nan if v is None else v for v in vals], dtype=np.float64)
+               for k, vals in (spectrum.get("spectra") or {}).items()}
+    if freqs.size < 2 or not spectra:
+        raise ValueError("radial_spectra: the spectrum block needs 'frequency' and 'spectra'")
+    reference = spectrum.get("reference", "heldout")
+    fractions, counts, cutoff = spectrum.get("hf_fraction") or {}, spectrum.get("n") or {}, spectrum.get("cutoff")
+    curves = [c for c in SPECTRUM_CURVES if c[0] in spectra] + [
+        (k, k, {}) for k in spectra if k not in {c[0] for c in SPECTRUM_CURVES}]
+    fig, (ax, ax_ratio) = plt.subplots(1, 2, figsize=size)
+    f = freqs[1:]
+    ref = spectra.get(reference)
+    for key, label, style in curves:
+        power = spectra[key][1:]
+        share = _num(fractions.get(key))
+        text = f"{label} (n={counts.get(key, '?')})" + (f", {100 * share:.1f} % above cutoff" if np.isfinite(share)
+                                                       else "")
+        ax.semilogy(f, np.where(power > 0, power, np.nan), label=text, **style)
+        if ref is not None:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ax_ratio.plot(f, power / ref[1:], label=label, **style)
+    for a in (ax, ax_ratio):
+        if np.isfinite(_num(cutoff)):
+            a.axvline(_num(cutoff), color="tab:green", ls=":", lw=1)
+        a.set_xlabel("spatial frequency (cycles/pixel)")
+        a.grid(alpha=0.3, which="both")
+        a.set_xlim(0, float(freqs[-1]))
+    ax.set(ylabel="mean power (log scale)", title="radially averaged power spectrum")
+    ax.legend(fontsize=7)
+    ax_ratio.axhline(1.0, color="k", lw=0.8)
+    ax_ratio.set_yscale("log")
+    ref_label = next((label for key, label, _ in curves if key == reference), reference)
+    ax_ratio.set(ylabel=f"power / {ref_label}", title=f"each over the {ref_label} slices' (1: as in real)")
+    fig.tight_layout()
+    return fig
+
+
+def shuffled_real_vs_generated(real: torch.Tensor, generated: torch.Tensor, n: int = 16, seed: int = 0,
+                               cols: int = 8, size: float = 1.3):
+    """A look-alike test: ``n`` generated and ``n`` real slices (fewer when fewer are given) in one
+    shuffled grid of ``cols`` columns (4 x 8 for n = 16), cells numbered 1, 2, ... row by row, and
+    the key, the numbers of the generated cells, printed below the grid. When the two sets are
+    paired (each generated image made from a real slice's conditions) and large enough, the real
+    slices shown are *other* slices than the generated ones' sources, so no pair sits side by side.
+
+    Returns ``(figure, key)``, ``key`` the sorted list of generated cell numbers. Seeded by ``seed``.
+    """
+    k = min(n, len(real), len(generated))
+    if k < 1:
+        raise ValueError("shuffled_real_vs_generated: no images")
+    rng = np.random.default_rng(seed)
+    picks = rng.permutation(max(len(real), len(generated)))
+    gen_idx = [int(i) for i in picks if i < len(generated)][:k]
+    sources = set(gen_idx)
+    others = [int(i) for i in picks if i < len(real) and i not in sources]
+    real_idx = (others + [i for i in gen_idx if i < len(real)])[:k]  # other slices first, the sources if needed
+    images = [generated[i] for i in gen_idx] + [real[i] for i in real_idx]
+    is_generated = [True] * len(gen_idx) + [False] * len(real_idx)
+    order = rng.permutation(len(images))
+    cols = min(cols, len(images))
+    rows = math.ceil(len(images) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * size * 1.2 + 0.6), squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    key = []
+    for cell, j in enumerate(order, start=1):
+        show_image(axes.ravel()[cell - 1], _image(images[j]), window=UNIT, title=str(cell))
+        if is_generated[j]:
+            key.append(cell)
+    fig.suptitle(f"{len(gen_idx)} generated and {len(real_idx)} real held-out slices, shuffled: which are which?",
+                 fontsize=9)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.95))
+    fig.text(0.5, 0.01, "key, generated cells: " + ", ".join(map(str, key)), ha="center", va="bottom", fontsize=8)
+    return fig, key
