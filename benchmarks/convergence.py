@@ -3,14 +3,17 @@
 Trains several LDM variants with the *same* VQVAE, data, step budget and seeds, then generates
 each held-out slice from its own conditions and prints paired SSIM / NMSE / PSNR, the fraction
 of blown-out or blank images, and the anatomy Dice of a segmenter trained on real images. The
-`laptop` profile keeps what wins here (see configs/laptop.yaml and report/).
+profiles keep what wins here (see configs/quick.yaml and report/). The rows in report/ablation.json
+and report/compute.json were measured with `--profile quick` (the 64x64 profile, called `laptop`
+when they were made).
 
     python benchmarks/convergence.py --source ../shared/data/acdc/training \\
         --vqvae runs/tune/vqA/last.pt --segmenter runs/tune/seg/segmenter.pt \\
         --variants seed ours_x0_lr1e-3 --steps 1000 --n 96 --out runs/tune
 
-Each variant is a list of config overrides on top of the laptop profile (VARIANTS below), so
-any row can be reproduced with `python -m mmldm train-ldm --config laptop --set ...`.
+Each variant is a list of config overrides on top of the chosen profile (`--profile`, default
+quick; VARIANTS below), so any row can be reproduced with
+`python -m mmldm train-ldm --config quick --set ...`.
 """
 
 from __future__ import annotations
@@ -22,17 +25,20 @@ from pathlib import Path
 
 import torch
 
-# Overrides on the laptop profile, which holds the network sizes these runs used (0.62 M VQVAE,
+# Overrides on the profile (quick: 0.62 M VQVAE, which holds the network sizes these runs used (0.62 M VQVAE,
+# Overrides on the profile (quick: 0.62 M VQVAE, which holds the network sizes these runs used (0.62 M VQVAE,
+# 2.87 M UNet); each variant states the rest of its recipe, so a row stays reproducible whatever
 # 2.87 M UNet); each variant states the rest of its recipe, so a row stays reproducible whatever
 # laptop.yaml's defaults become.
+# laptop.yaml's defaults become.
 VARIANTS = {
-    # The seed's recipe at laptop size: nearest-downsampled condition, epsilon prediction, raw
+    # The seed's recipe at the profile's size: nearest-downsampled condition, epsilon prediction, raw
     # latents, no EMA, no clipping, no guidance.
     "seed": ["unet.conditioning=concat_nearest", "unet.view_embedding=false", "diffusion.prediction_type=epsilon",
              "train_ldm.latent_norm=none", "train_ldm.ema=false", "guidance.p_drop_edge=0.0",
              "guidance.p_drop_mask=0.0", "guidance.scale_mask=1.0", "guidance.scale_edge=1.0",
              "sampler.clip_to_latents=false", "train_ldm.lr=2e-4"],
-    # Ours: the laptop profile exactly as configs/laptop.yaml has it (the report's model).
+    # Ours: the profile exactly as its YAML file has it.
     "ours": [],
     # Ours with SPADE instead of the hint encoder (the condition modulates every normalisation).
     "ours_spade": ["unet.conditioning=spade", "unet.spade_hidden=32"],
@@ -54,7 +60,7 @@ SAMPLERS = {"ddim50": ("ddim", 50), "dpm20": ("dpm_solver", 20), "ddpm1000": ("d
 
 def parse_variant(spec: str) -> tuple[str, float, str | None]:
     """``name[*mult][@sampler]``: a VARIANTS recipe, trained ``mult`` x the step budget, evaluated
-    with one of SAMPLERS (default: the recipe's own sampler, DDIM 50 at laptop)."""
+    with one of SAMPLERS (default: the recipe's own sampler)."""
     rest, _, sampler = spec.partition("@")
     name, _, mult = rest.partition("*")
     if name not in VARIANTS or (sampler and sampler not in SAMPLERS):
@@ -116,7 +122,8 @@ def main() -> None:
     p.add_argument("--variants", nargs="+", default=["seed", "ours"],
                    help="name[*mult][@sampler], e.g. seed@ddpm1000 ours ours*0.5 ours*4 ours_spade; names: "
                         + ", ".join(sorted(VARIANTS)))
-    p.add_argument("--steps", type=int, default=None, help="LDM optimiser steps per variant (default: the laptop "
+    p.add_argument("--profile", default="quick", help="profile the variants start from (default: quick, 64x64)")
+    p.add_argument("--steps", type=int, default=None, help="LDM optimiser steps per variant (default: the "
                                                             "profile's train_ldm.steps), times the variant's mult")
     p.add_argument("--n", type=int, default=96, help="held-out slices generated per variant")
     p.add_argument("--threads", type=int, default=1)
@@ -134,12 +141,12 @@ def main() -> None:
     rows = {}
     for spec in args.variants:
         name, mult, sampler = parse_variant(spec)
-        base_steps = args.steps or load_config("laptop").train_ldm.steps
+        base_steps = args.steps or load_config(args.profile).train_ldm.steps
         steps = max(int(round(base_steps * mult)), 1)
         overrides = [f"paths.source={Path(args.source).resolve()}", *VARIANTS[name],
                      f"train_ldm.steps={steps}", f"train_ldm.cpu_threads={args.threads}",
                      "train_ldm.sample_every=0", f"train_ldm.ckpt_every={max(steps // 4, 1)}"]
-        cfg = load_config("laptop", overrides=overrides)
+        cfg = load_config(args.profile, overrides=overrides)
         run = out / (f"ldm_{name}" + (f"_x{mult:g}" if mult != 1 else ""))
         timing = run / "train_seconds.json"  # wall time of the training, kept for --eval-only and reruns
         if not args.eval_only and not timing.exists():  # not trained to the end yet: train, or continue

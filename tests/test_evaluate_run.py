@@ -61,8 +61,10 @@ def test_variant_settings_change_only_what_they_name():
         sampler, guidance = variant_settings(name, cfg.sampler, cfg.guidance, 1000)
         assert sampler.clip_to_latents == cfg.sampler.clip_to_latents and sampler.eta == cfg.sampler.eta
         assert guidance.p_drop_mask == cfg.guidance.p_drop_mask
-    main = variant_settings("ddim50_both", cfg.sampler, cfg.guidance, 1000)
-    assert main == (cfg.sampler, cfg.guidance)  # the laptop profile's own sampler and guidance
+    main = variant_settings(cfg.evaluation.main, cfg.sampler, cfg.guidance, 1000)
+    assert main == (cfg.sampler, cfg.guidance)  # the laptop profile's main row is its own sampler and guidance
+    quick = load_config("quick")
+    assert variant_settings(quick.evaluation.main, quick.sampler, quick.guidance, 1000) == (quick.sampler, quick.guidance)
     assert variant_settings("ddpm1000_both", cfg.sampler, cfg.guidance, 1000)[0].num_inference_steps == 1000
     assert variant_settings("ddpm1000_both", cfg.sampler, cfg.guidance, 100)[0].num_inference_steps == 100
     assert variant_settings("dpm20_both", cfg.sampler, cfg.guidance, 1000)[0].name == "dpm_solver"
