@@ -111,3 +111,85 @@ def test_profile_mode_only_leaves_other_modes_blank(bench):
     rows = dict(bench.table_rows([res]))
     assert rows["UNet training, images/s (batch), concat_nearest"] == ["–"]
     assert rows["UNet training, images/s (batch), spade"][0].endswith("(2)")
+
+
+# ---------------------------------------------------------------------------------------------
+# benchmarks/gpu_check.py: without CUDA it refuses (exit 2), unless --cpu-dry-run
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gpu_check():
+    spec = importlib.util.spec_from_file_location("benchmarks_gpu_check", REPO / "benchmarks" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_check_without_cuda_says_so_and_exits_2(gpu_check, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "gpu.json"
+    assert gpu_check.main(["--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "no CUDA device" in err and "--cpu-dry-run" in err
+    assert not out.exists()
+
+
+def run_dry(gpu_check, out, *extra) -> dict:
+    assert gpu_check.main(["--cpu-dry-run", "--out", str(out), *extra]) == 0
+    return json.loads(out.read_text())
+
+
+def test_gpu_check_cpu_dry_run_writes_every_measurement(gpu_check, tmp_path, monkeypatch, capsys):
+    """Every stage in two of the eight combinations (the flags are no-ops on the CPU), smoke models."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    combos = ["fp32", "bf16+channels_last+compile"]
+    data = run_dry(gpu_check, tmp_path / "gpu_check.json", "--profile", "smoke", "--combos", *combos)
+    text = capsys.readouterr().out
+    assert "CPU dry run" in text and "written:" in text
+
+    cfg = load_config("smoke")
+    assert data["dry_run"] and data["profile"] == "smoke" and data["device"]["torch"] == torch.__version__
+    assert data["model"]["image"] == [1, cfg.data.size, cfg.data.size]
+    rows = data["rows"]
+    assert [(r["stage"], r["combo"]) for r in rows] == [(s, c) for s in gpu_check.STAGES for c in combos]
+    for r in rows:
+        assert "error" not in r, r.get("traceback")
+        assert r["images_per_s"] > 0 and r["peak_allocated_mb"] is None and not r["flags_applied"]
+        line = next(ln for ln in text.splitlines() if ln.startswith(r["stage"]) and f" {r['combo']} " in ln)
+        assert f"{r['images_per_s']:.2f}" in line
+        assert r["amp"] == r["channels_last"] == r["compile"] == (r["combo"] != "fp32")
+    train = [r for r in rows if r["stage"] != "sampling"]
+    assert all(r["batch"] == 1 and r["steps"] == 1 and r["s_per_step"] > 0 for r in train)
+    for r in (r for r in rows if r["stage"] == "sampling"):
+        assert r["sampler"] == "ddim" and r["sampler_steps"] == 2
+        assert r["output_shape"] == [2, 1, cfg.data.size, cfg.data.size] and r["output_finite"] and r["decode_s"] > 0
+
+
+@pytest.mark.slow
+def test_gpu_check_cpu_dry_run_paper_models(gpu_check, tmp_path, monkeypatch):
+    """The paper's models (at 64x64), one combination: ~10 s (30 s on a busy 2-core machine)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    data = run_dry(gpu_check, tmp_path / "gpu_check.json", "--combos", "bf16+channels_last+compile")
+    assert data["profile"] == "paper" and data["model"]["latent"] == [3, 8, 8]
+    vqvae, ldm, sampling = data["rows"]
+    assert not any("error" in r for r in data["rows"]), [r.get("traceback") for r in data["rows"]]
+    assert ldm["params"] == sampling["params"]["unet"] == 103_526_546
+    assert sampling["params"]["vqvae"] == 22_003_932 and vqvae["params"] > 22_003_932  # + discriminator
+
+
+def test_gpu_check_records_a_failure_and_goes_on(gpu_check, tmp_path, monkeypatch):
+    """An out-of-memory error in one measurement is written into its row; the next one still runs."""
+    from mmldm.train.ldm import LDMTrainer
+
+    def out_of_memory(self):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(LDMTrainer, "train_step", out_of_memory)
+    data = run_dry(gpu_check, tmp_path / "gpu_check.json", "--profile", "smoke", "--combos", "fp32",
+                   "--stages", "ldm", "sampling")
+    ldm, sampling = data["rows"]
+    assert ldm["error"].startswith("out of memory: CUDA out of memory") and "images_per_s" not in ldm
+    assert "error" not in sampling and sampling["images_per_s"] > 0
