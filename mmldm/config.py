@@ -206,8 +206,16 @@ class PathsConfig:
 
     ``source`` is either ``"phantom"`` (the synthetic phantom, generated into ``phantom_dir`` on
     first use) or a folder holding real M&Ms-2, M&Ms or ACDC data as it unpacks. ``phantom_dir``,
-    ``store`` and ``runs`` may use ``{profile}``, ``{source}`` (``phantom`` or the source folder's
-    name) and ``{subjects}``, so runs on different data or profiles never overwrite each other.
+    ``store``, ``runs`` and ``figures`` may use ``{profile}``, ``{source}`` (the dataset kind:
+    ``phantom``, or the layout of the real folder, ``acdc``, ``mnms2`` or ``mnms``: ``format`` when
+    set, else recognised), ``{subjects}`` and ``{run}``: ``name`` when set, else
+    ``{source}_{profile}`` (``acdc_laptop``, ``mnms2_paper``, ``phantom_smoke``...). So runs on
+    different kinds of data or profiles never share a run folder or store; two different folders of
+    the same kind (ACDC training and testing, say) would, so the pipeline records the source in the
+    run folder and refuses a different one there: give one of them a ``name``.
+
+    Each run keeps to itself: the executed notebooks, the figures and the report all go under the
+    run folder (``runs/{run}/``); ``./run_all.sh --publish`` copies the report into ``report/``.
     """
 
     source: str = "phantom"
@@ -215,13 +223,17 @@ class PathsConfig:
     phantom_subjects: int = 360  # M&Ms-2 size
     phantom_seed: int = 0
     phantom_dir: str = "data/raw/phantom{subjects}"
-    store: str = "data/processed/{source}_{profile}.h5"
-    runs: str = "runs/{source}_{profile}"
-    figures: str = "report/figures"  # where notebooks and trainers save the report's figures
+    store: str = "data/processed/{run}.h5"
+    runs: str = "runs/{run}"
+    figures: str = "runs/{run}/figures"  # where notebooks and trainers save the report's figures
+    name: str | None = None  # the run's name ({run}); None: {source}_{profile}
 
     def __post_init__(self):
         if self.format not in ("auto", "mnms2", "mnms", "acdc"):
             raise ValueError(f"format must be auto, mnms2, mnms or acdc, not {self.format!r}")
+        if self.name is not None and (not self.name.strip() or self.name in (".", "..")
+                                      or any(c in self.name for c in "/\\{}")):
+            raise ValueError(f"name must be a plain folder name (no / \\ {{ }}), not {self.name!r}")
 
     @property
     def is_phantom(self) -> bool:
@@ -234,11 +246,27 @@ class PathsConfig:
 
     @property
     def source_name(self) -> str:
-        return "phantom" if self.is_phantom else (Path(self.source).resolve().name or "data")
+        """The dataset kind: ``phantom``, ``format`` when set, else the recognised layout of the
+        source folder (``data`` when there is none: the data step then says what is wrong)."""
+        if self.is_phantom:
+            return "phantom"
+        if self.format != "auto":
+            return self.format
+        from mmldm.data.readers.layout import detect_format
+        from mmldm.errors import DataError
+
+        try:
+            return detect_format(repo_path(self.source))
+        except DataError:
+            return "data"
+
+    def run_name(self, profile: str) -> str:
+        return self.name or f"{self.source_name}_{profile}"
 
     def _fill(self, template: str, profile: str) -> Path:
-        return repo_path(template.format(profile=profile, source=self.source_name,
-                                         subjects=self.phantom_subjects))
+        source = self.source_name
+        return repo_path(template.format(profile=profile, source=source, subjects=self.phantom_subjects,
+                                         run=self.name or f"{source}_{profile}"))
 
     def source_dir(self, profile: str = "") -> Path:
         return self._fill(self.phantom_dir, profile) if self.is_phantom else repo_path(self.source)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mmldm.config import PROFILES, Config, load_config, to_dict
+from mmldm.config import PROFILES, REPO_ROOT, Config, load_config, to_dict
 from mmldm.errors import ConfigError
+from mmldm.report import report_dir
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -83,11 +84,28 @@ def test_missing_profile_and_bad_yaml(tmp_path):
         load_config(bad)
 
 
-def test_paths_are_per_source_and_profile():
+def test_paths_are_per_source_and_profile(acdc_root, mnms2_root):
+    # Run folder and store are named by the dataset kind and the profile; figures and report go
+    # inside the run folder (the tracked report/ only changes with ./run_all.sh --publish).
     a = load_config("laptop")
-    b = load_config("laptop", overrides=["paths.source=/data/ACDC/training"])
-    assert a.store_path != b.store_path and "training_laptop" in b.store_path.name
+    b = load_config("laptop", overrides=[f"paths.source={acdc_root}"])
+    assert a.store_path != b.store_path and b.store_path.name == "acdc_laptop.h5"
     assert load_config("smoke").store_path != a.store_path
+    for cfg, run in ((a, "phantom_laptop"), (b, "acdc_laptop"),
+                     (load_config("paper", overrides=[f"paths.source={mnms2_root}"]), "mnms2_paper"),
+                     (load_config("smoke"), "phantom_smoke")):
+        assert cfg.run_dir == REPO_ROOT / "runs" / run and cfg.store_path == REPO_ROOT / "data" / "processed" / f"{run}.h5"
+        assert cfg.figures_dir == cfg.run_dir / "figures" and report_dir(cfg) == cfg.run_dir
+    # A forced format names the kind without looking at the folder; a folder of no known layout is "data".
+    assert load_config("laptop", overrides=["paths.source=/nowhere", "paths.format=mnms"]).run_dir.name == "mnms_laptop"
+    assert load_config("laptop", overrides=["paths.source=/nowhere"]).run_dir.name == "data_laptop"
+    # paths.name (./run_all.sh --name) names the run folder and store instead; {source} stays usable.
+    named = load_config("laptop", overrides=[f"paths.source={acdc_root}", "paths.name=acdc_testing"])
+    assert named.run_dir.name == "acdc_testing" and named.store_path.name == "acdc_testing.h5"
+    assert load_config("smoke", overrides=["paths.runs=runs/{source}-{profile}"]).run_dir.name == "phantom-smoke"
+    for bad in ("a/b", "''", ".."):
+        with pytest.raises(ConfigError, match="name"):
+            load_config("smoke", overrides=[f"paths.name={bad}"])
 
 
 def test_evaluation_section_is_validated(tmp_path):
