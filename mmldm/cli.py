@@ -257,7 +257,7 @@ def _add_train_args(p: argparse.ArgumentParser, stage: str) -> None:
     again.add_argument("--replace", action="store_true",
                        help="start afresh in a run folder that holds a checkpoint, moving the old checkpoints "
                        "and log.csv to <run>/replaced/ (without --resume or --replace such a folder is refused)")
-    p.add_argument("--figures", help="folder for the loss-curve PNG (default: paths.figures, report/figures)")
+    p.add_argument("--figures", help="folder for the loss-curve PNG (default: paths.figures, runs/<run>/figures)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 

@@ -21,7 +21,7 @@ step, gradient norm, lr and images/s.
 The run folder (default ``<runs>/vqvae``) gets ``last.pt``/``prev.pt`` (see
 :mod:`mmldm.train.checkpoint`), ``log.csv`` and ``samples/step_*.png`` (fixed validation slices
 over their reconstructions); the loss curve goes to ``<paths.figures>/vqvae_loss_<profile>.png``
-(``report/figures`` except in the smoke profile).
+(``runs/<run>/figures`` by default).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Every function returns a ``Figure`` and draws nothing it was not given; ``save_figure`` writes
 it atomically (temporary name, then rename) so an interrupted run never leaves half a PNG in
-``report/figures``. Label colours follow the canonical order: LV red, myocardium green, RV blue.
+a figures folder. Label colours follow the canonical order: LV red, myocardium green, RV blue.
 """
 
 from __future__ import annotations
