@@ -8,8 +8,8 @@ the committed notebooks stay output-free and the tracked ``report/`` changes onl
 ``--publish``. A stage is skipped when its stamp (a hash of the notebook, the config and the stamps
 of the stages before it) matches and its outputs exist, so a second run only redoes what changed.
 While a stage runs, what its notebook prints is shown (indented), the trainers' progress lines
-(step / total, images/s, ETA) among it. The first failure stops the run and names the notebook,
-the cell and its error.
+(step / total, images/s, ETA) and the other stages' bars as lines (``mmldm.progress``) among it.
+The first failure stops the run and names the notebook, the cell and its error.
 """
 
 from __future__ import annotations

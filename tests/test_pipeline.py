@@ -15,9 +15,10 @@ from conftest import REPO
 def _run(tmp_path, *extra):
     sets = [f"paths.phantom_dir={tmp_path / 'phantom'}", f"paths.store={tmp_path / 'store.h5'}",
             f"paths.runs={tmp_path / 'runs'}", f"paths.figures={tmp_path / 'figures'}"]
-    cmd = [sys.executable, "-m", "mmldm.pipeline", "--profile", "smoke", *extra]
+    cmd = [sys.executable, "-m", "mmldm.pipeline", "--profile", "smoke"]
     for s in sets:
         cmd += ["--set", s]
+    cmd += extra  # after: an --set here wins
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
 
 
@@ -108,6 +109,14 @@ def test_run_folder_refuses_another_source_of_the_same_kind(tmp_path, acdc_root)
     assert bad.returncode == 1 and "--name" in bad.stderr and "/somewhere/else" in bad.stderr, bad.stderr
 
 
+def test_run_all_name_names_the_run_folder(tmp_path):
+    # --name replaces <kind>_<profile> in the run folder (and the store) templates.
+    ok = _run(tmp_path, "--only", "none", "--name", "my_run", "--set", f"paths.runs={tmp_path / '{run}'}")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert (tmp_path / "my_run" / "source.txt").read_text().strip() == "phantom"
+    assert f"run folder {tmp_path / 'my_run'}" in ok.stdout
+
+
 def test_publish_needs_a_report(tmp_path):
     bad = _run(tmp_path, "--only", "none", "--publish", "--publish-to", str(tmp_path / "pub"))
     assert bad.returncode == 1 and "report.md does not exist" in bad.stderr, bad.stdout + bad.stderr
@@ -147,3 +156,13 @@ def test_progress_line_and_indented_output():
     w.write("c\n")
     w.write("d\n")
     assert out.getvalue() == "    a\n    bc\n    d\n"
+
+
+def test_bars_become_lines_headless(monkeypatch, capsys):
+    from mmldm import progress
+
+    monkeypatch.setenv("MMLDM_PROGRESS", "lines")
+    for _ in progress.tqdm(range(3), desc="variants"):
+        pass
+    out = capsys.readouterr().out
+    assert "\r" not in out and out.splitlines()[-1].startswith("variants: 100%") and "3/3" in out, out

@@ -50,7 +50,7 @@ from typing import Literal
 
 import numpy as np
 import yaml
-from tqdm.auto import tqdm
+from mmldm.progress import tqdm
 
 from mmldm import atomic
 from mmldm.data.crop import crop_volume

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from mmldm.progress import tqdm
 
 from mmldm.data.dataset import CardiacSliceDataset
 from mmldm.diffusion.guidance import GuidanceConfig

@@ -119,7 +119,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from mmldm.progress import tqdm
 
 from mmldm import atomic
 from mmldm.data.dataset import CardiacSliceDataset
