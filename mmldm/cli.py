@@ -38,12 +38,18 @@ class _Parser(argparse.ArgumentParser):
 
 # Argument types: each checks one value; argparse turns their ArgumentTypeError into
 # "mmldm <command>: error: argument --x: <message>".
+def _number(text: str, kind: type):
+    """``kind(text)`` (int or float), or argparse's error saying what was expected."""
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a {'whole number' if kind is int else 'number'}") from None
+
+
 def _int_at_least(low: int, what: str = ""):
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        value = _number(text, int)
         if value < low:
             raise argparse.ArgumentTypeError(f"{value}: must be at least {low}{what}")
         return value
@@ -52,20 +58,14 @@ def _int_at_least(low: int, what: str = ""):
 
 
 def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    value = _number(text, int)
     if not 0 <= value <= SEED_MAX:
         raise argparse.ArgumentTypeError(f"{value}: a seed is 0 to {SEED_MAX}")
     return value
 
 
 def _finite_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    value = _number(text, float)
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"{text}: must be a finite number")
     return value
