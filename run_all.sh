@@ -12,4 +12,4 @@ set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/ensure_venv.sh
 export MPLBACKEND=Agg PYTHONUNBUFFERED=1
-exec python -m mmldm.pipeline "$@"
+exec python -m mmldm.notebook_runner "$@"

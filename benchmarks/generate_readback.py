@@ -8,7 +8,7 @@ For each subject's end-diastolic label volume (``Info.cfg``'s ED frame, ``*_gt.n
 labelled slice is generated as ``python -m mmldm generate --labels acdc`` would, on the model's
 grid; the segmenter (trained on real training images only) segments each generated slice, and
 per-class Dice against the input labels is averaged over slices, then over subjects
-(:func:`mmldm.generate.readback_dice`). The same segmenter on the real slices, cropped by the same
+(:func:`mmldm.generate_nifti.readback_dice`). The same segmenter on the real slices, cropped by the same
 windows, is the ceiling. Use held-out subjects (the store's ``val`` split): a subject the LDM
 trained on measures memory, not generation. Benchmarks print; they never assert.
 """
@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from mmldm.data.readers.acdc import read_info  # noqa: E402
-from mmldm.generate import readback_dice  # noqa: E402
+from mmldm.generate_nifti import readback_dice  # noqa: E402
 
 CLASSES = ("LV", "MYO", "RV", "fg")
 

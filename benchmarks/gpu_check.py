@@ -165,7 +165,7 @@ def train_config(profile: str, stage: str, combo: Combo, batch: int, extra: list
 def vqvae_checkpoint(cfg: Config, path: Path) -> Path:
     """An untrained VQVAE checkpoint for the LDM trainer to encode with (its speed is the same)."""
     from mmldm.models.vqvae import VQVAE
-    from mmldm.train.checkpoint import save_checkpoint
+    from mmldm.checkpoint import save_checkpoint
 
     if not path.exists():
         torch.manual_seed(0)

@@ -19,7 +19,7 @@ What is measured, per profile (``configs/<profile>.yaml``):
   conditioning mode: the conditioned ``model_fn`` from
   :func:`~mmldm.diffusion.guidance.guided_model_fn` with both guidance scales 1 (one UNet pass
   per step; guidance scales other than 1 batch 2-3 passes and cost about that much more),
-  through :func:`~mmldm.diffusion.sample.sample`; plus the VQVAE decode of the sampled latent.
+  through :func:`~mmldm.diffusion.sampling_loop.sample`; plus the VQVAE decode of the sampled latent.
   Each sampling step is timed first (one ``model_fn`` call, and one sampler update); a whole run
   is then timed when its estimate (steps x time per step) is at most ``--max-full`` seconds,
   otherwise the estimate is reported, marked ``~`` (on a CPU: DDPM-1000 and, for ``paper``,

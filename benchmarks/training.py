@@ -93,7 +93,7 @@ def peak_rss_mb() -> float:
 def measure(profile: str, stage: str, device: str, batch: int, steps: int, warmup: int, amp: bool,
             threads: int | None) -> dict:
     """One (profile, stage, device) measurement, in this process."""
-    from mmldm.train.checkpoint import save_checkpoint
+    from mmldm.checkpoint import save_checkpoint
     from mmldm.train.ldm import LDMTrainer
     from mmldm.train.loop import torch_settings
     from mmldm.train.vqvae import VQVAETrainer

@@ -152,7 +152,7 @@ def _resume(args) -> bool | str:
 
 
 def _check_train_outputs(args, cfg, stage: str, inputs: dict) -> None:
-    from mmldm.train.checkpoint import LAST, PREVIOUS
+    from mmldm.checkpoint import LAST, PREVIOUS
 
     out = Path(args.out) if args.out else cfg.run_dir / stage
     writes = (LAST, PREVIOUS, "log.csv") + (("latents.h5",) if stage == "ldm" else ())
@@ -193,7 +193,7 @@ def cmd_train_ldm(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from mmldm.generate import generate
+    from mmldm.generate_nifti import generate
 
     _check_output(args.output, "OUTPUT", {"INPUT": args.input, "--checkpoint": args.checkpoint})
     s = generate(args.checkpoint, args.input, args.output, labels=args.labels, edges=args.edges,
@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="label volume (NIfTI) -> synthetic image volume (NIfTI), slice by slice",
                        description="Generate an image for every labelled slice of a label volume; the output has "
-                       "the input's shape, affine and header, float32 in [0, 1] (see mmldm/generate.py).")
+                       "the input's shape, affine and header, float32 in [0, 1] (see mmldm/generate_nifti.py).")
     p.add_argument("input", help="label volume, .nii.gz or .nii, 3-D (H, W, Z)")
     p.add_argument("output", help="image volume to write, .nii.gz or .nii")
     p.add_argument("--checkpoint", required=True, help="LDM checkpoint, e.g. runs/acdc_laptop/ldm/last.pt")

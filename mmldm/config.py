@@ -18,6 +18,17 @@ from typing import Any
 
 import yaml
 
+# Each stage's config dataclass, defined next to its code and composed into Config below.
+from mmldm.data.preprocess import DataConfig
+from mmldm.diffusion.base_sampler import SamplerConfig
+from mmldm.diffusion.guidance import GuidanceConfig
+from mmldm.diffusion.schedule import DiffusionConfig
+from mmldm.evaluate.settings import EvaluationConfig
+from mmldm.models.segmenter import SegmenterConfig
+from mmldm.models.unet import UNetConfig
+from mmldm.models.vqvae import VQVAEConfig
+from mmldm.train.ema import EMAConfig
+from mmldm.train.optim import TrainConfig, paper_ldm_training, paper_vqvae_training
 from mmldm.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -290,16 +301,6 @@ def repo_path(p: str | Path) -> Path:
 # --------------------------------------------------------------------------------------------
 # The whole configuration: one section per stage, each dataclass defined next to its code.
 # --------------------------------------------------------------------------------------------
-from mmldm.data.preprocess import DataConfig  # noqa: E402
-from mmldm.diffusion.guidance import GuidanceConfig  # noqa: E402
-from mmldm.diffusion.sample import SamplerConfig  # noqa: E402
-from mmldm.diffusion.schedule import DiffusionConfig  # noqa: E402
-from mmldm.evaluate.settings import EvaluationConfig  # noqa: E402
-from mmldm.models.unet import UNetConfig  # noqa: E402
-from mmldm.models.segmenter import SegmenterConfig  # noqa: E402
-from mmldm.models.vqvae import VQVAEConfig  # noqa: E402
-from mmldm.train.ema import EMAConfig  # noqa: E402
-from mmldm.train.optim import TrainConfig, paper_ldm_training, paper_vqvae_training  # noqa: E402
 
 
 @dataclasses.dataclass

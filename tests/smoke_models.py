@@ -65,7 +65,7 @@ def train_smoke_ldm(cfg, store, run_dir: Path, figures_dir: Path) -> tuple[dict,
     """Train ``cfg``'s VQVAE into ``run_dir/vqvae``, then its LDM into ``run_dir/ldm``, on one thread.
 
     Returns the two trainers' summaries (``train_vqvae``'s, ``train_ldm``'s)."""
-    from mmldm.train.checkpoint import LAST
+    from mmldm.checkpoint import LAST
     from mmldm.train.ldm import train_ldm
     from mmldm.train.vqvae import train_vqvae
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from mmldm.errors import MMLDMError
-from mmldm.train.checkpoint import (
+from mmldm.checkpoint import (
     LAST,
     PREVIOUS,
     CheckpointError,

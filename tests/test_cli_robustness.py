@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmldm.train.checkpoint import LAST
+from mmldm.checkpoint import LAST
 from smoke_models import REPO, cli_command, cli_env, dead_pid, run_cli, write_acdc, write_tiny_store
 
 SMOKE = ["--config", "smoke", "--quiet"]
@@ -141,7 +141,7 @@ def test_a_second_writer_on_a_run_folder_is_refused(store, tmp_path):
         one_line_error(result, "train-vqvae", str(run), f"in use by process {holder.pid}", "test holder")
         assert not (run / LAST).exists() and not (run / "log.csv").exists()
         # The pipeline takes its run folder's lock too.
-        pipeline = subprocess.run([sys.executable, "-m", "mmldm.pipeline", "--profile", "smoke", "--set",
+        pipeline = subprocess.run([sys.executable, "-m", "mmldm.notebook_runner", "--profile", "smoke", "--set",
                                    f"paths.runs={run}"], env=cli_env(), cwd=REPO, capture_output=True, text=True)
         assert pipeline.returncode == 1 and f"in use by process {holder.pid}" in pipeline.stderr
         assert "Traceback" not in pipeline.stderr

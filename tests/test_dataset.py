@@ -16,7 +16,7 @@ from scipy import ndimage
 from torch.utils.data import DataLoader
 
 from mmldm.data.dataset import CardiacSliceDataset, expand_batch
-from mmldm.data.sample import COND_CHANNELS, LABELS, VIEWS
+from mmldm.data.schema import COND_CHANNELS, LABELS, VIEWS
 from mmldm.data.store import StoreWriter
 from mmldm.errors import DataError
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from mmldm.train.checkpoint import LAST, load_checkpoint, weights_hash
+from mmldm.checkpoint import LAST, load_checkpoint, weights_hash
 from mmldm.train.log import read_log
 from smoke_models import write_tiny_store
 

@@ -21,11 +21,11 @@ from mmldm.cli import main as cli_main
 from mmldm.config import load_config
 from mmldm.errors import ConfigError
 from mmldm.evaluate.memorisation import memorisation_ratios
-from mmldm.evaluate.generate import generate_paired, pick_indices
+from mmldm.evaluate.paired import generate_paired, pick_indices
 from mmldm.evaluate.run import PUBLISHED, VARIANTS, evaluate, evaluation_settings, realism_images, variant_settings
 from mmldm.evaluate.settings import EvaluationConfig
 from mmldm.train.ldm import load_ldm
-from mmldm.train.checkpoint import LAST
+from mmldm.checkpoint import LAST
 from smoke_models import train_smoke_ldm, write_tiny_store
 
 SIZE = 32

@@ -18,7 +18,7 @@ from mmldm.config import load_config
 from mmldm.data.crop import crop_pad, crop_slice, heart_center
 from mmldm.data.readers import acdc
 from mmldm.errors import DataError, MMLDMError
-from mmldm.generate import (
+from mmldm.generate_nifti import (
     FILL,
     LABEL_ORDERS,
     from_grid,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmldm.data.sample import EDGE_CHANNEL, MASK_CHANNELS
+from mmldm.data.schema import EDGE_CHANNEL, MASK_CHANNELS
 from mmldm.diffusion import DDIMSampler, NoiseSchedule, sample
 from mmldm.diffusion.guidance import GuidanceConfig, drop_conditions, guidance_terms, guided_model_fn
 

@@ -1,6 +1,6 @@
 """The ``paper`` profile end to end on the CPU, so that a GPU user never meets a first-time bug.
 
-``python -m mmldm.pipeline --profile paper`` (what ``./run_all.sh --profile paper`` runs) executes
+``python -m mmldm.notebook_runner --profile paper`` (what ``./run_all.sh --profile paper`` runs) executes
 notebooks 01-05 with the paper's architecture unchanged (256x256 slices, VQ-VAE 22.0 M parameters
 with a 3x32x32 latent and a 16,384-code codebook, UNet 103.5 M with concat_nearest conditioning,
 epsilon target, 1,000 training timesteps, the paper's segmenter) but tiny in work, through
@@ -70,7 +70,7 @@ def paper_overrides(tmp) -> list[str]:
 
 
 def pipeline_command(tmp) -> list[str]:
-    cmd = [sys.executable, "-m", "mmldm.pipeline", "--profile", "paper", "--only", *(n[:2] for n in NOTEBOOKS)]
+    cmd = [sys.executable, "-m", "mmldm.notebook_runner", "--profile", "paper", "--only", *(n[:2] for n in NOTEBOOKS)]
     for s in paper_overrides(tmp):
         cmd += ["--set", s]
     return cmd

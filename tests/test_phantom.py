@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-import mmldm.data.phantom as phantom
+import mmldm.data.phantom.writer as phantom
 from mmldm.data.phantom import CSV_COLUMNS, render_subject, subject_files, write_phantom
-from mmldm.data.phantom_anatomy import DISEASES, sample_anatomy
-from mmldm.data.phantom_shapes import Grid
-from mmldm.data.phantom_short_axis import ShortAxisDrawer
+from mmldm.data.phantom.anatomy import DISEASES, sample_anatomy
+from mmldm.data.phantom.shapes import Grid
+from mmldm.data.phantom.short_axis import ShortAxisDrawer
 from mmldm.errors import DataError
 
 SIZE = 96

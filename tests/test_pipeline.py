@@ -15,7 +15,7 @@ from conftest import REPO
 def _run(tmp_path, *extra):
     sets = [f"paths.phantom_dir={tmp_path / 'phantom'}", f"paths.store={tmp_path / 'store.h5'}",
             f"paths.runs={tmp_path / 'runs'}", f"paths.figures={tmp_path / 'figures'}"]
-    cmd = [sys.executable, "-m", "mmldm.pipeline", "--profile", "smoke"]
+    cmd = [sys.executable, "-m", "mmldm.notebook_runner", "--profile", "smoke"]
     for s in sets:
         cmd += ["--set", s]
     cmd += extra  # after: an --set here wins
@@ -144,7 +144,7 @@ def test_pipeline_stops_at_first_failing_cell(tmp_path):
 def test_progress_line_and_indented_output():
     import io
 
-    from mmldm.pipeline import _Indented
+    from mmldm.notebook_runner import _Indented
     from mmldm.train.loop import progress_line
 
     line = progress_line("vqvae", 150, 600, {"loss": 0.01234, "images_per_s": 41.2}, 0, 60.0)

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmldm.train.checkpoint import LAST, PREVIOUS, load_checkpoint
+from mmldm.checkpoint import LAST, PREVIOUS, load_checkpoint
 from mmldm.train.log import read_log
 from smoke_models import write_tiny_store
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from mmldm.diffusion.guidance import guided_model_fn
-from mmldm.diffusion.sample import SamplerConfig, make_sampler, sample
+from mmldm.diffusion.base_sampler import SamplerConfig
+from mmldm.diffusion.sampling_loop import make_sampler, sample
 from mmldm.diffusion.schedule import NoiseSchedule
 from mmldm.models.unet import UNet
 from test_models import MODES, make_cond, tiny_unet_config

@@ -17,7 +17,7 @@ import torch
 from mmldm.config import load_config
 from mmldm.data.dataset import CardiacSliceDataset
 from mmldm.errors import ConfigError
-from mmldm.train.checkpoint import LAST, PREVIOUS, load_checkpoint, weights_hash
+from mmldm.checkpoint import LAST, PREVIOUS, load_checkpoint, weights_hash
 from mmldm.train.distributed import Dist
 from mmldm.train.latents import LatentDataset, cache_key, denormalize, ensure_cache, latent_stats, normalize
 from mmldm.train.log import CSVLog, read_log
@@ -300,7 +300,7 @@ def test_auto_resume_continues_the_same_model_and_sets_aside_another(store, tmp_
 
 
 def test_clip_to_latents_uses_the_checkpoint_range():
-    from mmldm.diffusion.sample import SamplerConfig
+    from mmldm.diffusion.base_sampler import SamplerConfig
     from mmldm.train.ldm import resolve_clipping
 
     stats = {"min": -2.5, "max": 3.0}

@@ -57,7 +57,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mmldm.data.sample import NUM_CLASSES, VIEWS
+from mmldm.data.schema import NUM_CLASSES, VIEWS
 from mmldm.data.store import open_store, read_meta
 from mmldm.errors import DataError
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from mmldm.data.readers import load_case
-from mmldm.data.sample import LABELS, Case, Slice, Volume
+from mmldm.data.schema import LABELS, Case, Slice, Volume
 
 
 def case_table(cases: list[Case]) -> pd.DataFrame:

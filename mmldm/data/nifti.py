@@ -29,7 +29,7 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
-from mmldm.data.sample import NUM_CLASSES
+from mmldm.data.schema import NUM_CLASSES
 from mmldm.errors import DataError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")

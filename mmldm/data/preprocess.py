@@ -57,7 +57,7 @@ from mmldm.data.crop import crop_volume
 from mmldm.data.edges import canny_edges
 from mmldm.data.normalize import normalize
 from mmldm.data.readers import find_cases, load_case
-from mmldm.data.sample import PHASES, VIEWS, Case
+from mmldm.data.schema import PHASES, VIEWS, Case
 from mmldm.data.split import split_subjects
 
 SPLIT_NAMES = ("train", "val", "test")  # "test": every subject of an external test set (split=)

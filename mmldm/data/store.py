@@ -59,7 +59,7 @@ import h5py
 import numpy as np
 import yaml
 
-from mmldm.data.sample import COND_CHANNELS, LABELS
+from mmldm.data.schema import COND_CHANNELS, LABELS
 from mmldm.errors import DataError
 
 FORMAT_VERSION = 1

@@ -14,7 +14,8 @@ from mmldm.diffusion.ddpm import DDPMSampler
 from mmldm.diffusion.dpm_solver import DPMSolverSampler
 from mmldm.diffusion.guidance import GuidanceConfig, drop_conditions, guidance_terms, guided_model_fn
 from mmldm.diffusion.objectives import diffusion_loss, min_snr_weight, training_target
-from mmldm.diffusion.sample import Sampler, SamplerConfig, StepOutput, make_sampler, sample
+from mmldm.diffusion.base_sampler import Sampler, SamplerConfig, StepOutput
+from mmldm.diffusion.sampling_loop import make_sampler, sample
 from mmldm.diffusion.schedule import DiffusionConfig, NoiseSchedule, inference_timesteps, make_betas
 
 __all__ = [

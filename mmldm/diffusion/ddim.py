@@ -25,7 +25,7 @@ import math
 import torch
 from torch import Tensor
 
-from mmldm.diffusion.sample import Sampler, StepOutput, draw_noise
+from mmldm.diffusion.base_sampler import Sampler, StepOutput, draw_noise
 from mmldm.diffusion.schedule import NoiseSchedule
 
 

@@ -12,7 +12,7 @@ posterior's ("fixed small", sigma_t^2 = beta_tilde_t), as in diffusers' default 
 
 Why eq. 7 and not eq. 11: eq. 11, mu = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps_hat) /
 sqrt(alpha_t), is eq. 7 with eq. 15 substituted in. They agree unless x0_hat is clipped (see
-:mod:`mmldm.diffusion.sample`); going through eq. 7 lets the clipping take effect.
+:mod:`mmldm.diffusion.base_sampler`); going through eq. 7 lets the clipping take effect.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import math
 import torch
 from torch import Tensor
 
-from mmldm.diffusion.sample import Sampler, StepOutput, draw_noise
+from mmldm.diffusion.base_sampler import Sampler, StepOutput, draw_noise
 from mmldm.diffusion.schedule import NoiseSchedule
 
 

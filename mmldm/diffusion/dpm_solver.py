@@ -29,7 +29,7 @@ import math
 import torch
 from torch import Tensor
 
-from mmldm.diffusion.sample import Sampler, StepOutput
+from mmldm.diffusion.base_sampler import Sampler, StepOutput
 from mmldm.diffusion.schedule import NoiseSchedule
 
 

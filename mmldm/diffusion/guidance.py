@@ -3,7 +3,7 @@
 Training side (Ho & Salimans 2022): :func:`drop_conditions` zeroes the edge channel and the mask
 channels of the (B, 5, H, W) condition independently per sample (each with probability 0.1 by
 default), so one network learns m(mask, edge), m(mask, 0), m(0, edge) and m(0, 0). A dropped
-condition is all zeros in its channels (see ``mmldm.data.sample.COND_CHANNELS``).
+condition is all zeros in its channels (see ``mmldm.data.schema.COND_CHANNELS``).
 
 Sampling side: :func:`guided_model_fn` turns the conditional UNet into the ``model_fn(x_t, t)``
 the samplers call. It uses the compositional form of InstructPix2Pix (Brooks et al. 2023,
@@ -42,7 +42,7 @@ from typing import Callable, Literal
 import torch
 from torch import Tensor, nn
 
-from mmldm.data.sample import EDGE_CHANNEL, MASK_CHANNELS
+from mmldm.data.schema import EDGE_CHANNEL, MASK_CHANNELS
 
 GuidanceMode = Literal["both", "mask_only", "edges_only", "none"]
 MODES = ("both", "mask_only", "edges_only", "none")

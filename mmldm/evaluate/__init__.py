@@ -7,7 +7,7 @@
     memorisation.py  nearest training vs nearest held-out image: the copy ratio
     spectrum.py      radially averaged power spectra and the high-frequency power ratio (texture)
     reconstruction.py the VQ-VAE's reconstructions: SSIM / PSNR / NMSE, codebook usage, realism
-    generate.py      each held-out slice generated from its own mask and edges (paired sets)
+    paired.py        each held-out slice generated from its own mask and edges (paired sets)
     settings.py      the sampler / condition variants and the ``evaluation`` config section
     run.py           the whole evaluation of a checkpoint -> metrics.json, samples.pt, per_image.csv
                      (``python -m mmldm evaluate``; import it from mmldm.evaluate.run)

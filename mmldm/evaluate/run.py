@@ -7,7 +7,7 @@
 
 Every number is measured on the store's held-out split (``val``: subjects never trained on).
 Each chosen held-out slice gives its own mask and edges to the generator, and the image made
-from them is compared with that slice (:mod:`mmldm.evaluate.generate`). In order:
+from them is compared with that slice (:mod:`mmldm.evaluate.paired`). In order:
 
 1. **Sampler / condition variants** (:data:`~mmldm.evaluate.settings.VARIANTS`), all from the same
    trained model, on the same slices with the same seeds (the same initial noise for every DDIM /
@@ -135,7 +135,7 @@ from mmldm.evaluate.fid import (
     kid_from_features,
     load_inception,
 )
-from mmldm.evaluate.generate import generate_paired, pick_indices, saturated_fraction
+from mmldm.evaluate.paired import generate_paired, pick_indices, saturated_fraction
 from mmldm.evaluate.memorisation import memorisation_check, memorisation_ratios, ratio_summary
 from mmldm.evaluate.metrics import PAIRED_METRICS, metric_table, paired_metrics, summarise
 from mmldm.evaluate.reconstruction import reconstruct_images
@@ -515,7 +515,7 @@ def evaluate(cfg, ldm_ckpt: str | Path, segmenter_ckpt: str | Path | None = None
     ``train`` split, else ``cfg.store_path`` (an external test store, preprocessed with ``--split
     test``). Seeded by ``seed``; torch's thread settings are left alone.
     """
-    from mmldm.train.checkpoint import load_checkpoint
+    from mmldm.checkpoint import load_checkpoint
     from mmldm.train.ldm import load_ldm
 
     t_start = time.perf_counter()

@@ -2,7 +2,7 @@
 
 The condition is a (B, 5, H, W) float map at the *image* resolution (256x256 in the paper):
 channel 0 the Canny edge map in {0, 1}, channels 1-4 the one-hot labels background / LV /
-myocardium / RV (see ``mmldm.data.sample.COND_CHANNELS``). The UNet works on the VQVAE latent,
+myocardium / RV (see ``mmldm.data.schema.COND_CHANNELS``). The UNet works on the VQVAE latent,
 ``f`` times smaller (f = 8 in the paper: 32x32). A condition dropped for classifier-free guidance
 is all zeros in its channels, so every encoder below sees "no condition" as zeros, in training
 and in sampling alike.

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmldm.data.sample import NUM_CLASSES
+from mmldm.data.schema import NUM_CLASSES
 from mmldm.models.blocks import DownBlock, Downsample, UpBlock, group_norm
 
 

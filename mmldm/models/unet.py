@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmldm.data.sample import COND_CHANNELS, VIEWS
+from mmldm.data.schema import COND_CHANNELS, VIEWS
 from mmldm.models.blocks import DownBlock, MidBlock, UpBlock, check_levels, group_norm, timestep_embedding
 from mmldm.models.conditioning import ConditionPyramid, HintEncoder, NearestConcat
 

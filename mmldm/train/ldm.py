@@ -40,13 +40,13 @@ from mmldm.data.dataset import CardiacSliceDataset
 from mmldm.data.store import check_same_size, store_size
 from mmldm.diffusion.guidance import drop_conditions, guided_model_fn
 from mmldm.diffusion.objectives import diffusion_loss
-from mmldm.diffusion.sample import make_sampler, sample
+from mmldm.diffusion.sampling_loop import make_sampler, sample
 from mmldm.diffusion.schedule import NoiseSchedule
 from mmldm.errors import ConfigError
 from mmldm.models.unet import UNet
 from mmldm.models.vqvae import VQVAE, VQVAEConfig
 from mmldm.train import distributed
-from mmldm.train.checkpoint import LAST, CheckpointError, load_checkpoint, weights_hash
+from mmldm.checkpoint import LAST, CheckpointError, load_checkpoint, weights_hash
 from mmldm.train.ema import EMA
 from mmldm.train.latents import LatentDataset, denormalize, encode_dataset, ensure_cache, latent_stats
 from mmldm.train.log import condition_rgb, save_grid
@@ -266,7 +266,7 @@ def sample_images(cfg: Config, unet: UNet, vqvae: VQVAE, stats: dict, cond: torc
     profile's sampler as DDIM with at most 25 steps, what the progress grids use) and the
     profile's guidance; then un-normalises the latent and decodes it with the VQVAE. The
     training weights come back afterwards, and no global random state is touched.
-    ``callback(i, t, x_t, x0_hat)`` goes on to :func:`~mmldm.diffusion.sample.sample`: the
+    ``callback(i, t, x_t, x0_hat)`` goes on to :func:`~mmldm.diffusion.sampling_loop.sample`: the
     (normalised) latents of every step, for the interactive notebook's trajectory.
     """
     if sampler_cfg is None:

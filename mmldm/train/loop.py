@@ -45,7 +45,7 @@ from mmldm.data.dataset import CardiacSliceDataset
 from mmldm.errors import ConfigError, DataError, MMLDMError, check_terminated
 from mmldm.lock import run_lock
 from mmldm.train import distributed
-from mmldm.train.checkpoint import (
+from mmldm.checkpoint import (
     LAST,
     PREVIOUS,
     CheckpointError,

@@ -54,11 +54,11 @@ def load_segmenter(path: str | Path, device: torch.device | str = "cpu") -> Segm
     """Rebuild the segmenter saved by :func:`train_segmenter`, in eval mode, on ``device``.
 
     A file that is not such a checkpoint (another kind of mmldm checkpoint, a truncated file,
-    weights of another shape) is a :class:`~mmldm.train.checkpoint.CheckpointError` naming it.
+    weights of another shape) is a :class:`~mmldm.checkpoint.CheckpointError` naming it.
     """
     from mmldm.config import from_dict
     from mmldm.errors import ConfigError
-    from mmldm.train.checkpoint import CheckpointError
+    from mmldm.checkpoint import CheckpointError
 
     path = Path(path)
     if not path.is_file():

@@ -19,7 +19,7 @@ errors, codebook usage (fraction of codes a batch uses) and perplexity, codes re
 step, gradient norm, lr and images/s.
 
 The run folder (default ``<runs>/vqvae``) gets ``last.pt``/``prev.pt`` (see
-:mod:`mmldm.train.checkpoint`), ``log.csv`` and ``samples/step_*.png`` (fixed validation slices
+:mod:`mmldm.checkpoint`), ``log.csv`` and ``samples/step_*.png`` (fixed validation slices
 over their reconstructions); the loss curve goes to ``<paths.figures>/vqvae_loss_<profile>.png``
 (``runs/<run>/figures`` by default).
 """

@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 
 from mmldm import atomic  # noqa: E402
-from mmldm.data.sample import LABELS, Slice  # noqa: E402
+from mmldm.data.schema import LABELS, Slice  # noqa: E402
 
 LABEL_COLOURS = {1: (0.9, 0.2, 0.2), 2: (0.2, 0.8, 0.3), 3: (0.25, 0.45, 1.0)}
 LABEL_CMAP = ListedColormap([(0, 0, 0, 0)] + [(*LABEL_COLOURS[k], 1.0) for k in (1, 2, 3)])

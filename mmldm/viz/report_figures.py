@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from mmldm.train.log import condition_rgb
-from mmldm.data.sample import LABELS
+from mmldm.data.schema import LABELS
 from mmldm.viz.plots import LABEL_COLOURS, plt, show_image
 
 # File names (in the figures folder) of the figures notebook 05 writes, by role.
@@ -117,7 +117,7 @@ def denoising_trajectory(ldm: dict, cond: torch.Tensor, view: torch.Tensor, samp
     the VQ-VAE. Returns ``{"step", "t"}`` (lists), ``"x_t"``, ``"x0_hat"`` (frames, B, 1, H, W)
     and ``"final"`` (B, 1, H, W), the very images ``sample_images`` gives for this seed.
     """
-    from mmldm.diffusion.sample import make_sampler
+    from mmldm.diffusion.sampling_loop import make_sampler
     from mmldm.diffusion.schedule import NoiseSchedule
     from mmldm.train.latents import denormalize
     from mmldm.train.ldm import sample_images

@@ -55,10 +55,10 @@ import torch
 
 from mmldm.data.dataset import CardiacSliceDataset
 from mmldm.data.edges import canny_edges, to_uint8
-from mmldm.data.sample import EDGE_CHANNEL, LABELS, MASK_CHANNELS, NUM_CLASSES
+from mmldm.data.schema import EDGE_CHANNEL, LABELS, MASK_CHANNELS, NUM_CLASSES
 from mmldm.data.store import open_store, read_config
 from mmldm.diffusion.guidance import guided_model_fn
-from mmldm.diffusion.sample import make_sampler
+from mmldm.diffusion.sampling_loop import make_sampler
 from mmldm.diffusion.schedule import NoiseSchedule
 from mmldm.errors import DataError, MMLDMError
 from mmldm.train.latents import denormalize, normalize

@@ -1,4 +1,4 @@
-"""Dataset readers: raw NIfTI on disk -> :class:`~mmldm.data.sample.Case` -> ``Volume``.
+"""Dataset readers: raw NIfTI on disk -> :class:`~mmldm.data.schema.Case` -> ``Volume``.
 
 One module per layout (``mnms2``, ``mnms``, ``acdc``), each with the same four functions:
 ``is_subject_folder``, ``subject_folders``, ``find_cases(root)`` and ``load_case(case)``.

@@ -23,7 +23,7 @@ import numpy as np
 
 from mmldm.data.nifti import find_nifti, load_pair
 from mmldm.data.readers.folders import subject_folders_under
-from mmldm.data.sample import Case, Volume
+from mmldm.data.schema import Case, Volume
 from mmldm.errors import DataError, report
 
 LAYOUT = "ACDC: [ROOT/{training,testing}/]patientXXX/Info.cfg + patientXXX_frameNN[_gt].nii.gz"

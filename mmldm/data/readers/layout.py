@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mmldm.data.readers import acdc, mnms, mnms2
-from mmldm.data.sample import Case, Volume
+from mmldm.data.schema import Case, Volume
 from mmldm.errors import DataError
 
 READERS = {"mnms2": mnms2, "mnms": mnms, "acdc": acdc}  # recognition order

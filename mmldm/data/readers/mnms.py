@@ -32,7 +32,7 @@ import numpy as np
 from mmldm.data.nifti import find_nifti, load_nifti, load_pair
 from mmldm.data.readers.mnms2 import parse_cell  # the two M&Ms CSVs write cells alike
 from mmldm.data.readers.folders import subject_folders_under
-from mmldm.data.sample import Case, Volume
+from mmldm.data.schema import Case, Volume
 from mmldm.errors import DataError, report
 
 LAYOUT = (

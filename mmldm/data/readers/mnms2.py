@@ -21,7 +21,7 @@ import math
 from pathlib import Path
 
 from mmldm.data.nifti import find_nifti, load_pair
-from mmldm.data.sample import PHASES, VIEWS, Case, Volume
+from mmldm.data.schema import PHASES, VIEWS, Case, Volume
 from mmldm.errors import DataError, report
 
 LAYOUT = "M&Ms-2: [ROOT/dataset/]NNN/NNN_{SA,LA}_{ED,ES}.nii.gz + NNN_..._gt.nii.gz"

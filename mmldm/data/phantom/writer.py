@@ -16,7 +16,7 @@ Geometry follows the real M&Ms-2 files: short-axis 380 mm field of view (1.48 mm
 axes point the way the real files' do (short axis: A, R, I; long axis: I, R, P), so readers
 that reorient treat the phantom like the real data.
 
-Diseases use four of the seven M&Ms-2 codes (see :mod:`mmldm.data.phantom_anatomy`): ``NOR``
+Diseases use four of the seven M&Ms-2 codes (see :mod:`mmldm.data.phantom.anatomy`): ``NOR``
 normal, ``LV`` dilated left ventricle, ``HCM`` hypertrophic cardiomyopathy, and ``TRI``
 (tricuspid regurgitation) standing in for the RV-dilating codes ``TRI``, ``FALL`` and ``CIA``.
 Vendors are ``SIEMENS``, ``GE`` and ``Philips``, each with its own contrast and units.
@@ -45,11 +45,11 @@ import nibabel as nib
 import numpy as np
 
 from mmldm import atomic
-from mmldm.data.phantom_anatomy import DISEASE_WEIGHTS, DISEASES, Anatomy, sample_anatomy
-from mmldm.data.phantom_long_axis import FourChamberDrawer
-from mmldm.data.phantom_mri import Look, Scanner, sample_look
-from mmldm.data.phantom_shapes import Grid
-from mmldm.data.phantom_short_axis import ShortAxisDrawer
+from mmldm.data.phantom.anatomy import DISEASE_WEIGHTS, DISEASES, Anatomy, sample_anatomy
+from mmldm.data.phantom.long_axis import FourChamberDrawer
+from mmldm.data.phantom.mri import Look, Scanner, sample_look
+from mmldm.data.phantom.shapes import Grid
+from mmldm.data.phantom.short_axis import ShortAxisDrawer
 from mmldm.errors import DataError
 
 SA_FIELD_OF_VIEW = 380.0  # mm: 1.484 mm pixels at 256, as in M&Ms-2

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mmldm.data.phantom_shapes import Layer, smooth_noise
+from mmldm.data.phantom.shapes import Layer, smooth_noise
 
 # tissue: (signal relative to blood, fine texture, coarse texture)
 TISSUES: dict[str, tuple[float, float, float]] = {

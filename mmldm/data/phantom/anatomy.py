@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mmldm.data.phantom_shapes import random_wobble
+from mmldm.data.phantom.shapes import random_wobble
 
 DISEASES = ("NOR", "LV", "HCM", "TRI")
 DISEASE_WEIGHTS = (0.4, 0.2, 0.2, 0.2)

@@ -22,10 +22,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from mmldm.data.phantom_anatomy import Anatomy
-from mmldm.data.phantom_shapes import Grid, Layer, Polar
-from mmldm.data.phantom_short_axis import BASE_NARROWING, WIDEST
-from mmldm.data.phantom_torso import TorsoDrawer, TorsoPlacement
+from mmldm.data.phantom.anatomy import Anatomy
+from mmldm.data.phantom.shapes import Grid, Layer, Polar
+from mmldm.data.phantom.short_axis import BASE_NARROWING, WIDEST
+from mmldm.data.phantom.torso import TorsoDrawer, TorsoPlacement
 
 
 class FourChamberDrawer:

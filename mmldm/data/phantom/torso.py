@@ -1,7 +1,7 @@
 """The body around the heart: skin fat, chest wall, lungs, liver, stomach, spine, aorta, arms.
 
-Drawn as :class:`~mmldm.data.phantom_shapes.Layer` objects painted in order; the tissue names
-are looked up in the MR appearance table of :mod:`mmldm.data.phantom_mri`. Nothing here is
+Drawn as :class:`~mmldm.data.phantom.shapes.Layer` objects painted in order; the tissue names
+are looked up in the MR appearance table of :mod:`mmldm.data.phantom.mri`. Nothing here is
 labelled: the torso is background (label 0) in every slice.
 
 The subject lies supine, so the back is flat on the table. Fat and muscle thickness vary around
@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from mmldm.data.phantom_anatomy import Torso
-from mmldm.data.phantom_shapes import Grid, Layer, disks, ring, smooth_noise
+from mmldm.data.phantom.anatomy import Torso
+from mmldm.data.phantom.shapes import Grid, Layer, disks, ring, smooth_noise
 
 
 @dataclass(frozen=True)

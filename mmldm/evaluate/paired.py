@@ -25,7 +25,7 @@ from mmldm.progress import tqdm
 
 from mmldm.data.dataset import CardiacSliceDataset
 from mmldm.diffusion.guidance import GuidanceConfig
-from mmldm.diffusion.sample import SamplerConfig
+from mmldm.diffusion.base_sampler import SamplerConfig
 from mmldm.errors import check_terminated
 
 

@@ -3,7 +3,7 @@
     python -m mmldm generate --checkpoint runs/acdc_laptop/ldm/last.pt --labels acdc \\
         patient001_frame01_gt.nii.gz patient001_frame01_synthetic.nii.gz
 
-    from mmldm.generate import generate
+    from mmldm.generate_nifti import generate
     summary = generate("runs/acdc_laptop/ldm/last.pt", "in_gt.nii.gz", "out.nii.gz", labels="acdc")
 
 Slice by slice (axis 2 of the file as stored; no reorientation, as in preprocessing)::
@@ -71,7 +71,7 @@ from mmldm.data.crop import crop_pad, heart_center, resize_label, window_size
 from mmldm.data.edges import canny_edges
 from mmldm.data.nifti import NIFTI_SUFFIXES, as_label, load_nifti
 from mmldm.data.readers import acdc
-from mmldm.data.sample import NUM_CLASSES, VIEWS
+from mmldm.data.schema import NUM_CLASSES, VIEWS
 from mmldm.errors import DataError, MMLDMError, check_terminated
 
 # --labels choice -> lookup table disk value -> canonical value (None: the file is canonical).

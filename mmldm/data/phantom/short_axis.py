@@ -26,9 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mmldm.data.phantom_anatomy import Anatomy, Heart
-from mmldm.data.phantom_shapes import Grid, Layer, disks, ellipse
-from mmldm.data.phantom_torso import TorsoDrawer, TorsoPlacement
+from mmldm.data.phantom.anatomy import Anatomy, Heart
+from mmldm.data.phantom.shapes import Grid, Layer, disks, ellipse
+from mmldm.data.phantom.torso import TorsoDrawer, TorsoPlacement
 
 WIDEST = 0.25  # normalised long-axis position of the widest section
 BASE_NARROWING = 0.35  # the base is sqrt(1 - 0.35) ~ 80 % of the widest section
