@@ -33,7 +33,7 @@ from mmldm.evaluate.reconstruction import reconstruct_images
 from mmldm.evaluate.run import INCEPTION_LABEL, INCEPTION_NAME, fid_block, load_images, mean_std
 from mmldm.evaluate.spectrum import compare_spectra
 from mmldm.data.dataset import CardiacSliceDataset
-from mmldm.train.ldm import load_vqvae
+from mmldm.inference import load_vqvae
 
 
 def split_size(store: Path, split: str) -> int:

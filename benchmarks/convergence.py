@@ -77,11 +77,11 @@ def evaluate(ckpt: Path, store: Path, segmenter_path: Path | None, n: int,
 
     from mmldm.evaluate.anatomy import anatomy_dice
     from mmldm.evaluate.run import dice_means, evaluate_variant
-    from mmldm.train.ldm import load_ldm
-    from mmldm.train.segmenter import load_segmenter
+    from mmldm.inference import LatentDiffusion
+    from mmldm.models.segmenter import load_segmenter
 
-    ldm = load_ldm(ckpt)
-    cfg = ldm["config"]
+    ldm = LatentDiffusion.from_checkpoint(ckpt)
+    cfg = ldm.config
     sampler_cfg = cfg.sampler
     if sampler is not None:
         name, steps = SAMPLERS[sampler]

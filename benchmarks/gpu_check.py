@@ -18,7 +18,7 @@ and ``torch.compile`` (on / off: 8 combinations, named ``fp32``, ``bf16+channels
 - ``ldm``: one optimiser step of :class:`~mmldm.train.ldm.LDMTrainer` (condition dropout,
   timesteps, noise, UNet forward + loss + backward + Adam step) from the cached latents, at the
   profile's batch (36);
-- ``sampling``: :func:`mmldm.train.ldm.sample_images` with the evaluation's ``ddim50_both``
+- ``sampling``: :meth:`mmldm.inference.LatentDiffusion.sample` with the evaluation's ``ddim50_both``
   settings (:func:`mmldm.evaluate.run.variant_settings`: DDIM, 50 steps, the profile's guidance)
   for a batch of 16 conditions, the VQVAE decode included; the decode alone is timed beside it.
   ``amp`` wraps the call in bf16 autocast, ``channels_last`` converts the UNet and the VQVAE,
@@ -238,11 +238,11 @@ def sampling_inputs(cfg: Config, store: Path, batch: int) -> tuple[torch.Tensor,
 
 
 def measure_sampling(combo: Combo, args, device: torch.device, work: Path, write_store) -> dict:
-    """One row: ``sample_images`` with the ddim50_both settings for ``sample_batch`` images."""
+    """One row: ``LatentDiffusion.sample`` with the ddim50_both settings for ``sample_batch`` images."""
     from mmldm.evaluate.run import variant_settings
     from mmldm.models import UNet, VQVAE
-    from mmldm.train.latents import latent_stats
-    from mmldm.train.ldm import sample_images
+    from mmldm.diffusion.latent_norm import latent_stats
+    from mmldm.inference import LatentDiffusion
 
     row = {"stage": "sampling", "combo": combo.name, **dataclasses.asdict(combo),
            "flags_applied": device.type == "cuda", "batch": args.sample_batch, "repeats": args.sample_repeats}
@@ -254,7 +254,6 @@ def measure_sampling(combo: Combo, args, device: torch.device, work: Path, write
                                              cfg.diffusion.num_train_timesteps)
         sampler = dataclasses.replace(sampler, num_inference_steps=min(args.sample_steps,
                                                                        sampler.num_inference_steps))
-        gen_cfg = dataclasses.replace(cfg, guidance=guidance)
         row.update(image=cfg.data.size, sampler=sampler.name, sampler_steps=sampler.num_inference_steps,
                    guidance=dataclasses.asdict(guidance))
         store = work / f"sampling_store_{cfg.data.size}_{args.sample_batch}.h5"
@@ -275,10 +274,11 @@ def measure_sampling(combo: Combo, args, device: torch.device, work: Path, write
         def amp():  # what the trainers' autocast does: bf16 on CUDA when asked
             return torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=combo.amp and cuda)
 
+        pipe = LatentDiffusion(cfg, model, vqvae, stats, device=device)
+
         def run():
             with amp(), torch.no_grad():
-                return sample_images(gen_cfg, model, vqvae, stats, cond, view, sampler_cfg=sampler, seed=0,
-                                     device=device)
+                return pipe.sample(cond, view, sampler=sampler, guidance=guidance, seed=0)
 
         reset_peak(device)
         t0 = time.perf_counter()

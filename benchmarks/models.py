@@ -54,17 +54,14 @@ sys.path.insert(0, str(REPO))
 
 from mmldm.config import Config, load_config  # noqa: E402
 from mmldm.diffusion import (  # noqa: E402
-    DDIMSampler,
-    DDPMSampler,
-    DPMSolverSampler,
     NoiseSchedule,
-    diffusion_loss,
-    drop_conditions,
     guided_model_fn,
+    make_sampler,
     sample,
 )
 from mmldm.models import UNet, VQVAE, param_count  # noqa: E402
 from mmldm.models.vqvae import vqvae_generator_loss  # noqa: E402
+from mmldm.train.ldm import ldm_loss, noised_batch  # noqa: E402
 
 MODES = ("concat_nearest", "hint_encoder", "spade")
 SAMPLERS = (("ddpm", "DDPM", 1000), ("ddim", "DDIM", 50), ("dpm_solver", "DPM-Solver", 20))
@@ -228,15 +225,10 @@ def unet_train_throughput(cfg: Config, mode: str, batch: int, device: torch.devi
     cond = tensor(random_condition(batch, cfg.data.size, g), device)
     view = random_views(batch, g).to(device)
 
-    def step():
-        t = torch.randint(0, len(schedule), (batch,), generator=g)
-        noise = torch.randn(x0.shape, generator=g)
-        x_t = schedule.add_noise(x0, tensor(noise, device), t.to(device))
-        c = drop_conditions(cond, cfg.guidance.p_drop_edge, cfg.guidance.p_drop_mask, generator=g)
-        with autocast(device):
-            out = model(x_t, t.to(device), cond=c, view=view)
-        loss = diffusion_loss(schedule, out, x0, noise.to(device), t.to(device), cfg.diffusion.prediction_type,
-                              cfg.diffusion.min_snr_gamma)
+    def step():  # the trainer's own loss (mmldm.train.ldm), on random latents of the right shape
+        c, t, noise = noised_batch(schedule, x0.cpu(), cond.cpu(), cfg.guidance, g)
+        loss = ldm_loss(model, cfg, schedule, x0, tensor(c, device), view, t.to(device), tensor(noise, device),
+                        autocast(device))
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -247,13 +239,11 @@ def unet_train_throughput(cfg: Config, mode: str, batch: int, device: torch.devi
 
 
 def make_benchmark_sampler(name: str, steps: int, schedule: NoiseSchedule, cfg: Config):
-    common = dict(prediction_type=cfg.diffusion.prediction_type, timestep_spacing=cfg.sampler.timestep_spacing,
-                  steps_offset=cfg.sampler.steps_offset)
-    if name == "ddpm":
-        return DDPMSampler(schedule, steps, **common)
-    if name == "ddim":
-        return DDIMSampler(schedule, steps, eta=0.0, **common)
-    return DPMSolverSampler(schedule, steps, **common)
+    """The profile's sampler settings with another name and step count, through the real factory
+    (no x0 clipping: random weights have no latent range to clip to)."""
+    sampler_cfg = dataclasses.replace(cfg.sampler, name=name, num_inference_steps=steps, eta=0.0,
+                                      clip_to_latents=False, clip_x0=None)
+    return make_sampler(sampler_cfg, schedule, cfg.diffusion.prediction_type)
 
 
 def sampling_times(cfg: Config, batch: int, device: torch.device, s: Settings,

@@ -67,7 +67,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from mmldm.train.ldm import load_ldm
+    from mmldm.inference import LatentDiffusion
     from mmldm.viz.widgets import Explorer, build_ui
 
     tmp = tempfile.TemporaryDirectory(prefix="mmldm-bench-widgets-")
@@ -85,22 +85,22 @@ def main(argv=None) -> None:
                      "or use --train-smoke")
 
     t0 = time.perf_counter()
-    ldm = load_ldm(ckpt)
+    ldm = LatentDiffusion.from_checkpoint(ckpt)
     load_s = time.perf_counter() - t0
-    gen = ldm["config"] if args.train_smoke else cfg
+    gen = ldm.config if args.train_smoke else cfg
     t0 = time.perf_counter()
     ex = Explorer(ldm, store, sampler=gen.sampler, guidance=gen.guidance)
     explorer_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     ui = build_ui(ex)
     ui_s = time.perf_counter() - t0
-    c = ldm["config"]
+    c = ldm.config
     T, n = ex.num_timesteps, args.moves
-    print(f"model: {ckpt} (step {ldm['step']}, {c.profile} profile, {c.data.size}x{c.data.size} slices, T = {T}, "
+    print(f"model: {ckpt} (step {ldm.step}, {c.profile} profile, {c.data.size}x{c.data.size} slices, T = {T}, "
           f"{c.diffusion.prediction_type} target); store {store}, {len(ex.slices)} validation slices")
     print(f"guidance {ex.guidance.mode}, scales {ex.guidance.scale_mask:g} / {ex.guidance.scale_edge:g}; "
           f"DDIM {ui.steps.value} steps; {args.threads} torch thread(s); {torch.__version__}")
-    print(f"load_ldm {load_s * 1000:.0f} ms; Explorer (first slice encoded) {explorer_s * 1000:.0f} ms; "
+    print(f"from_checkpoint {load_s * 1000:.0f} ms; Explorer (first slice encoded) {explorer_s * 1000:.0f} ms; "
           f"build_ui (first Regenerate included) {ui_s * 1000:.0f} ms\n")
 
     rng = np.random.default_rng(0)

@@ -12,7 +12,7 @@ Slice by slice (axis 2 of the file as stored; no reorientation, as in preprocess
     window = fov_mm x fov_mm around the slice's heart    same window rule as data/crop.py
     grid   = label in the window, nearest, size x size   the model's grid (data.size, data.fov_mm)
     edge   = Canny(pseudo image of grid)  or  zeros     --edges auto | none
-    image  = sample(cond = [edge, one-hot(grid)], view)  train/ldm.sample_images, in [-1, 1]
+    image  = sample(cond = [edge, one-hot(grid)], view)  inference.LatentDiffusion.sample, in [-1, 1]
     slice  = image resized back onto the window, (image + 1) / 2, in [0, 1]
 
 Label orders (``--labels``). ``acdc`` files store 1 RV, 2 MYO, 3 LV and are remapped with the
@@ -31,7 +31,7 @@ Edges. The model was trained with Canny edges of *real images*: besides the vent
 they hold the chest wall, the body outline, papillary muscles, trabeculae, liver and lung borders,
 and noise fragments, and they miss borders of weak contrast (often the epicardium). A label volume
 has no image, so ``--edges auto`` draws a pseudo image from the mask (one grey level per class,
-``MASK_LEVELS``, 85 or more grey levels apart so that every label border passes the Canny
+``data/condition.MASK_LEVELS``, 85 or more grey levels apart so that every label border passes the Canny
 thresholds) and runs the very same Canny as preprocessing (``data/edges.canny_edges`` with the
 checkpoint's ``data.canny_*``). The result is only the closed contours of LV, myocardium and RV,
 clean and one pixel wide: a sparse subset of the edges the model saw, and no edge at all outside
@@ -68,19 +68,17 @@ from tqdm.auto import tqdm
 
 from mmldm import atomic
 from mmldm.data.crop import crop_pad, heart_center, resize_label, window_size
-from mmldm.data.edges import canny_edges
+from mmldm.data.condition import condition_from_mask
 from mmldm.data.nifti import NIFTI_SUFFIXES, as_label, load_nifti
 from mmldm.data.readers import acdc
 from mmldm.data.schema import NUM_CLASSES, VIEWS
 from mmldm.errors import DataError, MMLDMError, check_terminated
+from mmldm.inference import LatentDiffusion
 
 # --labels choice -> lookup table disk value -> canonical value (None: the file is canonical).
 LABEL_ORDERS: dict[str, np.ndarray | None] = {"acdc": acdc.REMAP, "mnms": None, "mnms2": None, "canonical": None}
 EDGE_MODES = ("auto", "none")
 EMPTY_MODES = ("fill", "generate")
-# Grey level per canonical class for the pseudo image the mask's edges are drawn from:
-# BG -1, LV 1, MYO -1/3, RV 1/3 (bright blood, dark muscle); any two differ by >= 2/3 (85 grey levels).
-MASK_LEVELS = np.array([-1.0, 1.0, -1.0 / 3.0, 1.0 / 3.0], np.float32)
 FILL = 0.0  # output value outside the windows and on slices not generated (the darkest)
 
 
@@ -176,21 +174,6 @@ def from_grid(image: np.ndarray, window: tuple[int, int, int, int], shape: tuple
     return out
 
 
-def mask_edges(label: np.ndarray, data_cfg) -> np.ndarray:
-    """Canny edges (uint8 {0, 1}) of a label map, drawn as a pseudo image (``MASK_LEVELS``) and
-    run through preprocessing's Canny with ``data_cfg``'s settings."""
-    pseudo = MASK_LEVELS[label]
-    return canny_edges(pseudo, data_cfg.canny_sigma, data_cfg.canny_kernel, data_cfg.canny_low,
-                       data_cfg.canny_high, data_cfg.canny_blur)
-
-
-def condition(grid: np.ndarray, edges: str, data_cfg) -> torch.Tensor:
-    """The model's condition (5, size, size): edge channel (mask edges or zeros), then one-hot."""
-    edge = mask_edges(grid, data_cfg) if edges == "auto" else np.zeros_like(grid)
-    onehot = grid[None] == np.arange(NUM_CLASSES, dtype=np.uint8)[:, None, None]
-    return torch.from_numpy(np.concatenate([edge[None], onehot]).astype(np.float32))
-
-
 # ---------------------------------------------------------------------------------------------
 # A volume
 # ---------------------------------------------------------------------------------------------
@@ -218,12 +201,11 @@ def sampling_setup(cfg, edges: str = "auto", sampler: str | None = None, steps: 
     return dataclasses.replace(cfg, guidance=g), s
 
 
-def generate_volume(ldm: dict, label: np.ndarray, spacing: tuple[float, ...], *, edges: str = "auto",
+def generate_volume(ldm: LatentDiffusion, label: np.ndarray, spacing: tuple[float, ...], *, edges: str = "auto",
                     view: str = "SA", sampler: str | None = None, steps: int | None = None,
                     scale_mask: float | None = None, scale_edge: float | None = None, seed: int = 0,
-                    slices: list[int] | None = None, empty: str = "fill", device: str = "cpu",
-                    progress: bool = True) -> dict:
-    """Generate the slices of a canonical label volume (H, W, Z) with a loaded LDM (``load_ldm``).
+                    slices: list[int] | None = None, empty: str = "fill", progress: bool = True) -> dict:
+    """Generate the slices of a canonical label volume (H, W, Z) with a loaded model (on its device).
 
     Returns ``{"image": (H, W, Z) float32 in [0, 1], "generated": slice indices sampled,
     "filled": slice indices filled with FILL, "grid_label": (n, size, size) uint8 and
@@ -231,13 +213,11 @@ def generate_volume(ldm: dict, label: np.ndarray, spacing: tuple[float, ...], *,
     "cond": (n, 5, size, size), "centers": [(row, col)] and "windows": [(r0, c0, rows, cols)] in
     source pixels, "seconds", "sampler", "guidance"}``.
     """
-    from mmldm.train.ldm import sample_images
-
     if view not in VIEWS:
         raise MMLDMError(f"view must be one of {', '.join(VIEWS)}, got {view!r}")
     if empty not in EMPTY_MODES:
         raise MMLDMError(f"empty must be one of {', '.join(EMPTY_MODES)}, got {empty!r}")
-    cfg, sampler_cfg = sampling_setup(ldm["config"], edges, sampler, steps, scale_mask, scale_edge)
+    cfg, sampler_cfg = sampling_setup(ldm.config, edges, sampler, steps, scale_mask, scale_edge)
     data = cfg.data
     H, W, Z = label.shape
     chosen = list(range(Z)) if slices is None else list(slices)
@@ -252,9 +232,8 @@ def generate_volume(ldm: dict, label: np.ndarray, spacing: tuple[float, ...], *,
         check_terminated()
         center = heart_center(label[:, :, z]) or volume_center
         grid = to_grid(label[:, :, z], center, spacing[:2], data.fov_mm, data.size)
-        cond = condition(grid, edges, data)
-        image = sample_images(cfg, ldm["unet"], ldm["vqvae"], ldm["latent_stats"], cond[None], view_t,
-                              sampler_cfg=sampler_cfg, seed=seed + z, device=device)
+        cond = condition_from_mask(grid, data, edges)
+        image = ldm.sample(cond[None], view_t, sampler=sampler_cfg, guidance=cfg.guidance, seed=seed + z)
         window = slice_window(center, spacing[:2], data.fov_mm)
         out[:, :, z] = (from_grid(image[0, 0].numpy(), window, (H, W), fill=2 * FILL - 1) + 1.0) / 2.0
         grids.append(grid)
@@ -312,21 +291,19 @@ def generate(checkpoint: str | Path, input: str | Path, output: str | Path, *, l
     :func:`parse_slices` (None: every slice). Returns the summary ``{"output", "shape",
     "generated", "filled", "seconds", "sampler", "guidance", "step"}``.
     """
-    from mmldm.train.ldm import load_ldm
-
     output = Path(output)
     _check_output(output)
     label, spacing, img = read_labels(input, labels)  # bad input fails before the model loads
     chosen = parse_slices(slices, label.shape[2])
     device = _device(device)
-    ldm = load_ldm(checkpoint, device=device)
+    ldm = LatentDiffusion.from_checkpoint(checkpoint, device=device)
     result = generate_volume(ldm, label, spacing, edges=edges, view=view, sampler=sampler, steps=steps,
                              scale_mask=scale_mask, scale_edge=scale_edge, seed=seed, slices=chosen, empty=empty,
-                             device=device, progress=progress)
+                             progress=progress)
     write_volume(output, result["image"], img)
     return {"output": output, "shape": tuple(img.shape), "generated": result["generated"],
             "filled": result["filled"], "seconds": result["seconds"], "sampler": result["sampler"],
-            "guidance": result["guidance"], "step": ldm["step"]}
+            "guidance": result["guidance"], "step": ldm.step}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,16 +330,15 @@ def readback_dice(ldm_checkpoint: str | Path, segmenter_checkpoint: str | Path, 
     from mmldm.data.nifti import as_image
     from mmldm.data.normalize import normalize
     from mmldm.evaluate.anatomy import anatomy_dice
-    from mmldm.train.ldm import load_ldm
-    from mmldm.train.segmenter import load_segmenter
+    from mmldm.models.segmenter import load_segmenter
 
     device = _device(device)
     label, spacing, _ = read_labels(label_path, labels)
     chosen = parse_slices(slices, label.shape[2])
-    ldm = load_ldm(ldm_checkpoint, device=device)
+    ldm = LatentDiffusion.from_checkpoint(ldm_checkpoint, device=device)
     result = generate_volume(ldm, label, spacing, edges=edges, view=view, sampler=sampler, steps=steps,
                              scale_mask=scale_mask, scale_edge=scale_edge, seed=seed, slices=chosen, empty="fill",
-                             device=device, progress=progress)
+                             progress=progress)
     if not result["generated"]:
         raise DataError(label_path, "no labelled slice to generate (among the chosen slices)")
     segmenter = load_segmenter(segmenter_checkpoint, device)
@@ -380,7 +356,7 @@ def readback_dice(ldm_checkpoint: str | Path, segmenter_checkpoint: str | Path, 
         array, _ = load_nifti(image_path, ndim=3)
         if array.shape != label.shape:
             raise DataError(image_path, f"image shape {array.shape} does not match label shape {label.shape}")
-        data = ldm["config"].data
+        data = ldm.config.data
         image = normalize(as_image(image_path, array), data.percentiles)
         real = []
         for z, center in zip(result["generated"], result["centers"]):
@@ -388,4 +364,4 @@ def readback_dice(ldm_checkpoint: str | Path, segmenter_checkpoint: str | Path, 
         ceiling = summarise(torch.from_numpy(np.stack(real))[:, None])[0]
     return {"dice": dice, "per_slice": per_slice, "slices": result["generated"], "ceiling": ceiling,
             "seconds": result["seconds"], "sampler": result["sampler"], "guidance": result["guidance"],
-            "step": ldm["step"]}
+            "step": ldm.step}

@@ -24,7 +24,7 @@ from mmldm.evaluate.memorisation import memorisation_ratios
 from mmldm.evaluate.paired import generate_paired, pick_indices
 from mmldm.evaluate.run import PUBLISHED, VARIANTS, evaluate, evaluation_settings, realism_images, variant_settings
 from mmldm.evaluate.settings import EvaluationConfig
-from mmldm.train.ldm import load_ldm
+from mmldm.inference import LatentDiffusion
 from mmldm.checkpoint import LAST
 from smoke_models import train_smoke_ldm, write_tiny_store
 
@@ -247,7 +247,7 @@ def test_evaluation_settings_take_the_profile_and_let_arguments_override():
 
 def test_realism_images_use_distinct_seeds_and_reuse_only_identical_generations(trained):
     cfg, store, root = trained
-    ldm = load_ldm(root / "ldm" / LAST)
+    ldm = LatentDiffusion.from_checkpoint(root / "ldm" / LAST)
     settings = EvaluationConfig(n=4, realism_n=8, realism_seeds=2)
     sampler, guidance = variant_settings("ddim50_both", cfg.sampler, cfg.guidance, 100)
     masks = pick_indices(8, 4)

@@ -18,12 +18,12 @@ from mmldm.config import load_config
 from mmldm.data.crop import crop_pad, crop_slice, heart_center
 from mmldm.data.readers import acdc
 from mmldm.errors import DataError, MMLDMError
+from mmldm.data.condition import mask_edges
 from mmldm.generate_nifti import (
     FILL,
     LABEL_ORDERS,
     from_grid,
     generate,
-    mask_edges,
     parse_slices,
     read_labels,
     readback_dice,

@@ -107,10 +107,10 @@ def paper_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def paper_ldm(paper_run):
     """The trained paper LDM, loaded once (UNet, VQ-VAE, config)."""
-    from mmldm.train.ldm import load_ldm
+    from mmldm.inference import LatentDiffusion
 
     assert paper_run["proc"].returncode == 0, "the pipeline failed: " + paper_run["proc"].stderr[-3000:]
-    return load_ldm(paper_run["tmp"] / "runs" / "ldm" / "last.pt")
+    return LatentDiffusion.from_checkpoint(paper_run["tmp"] / "runs" / "ldm" / "last.pt")
 
 
 def finite(x) -> bool:
@@ -120,7 +120,7 @@ def finite(x) -> bool:
 def test_paper_pipeline_runs_every_stage_at_paper_size(paper_run, paper_ldm):
     from mmldm.config import load_config, to_dict
     from mmldm.models import param_count
-    from mmldm.train.ldm import load_vqvae
+    from mmldm.inference import load_vqvae
 
     proc, tmp = paper_run["proc"], paper_run["tmp"]
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
@@ -151,9 +151,9 @@ def test_paper_pipeline_runs_every_stage_at_paper_size(paper_run, paper_ldm):
     with h5py.File(runs / "ldm" / "latents.h5", "r") as f:
         assert f["latents"].shape[1:] == LATENT and len(f["latents"]) == 4
         assert np.isfinite(f["latents"][:]).all()
-    ldm = paper_ldm  # load_ldm checks that its VQ-VAE is the one trained above (weights hash)
-    assert ldm["step"] == 2 and param_count(ldm["unet"]) == UNET_PARAMS
-    cfg = ldm["config"]
+    ldm = paper_ldm  # from_checkpoint checks that its VQ-VAE is the one trained above (weights hash)
+    assert ldm.step == 2 and param_count(ldm.unet) == UNET_PARAMS
+    cfg = ldm.config
     assert to_dict(cfg.unet) == paper["unet"] and to_dict(cfg.diffusion) == paper["diffusion"]
     assert cfg.unet.conditioning == "concat_nearest" and cfg.diffusion.prediction_type == "epsilon"
     assert cfg.diffusion.num_train_timesteps == 1000 and cfg.data.size == SIZE

@@ -325,25 +325,26 @@ def test_figures_draw(tmp_path):
 
 
 def test_trajectory_ends_at_the_sampled_image():
-    # An untrained smoke-size model is enough: the trajectory must be sample_images' own run.
+    # An untrained smoke-size model is enough: the trajectory must be sample()'s own run.
+    from mmldm.inference import LatentDiffusion
     from mmldm.models.unet import UNet
     from mmldm.models.vqvae import VQVAE
-    from mmldm.train.ldm import sample_images
 
     cfg = load_config("smoke")
     torch.manual_seed(0)
     c = cfg.unet.latent_channels
-    ldm = {"config": cfg, "unet": UNet(cfg.unet).eval(), "vqvae": VQVAE(cfg.vqvae).eval(),
-           "latent_stats": {"mode": "channel", "mean": [0.1] * c, "std": [0.5] * c, "min": -3.0, "max": 3.0}}
+    stats = {"mode": "channel", "mean": [0.1] * c, "std": [0.5] * c, "min": -3.0, "max": 3.0}
+    ldm = LatentDiffusion(cfg, UNet(cfg.unet).eval(), VQVAE(cfg.vqvae).eval(), stats)
     s = samples(n=2, size=cfg.data.size)
     cond, view = s["cond"].float(), torch.tensor([0, 1])
-    traj = rf.denoising_trajectory(ldm, cond, view, seed=3, frames=3)
-    assert traj["step"] == [0, 2, 4] and len(traj["t"]) == 3  # 5 DDIM steps at smoke: first, middle, last
-    assert traj["x_t"].shape == traj["x0_hat"].shape == (3, 2, 1, cfg.data.size, cfg.data.size)
-    direct = sample_images(cfg, ldm["unet"], ldm["vqvae"], ldm["latent_stats"], cond, view,
-                           sampler_cfg=cfg.sampler, seed=3)
-    torch.testing.assert_close(traj["final"], direct)
-    assert traj["t"] == sorted(traj["t"], reverse=True)  # noisy to clean
-    fig = rf.trajectory_strip(traj, s["cond"], s["real"], index=1)
+    traj = ldm.trajectory(cond, view, seed=3, frames=3)
+    assert traj.steps == [0, 2, 4] and len(traj.timesteps) == 3  # 5 DDIM steps at smoke: first, middle, last
+    h = cfg.data.size // cfg.vqvae.downsample_factor
+    assert len(traj.x_t) == len(traj.x0_hat) == 3 and traj.x_t[0].shape == (2, c, h, h)
+    direct = ldm.sample(cond, view, sampler=cfg.sampler, seed=3)
+    torch.testing.assert_close(traj.images, direct)
+    assert traj.timesteps == sorted(traj.timesteps, reverse=True)  # noisy to clean
+    assert len(ldm.trajectory(cond, view, seed=3)) == 5  # every step without frames
+    fig = rf.trajectory_strip(ldm, traj, s["cond"], s["real"], index=1)
     assert len(fig.axes) == 2 * (1 + 3 + 1 + 1)
     rf.plt.close(fig)

@@ -16,7 +16,8 @@ from mmldm.evaluate.anatomy import anatomy_dice
 from mmldm.data.dataset import CardiacSliceDataset
 from mmldm.data.store import StoreWriter
 from mmldm.models.segmenter import Segmenter, SegmenterConfig, segmentation_loss, soft_dice_loss
-from mmldm.train.segmenter import CHECKPOINT_NAME, load_segmenter, train_segmenter
+from mmldm.models.segmenter import CHECKPOINT_NAME, load_segmenter
+from mmldm.train.segmenter import train_segmenter
 
 SIZE = 32
 LEVELS = np.array([-0.8, 0.8, -0.1, 0.5], np.float32)  # image intensity of BG, LV, MYO, RV

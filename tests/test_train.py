@@ -19,7 +19,8 @@ from mmldm.data.dataset import CardiacSliceDataset
 from mmldm.errors import ConfigError
 from mmldm.checkpoint import LAST, PREVIOUS, load_checkpoint, weights_hash
 from mmldm.train.distributed import Dist
-from mmldm.train.latents import LatentDataset, cache_key, denormalize, ensure_cache, latent_stats, normalize
+from mmldm.diffusion.latent_norm import denormalize, latent_stats, normalize
+from mmldm.train.latents import LatentDataset, cache_key, ensure_cache
 from mmldm.train.log import CSVLog, read_log
 from mmldm.train.loop import ResumableSampler
 from mmldm.train.optim import TrainConfig, build_optimizer, build_scheduler, lr_factor
@@ -212,18 +213,23 @@ def test_ldm_trainer_caches_latents_and_keeps_the_stats(trained, store):
 
 
 def test_ldm_samples_from_its_checkpoint(trained, store, one_thread):
-    from mmldm.train.ldm import load_ldm, sample_images
+    from mmldm.inference import LatentDiffusion
 
     _, root, _, ldm = trained
     assert ldm["samples"].exists()
-    bundle = load_ldm(root / "ldm" / LAST)
+    model = LatentDiffusion.from_checkpoint(root / "ldm" / LAST)
+    assert model.step == ldm["step"] and model.latent_stats == ldm["latent_stats"]
     item = CardiacSliceDataset(store, split="val")[0]
-    images = sample_images(bundle["config"], bundle["unet"], bundle["vqvae"], bundle["latent_stats"],
-                           item["cond"][None], item["view"][None])
+    images = model.sample(item["cond"][None], item["view"][None])
     assert images.shape == (1, 1, 32, 32) and images.abs().max() <= 1
-    again = sample_images(bundle["config"], bundle["unet"], bundle["vqvae"], bundle["latent_stats"],
-                          item["cond"][None], item["view"][None])
+    again = model.sample(item["cond"][None], item["view"][None])
     assert torch.equal(images, again)  # seeded: the same picture twice
+    assert not torch.equal(images, model.sample(item["cond"][None], item["view"][None], seed=1))
+    # encode/decode are each other's inverse up to the VQ-VAE's reconstruction (same shape, range)
+    z = model.encode(item["image"][None])
+    assert z.shape == (1, model.config.unet.latent_channels, 32 // model.vqvae.config.downsample_factor,
+                       32 // model.vqvae.config.downsample_factor)
+    assert model.decode(z).shape == (1, 1, 32, 32)
 
 
 def test_ldm_refuses_a_vqvae_of_another_shape(trained, store, tmp_path):
@@ -301,7 +307,7 @@ def test_auto_resume_continues_the_same_model_and_sets_aside_another(store, tmp_
 
 def test_clip_to_latents_uses_the_checkpoint_range():
     from mmldm.diffusion.base_sampler import SamplerConfig
-    from mmldm.train.ldm import resolve_clipping
+    from mmldm.inference import resolve_clipping
 
     stats = {"min": -2.5, "max": 3.0}
     assert resolve_clipping(SamplerConfig(clip_to_latents=True), stats).clip_x0 == (-2.5, 3.0)

@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from mmldm.data.edges import canny_edges
+from mmldm.inference import LatentDiffusion
 from mmldm.errors import DataError, MMLDMError
 from mmldm.viz.widgets import (
     Explorer,
     build_ui,
     edit_edges,
     edit_mask,
-    make_cond,
     repaint,
     to_png,
     trajectory_figure,
@@ -152,11 +152,14 @@ def test_repaint_uses_the_new_structures_intensity():
     assert np.allclose(painted[grown != label], 0.7) and np.array_equal(painted[grown == label], image[grown == label])
 
 
-def test_make_cond_is_edges_then_one_hot():
+def test_build_condition_is_edges_then_one_hot():
+    from mmldm.data.condition import build_condition
+
     label = drawn_heart(16)
     edge = np.zeros_like(label)
     edge[3, 4] = 1
-    cond = make_cond(label, edge)
+    cond = build_condition(label, edge)
+    assert torch.equal(build_condition(torch.from_numpy(label), torch.from_numpy(edge)), cond)  # torch path
     assert cond.shape == (5, 16, 16) and cond[0, 3, 4] == 1 and cond[0].sum() == 1
     assert torch.equal(cond[1:].argmax(0), torch.from_numpy(label).long()) and torch.all(cond[1:].sum(0) == 1)
 
@@ -180,11 +183,9 @@ def test_png_round_trip_and_upscaling():
 
 @pytest.fixture(scope="module")
 def explorer(smoke_ldm):
-    from mmldm.train.ldm import load_ldm
-
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield Explorer(load_ldm(smoke_ldm["ckpt"]), smoke_ldm["store"])
+    yield Explorer(LatentDiffusion.from_checkpoint(smoke_ldm["ckpt"]), smoke_ldm["store"])
     torch.set_num_threads(before)
 
 
@@ -226,10 +227,8 @@ def test_forward_x0_estimate_follows_the_guidance(ex):
     assert np.array_equal(both, ex.forward_noising(50, "both", 2.0, 2.0)[1])
 
 
-def test_regenerate_stores_every_step_and_matches_sample_images(ex):
+def test_regenerate_stores_every_step_and_matches_sample(ex):
     import dataclasses
-
-    from mmldm.train.ldm import sample_images
 
     traj = ex.regenerate(scale_mask=1.5, scale_edge=1.0, steps=7, mode="both", seed=3)
     assert len(traj) == 8 and traj is ex.trajectory and len(traj.timesteps) == 7
@@ -237,10 +236,9 @@ def test_regenerate_stores_every_step_and_matches_sample_images(ex):
     assert traj.x_t.shape == traj.x0.shape == (8, 32, 32) and np.array_equal(traj.x_t[-1], traj.x0[-1])
     assert not np.array_equal(traj.x_t[0], traj.x_t[3])
     # The final frame is exactly what the shared sampling function makes for these settings.
-    cfg = dataclasses.replace(ex.cfg, guidance=dataclasses.replace(ex.cfg.guidance, mode="both", scale_mask=1.5,
-                                                                   scale_edge=1.0))
+    guidance = dataclasses.replace(ex.cfg.guidance, mode="both", scale_mask=1.5, scale_edge=1.0)
     sampler = dataclasses.replace(ex.sampler_cfg, name="ddim", eta=0.0, num_inference_steps=7)
-    ref = sample_images(cfg, ex.unet, ex.vqvae, ex.stats, ex.cond[None], ex.view, sampler_cfg=sampler, seed=3)
+    ref = ex.ldm.sample(ex.cond[None], ex.view, sampler=sampler, guidance=guidance, seed=3)
     assert np.array_equal(traj.x_t[-1], ref[0, 0].numpy())
     x_t, x0, t = ex.reverse_frame(2)
     assert t == traj.timesteps[2] and np.array_equal(x_t, traj.x_t[2]) and np.array_equal(x0, traj.x0[2])
@@ -265,10 +263,9 @@ def test_regenerate_from_an_edited_mask(ex):
 
 
 def test_reverse_frame_needs_a_trajectory_and_the_store_must_fit(smoke_ldm, tmp_path):
-    from mmldm.train.ldm import load_ldm
     from smoke_models import write_tiny_store
 
-    ldm = load_ldm(smoke_ldm["ckpt"])
+    ldm = LatentDiffusion.from_checkpoint(smoke_ldm["ckpt"])
     fresh = Explorer(ldm, smoke_ldm["store"])
     with pytest.raises(MMLDMError, match="regenerate"):
         fresh.reverse_frame(0)

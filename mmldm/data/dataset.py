@@ -57,12 +57,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mmldm.data.schema import NUM_CLASSES, VIEWS
+from mmldm.data.condition import build_condition
+from mmldm.data.schema import VIEWS
 from mmldm.data.store import open_store, read_meta
 from mmldm.errors import DataError
-
-_CLASSES = np.arange(NUM_CLASSES, dtype=np.uint8)[:, None, None]
-
 
 def expand_batch(batch: dict, device: torch.device | str | None = None) -> dict:
     """Compact items (``expand=False``), one or collated, -> the documented float tensors.
@@ -71,9 +69,7 @@ def expand_batch(batch: dict, device: torch.device | str | None = None) -> dict:
     and edge to ``device`` first (default: where they are), so the expansion runs there.
     """
     label = batch["label"].to(device, non_blocking=True).long()
-    edge = batch["edge"].to(device, non_blocking=True).float()
-    classes = torch.arange(NUM_CLASSES, device=label.device).view(NUM_CLASSES, 1, 1)
-    cond = torch.cat([edge, (label.unsqueeze(-3) == classes).float()], dim=-3)
+    cond = build_condition(label, batch["edge"].to(device, non_blocking=True))
     image = batch["image"].to(device, non_blocking=True).float()
     return {**batch, "image": image, "label": label, "edge": cond[..., :1, :, :],
             "onehot": cond[..., 1:, :, :], "cond": cond}
@@ -201,11 +197,7 @@ class CardiacSliceDataset(Dataset):
             item["label"] = torch.from_numpy(np.array(label))
             item["edge"] = torch.from_numpy(np.array(edge))[None]
             return item
-        H, W = label.shape
-        cond = np.empty((1 + NUM_CLASSES, H, W), np.float32)
-        cond[0] = edge
-        np.equal(label[None], _CLASSES, out=cond[1:], casting="unsafe")  # one-hot, written as float
-        cond = torch.from_numpy(cond)
+        cond = build_condition(label, edge)  # data/condition.py: one float32 buffer, no torch ops
         # torch converts float16 -> float32 ~10x faster than numpy does
         item.update(image=image.float().contiguous()[None], edge=cond[0:1], onehot=cond[1:], cond=cond,
                     label=torch.from_numpy(np.ascontiguousarray(label)).long())

@@ -27,6 +27,7 @@ from mmldm.data.dataset import CardiacSliceDataset
 from mmldm.diffusion.guidance import GuidanceConfig
 from mmldm.diffusion.base_sampler import SamplerConfig
 from mmldm.errors import check_terminated
+from mmldm.inference import LatentDiffusion
 
 
 def pick_indices(n_total: int, n: int | None) -> np.ndarray:
@@ -36,24 +37,20 @@ def pick_indices(n_total: int, n: int | None) -> np.ndarray:
     return np.unique(np.linspace(0, n_total - 1, n).round().astype(int))
 
 
-def generate_paired(ldm: dict, store_path: str | Path, split: str = "val", n: int | None = None,
+def generate_paired(ldm: LatentDiffusion, store_path: str | Path, split: str = "val", n: int | None = None,
                     sampler: SamplerConfig | None = None, guidance: GuidanceConfig | None = None,
-                    seed: int = 0, batch_size: int = 32, device: str = "cpu", progress: bool = True,
+                    seed: int = 0, batch_size: int = 32, progress: bool = True,
                     indices: np.ndarray | None = None) -> dict:
     """Generate one image per chosen slice of ``split`` from that slice's conditions.
 
-    ``ldm`` is what :func:`mmldm.train.ldm.load_ldm` returns. ``sampler``/``guidance`` default to
-    the checkpoint's profile. The slices are ``n`` evenly spread ones (:func:`pick_indices`), or
+    ``ldm`` is the loaded model (it samples on its own device). ``sampler``/``guidance`` default
+    to the checkpoint's profile. The slices are ``n`` evenly spread ones (:func:`pick_indices`), or
     exactly the dataset positions ``indices`` when given (e.g. a subset of another run's slices).
     The batch starting at position ``start`` of that list is sampled with seed ``seed + start``,
     so the same list, seed and ``batch_size`` give the same images.
     """
-    from mmldm.train.ldm import sample_images
-
-    cfg = ldm["config"]
-    if guidance is not None:
-        cfg = dataclasses.replace(cfg, guidance=guidance)
-    sampler = sampler or cfg.sampler
+    sampler = sampler or ldm.config.sampler
+    guidance = guidance or ldm.config.guidance
     ds = CardiacSliceDataset(store_path, split=split)
     if len(ds) == 0:
         raise ValueError(f"{store_path}: no slices in split {split!r}")
@@ -73,8 +70,7 @@ def generate_paired(ldm: dict, store_path: str | Path, split: str = "val", n: in
         cond = torch.stack([it["cond"] for it in items])
         view = torch.stack([torch.as_tensor(it["view"]) for it in items])
         t0 = time.perf_counter()
-        images = sample_images(cfg, ldm["unet"], ldm["vqvae"], ldm["latent_stats"], cond, view,
-                               sampler_cfg=sampler, seed=seed + start, device=device)
+        images = ldm.sample(cond, view, sampler=sampler, guidance=guidance, seed=seed + start)
         seconds += time.perf_counter() - t0
         gen.append(images)
         real.append(torch.stack([it["image"] for it in items]))
@@ -84,7 +80,7 @@ def generate_paired(ldm: dict, store_path: str | Path, split: str = "val", n: in
     return {"generated": torch.cat(gen), "real": torch.cat(real), "label": torch.cat(label),
             "cond": torch.cat(cond_all), "meta": meta, "indices": idx,
             "seconds_per_image": seconds / len(idx), "sampler": dataclasses.asdict(sampler),
-            "guidance": dataclasses.asdict(cfg.guidance)}
+            "guidance": dataclasses.asdict(guidance)}
 
 
 def saturated_fraction(images: torch.Tensor, level: float = 0.9) -> float:

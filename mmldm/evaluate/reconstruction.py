@@ -35,7 +35,7 @@ block measures the comparable number: reconstructions of *training* slices again
 ones, beside the same real-vs-real baseline.) Features and spectra are accumulated batch by batch,
 so no image set is held in memory.
 
-    from mmldm.train.ldm import load_vqvae
+    from mmldm.inference import load_vqvae
     vqvae, _ = load_vqvae("runs/phantom_laptop/vqvae/last.pt")
     report = reconstruction_report(vqvae, "data/processed/phantom_laptop.h5", split="val")
     summarise(report["table"])                      # mean ± std of ssim, psnr, nmse

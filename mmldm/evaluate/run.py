@@ -141,6 +141,7 @@ from mmldm.evaluate.metrics import PAIRED_METRICS, metric_table, paired_metrics,
 from mmldm.evaluate.reconstruction import reconstruct_images
 from mmldm.evaluate.settings import MAIN, VARIANTS, EvaluationConfig, Variant  # noqa: F401 (re-exported)
 from mmldm.evaluate.spectrum import compare_spectra
+from mmldm.inference import LatentDiffusion
 
 PUBLISHED = {"fid": 116.09, "ssim": 0.44, "nmse": 1.14, "source": "the seed study, M&Ms-2 at 256x256"}
 SEGMENTER_LABEL = "in-domain (segmenter features)"
@@ -225,7 +226,7 @@ def load_images(store: Path, split: str, positions=None) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
-def evaluate_variant(ldm: dict, store: str | Path, sampler=None, guidance=None, segmenter=None, n: int | None = None,
+def evaluate_variant(ldm: LatentDiffusion, store: str | Path, sampler=None, guidance=None, segmenter=None, n: int | None = None,
                      indices=None, split: str = "val", seed: int = 0, batch_size: int = 32, device: str = "cpu",
                      progress: bool = True) -> dict:
     """Generate the chosen held-out slices with one sampler / guidance and score them.
@@ -235,7 +236,7 @@ def evaluate_variant(ldm: dict, store: str | Path, sampler=None, guidance=None, 
     (no Dice without a segmenter). benchmarks/convergence.py scores its runs with this.
     """
     res = generate_paired(ldm, store, split=split, n=n, indices=indices, sampler=sampler, guidance=guidance,
-                          seed=seed, batch_size=batch_size, device=device, progress=progress)
+                          seed=seed, batch_size=batch_size, progress=progress)
     per_image = paired_metrics(res["generated"], res["real"])
     if segmenter is not None:
         per_image.update(anatomy_dice(segmenter, res["generated"], res["label"]))
@@ -340,7 +341,7 @@ def fid_block(extractor, reason: str, held: torch.Tensor, generated: torch.Tenso
     return out
 
 
-def realism_images(ldm: dict, store: Path, main_result: dict, settings: EvaluationConfig, sampler, guidance,
+def realism_images(ldm: LatentDiffusion, store: Path, main_result: dict, settings: EvaluationConfig, sampler, guidance,
                    n_split: int, n_train_split: int, split: str = "val", seed: int = 0, batch_size: int = 32,
                    device: str = "cpu", progress: bool = True, train_store: Path | None = None) -> dict:
     """The image sets the realism block compares, all (N, 1, H, W) in [-1, 1] on the CPU
@@ -365,12 +366,12 @@ def realism_images(ldm: dict, store: Path, main_result: dict, settings: Evaluati
             reused = True
             continue
         res = generate_paired(ldm, store, split=split, indices=masks, sampler=sampler, guidance=guidance, seed=s,
-                              batch_size=batch_size, device=device, progress=progress)
+                              batch_size=batch_size, progress=progress)
         generated.append(res["generated"])
     generated = torch.cat(generated).float().cpu()
     heldout = load_images(store, split, pick_indices(n_split, settings.realism_n))
     train = load_images(train_store or store, "train", pick_indices(n_train_split, len(generated)))
-    vqvae = ldm["vqvae"]
+    vqvae = ldm.vqvae
     return {"generated": generated, "heldout": heldout, "train": train,
             "reconstructed_train": reconstruct_images(vqvae, train, batch_size, device),
             "reconstructed_heldout": reconstruct_images(vqvae, heldout, batch_size, device),
@@ -443,7 +444,8 @@ def get_segmenter(cfg, store: str | Path, checkpoint: str | Path | None, folder:
                   progress: bool = True):
     """``(segmenter, checkpoint path, trained_now)``: the checkpoint given, else ``folder/segmenter.pt``
     if it was trained on ``store`` (not older than it) with ``cfg.segmenter``, else a new one."""
-    from mmldm.train.segmenter import CHECKPOINT_NAME, load_segmenter, train_segmenter
+    from mmldm.models.segmenter import CHECKPOINT_NAME, load_segmenter
+    from mmldm.train.segmenter import train_segmenter
 
     store, folder = Path(store), Path(folder)
     if checkpoint is not None:
@@ -516,7 +518,6 @@ def evaluate(cfg, ldm_ckpt: str | Path, segmenter_ckpt: str | Path | None = None
     test``). Seeded by ``seed``; torch's thread settings are left alone.
     """
     from mmldm.checkpoint import load_checkpoint
-    from mmldm.train.ldm import load_ldm
 
     t_start = time.perf_counter()
     timing: dict[str, float] = {}
@@ -533,8 +534,8 @@ def evaluate(cfg, ldm_ckpt: str | Path, segmenter_ckpt: str | Path | None = None
     # The model, the held-out slices, the segmenter.
     t0 = time.perf_counter()
     vq_ref = load_checkpoint(ldm_ckpt, stage="ldm")["extra"]["vqvae"]
-    ldm = load_ldm(ldm_ckpt, device=device)
-    ldm_cfg = ldm["config"]
+    ldm = LatentDiffusion.from_checkpoint(ldm_ckpt, device=device)
+    ldm_cfg = ldm.config
     sizes = {f"store {store}": store_size(store), f"LDM {ldm_ckpt}": ldm_cfg.data.size}
     if train_store != store:
         sizes[f"train store {train_store}"] = store_size(train_store)
@@ -609,7 +610,7 @@ def evaluate(cfg, ldm_ckpt: str | Path, segmenter_ckpt: str | Path | None = None
         "meta": {"profile": cfg.profile, "ldm_profile": ldm_cfg.profile, "source": "+".join(sources),
                  "store": str(store), "train_store": str(train_store), "split": split, "n": len(positions),
                  "n_split": n_split, "seed": seed,
-                 "ldm_checkpoint": str(ldm_ckpt), "ldm_step": ldm["step"], "vqvae_checkpoint": vq_ref["path"],
+                 "ldm_checkpoint": str(ldm_ckpt), "ldm_step": ldm.step, "vqvae_checkpoint": vq_ref["path"],
                  "segmenter_checkpoint": str(seg_path), "segmenter_trained": seg_trained,
                  "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                  "seconds": time.perf_counter() - t_start, "timing": timing, "torch": torch.__version__,

@@ -27,6 +27,7 @@ profile); train/segmenter.py reads them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -152,3 +153,37 @@ def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, ce_weight: flo
     equally whatever its area, so the thin myocardium is not drowned by the background.
     """
     return ce_weight * F.cross_entropy(logits.float(), labels.long()) + dice_weight * soft_dice_loss(logits, labels)
+
+
+CHECKPOINT_NAME = "segmenter.pt"  # the file train_segmenter writes into its folder
+
+
+def load_segmenter(path: str | Path, device: torch.device | str = "cpu") -> Segmenter:
+    """Rebuild the segmenter saved by :func:`mmldm.train.segmenter.train_segmenter`, in eval mode, on ``device``.
+
+    A file that is not such a checkpoint (another kind of mmldm checkpoint, a truncated file,
+    weights of another shape) is a :class:`~mmldm.checkpoint.CheckpointError` naming it.
+    """
+    from mmldm.config import from_dict
+    from mmldm.errors import ConfigError
+    from mmldm.checkpoint import CheckpointError
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(path, "no such segmenter checkpoint")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - zip, pickle and EOF errors all mean "not a whole checkpoint"
+        raise CheckpointError(path, f"cannot be read as a segmenter checkpoint ({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") == "mmldm-checkpoint" or not {"model", "config"} <= set(ckpt):
+        kind = f"an mmldm {ckpt.get('stage')!r} checkpoint" if isinstance(ckpt, dict) and "stage" in ckpt else \
+            "another kind of file"
+        raise CheckpointError(path, f"is {kind}, not a segmenter (evaluate trains one into <run>/segmenter/"
+                                    f"{CHECKPOINT_NAME}; leave --segmenter out to train one)")
+    try:
+        model = Segmenter(from_dict(SegmenterConfig, ckpt["config"], where=f"{path}: config"))
+        model.load_state_dict(ckpt["model"])
+    except (ConfigError, RuntimeError, TypeError) as e:
+        raise CheckpointError(path, f"does not hold a segmenter this code can rebuild "
+                                    f"({str(e).splitlines()[0][:200]})") from None
+    return model.to(device).eval()

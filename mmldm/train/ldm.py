@@ -24,7 +24,8 @@ conditions with DDIM (at most 25 steps) using the EMA weights and saves conditio
 
 The checkpoint's ``extra`` holds ``latent_stats`` (mean, std, and the normalised range) and
 ``vqvae`` (the checkpoint path it was trained on, the hash of its weights and its config);
-:func:`load_ldm` rebuilds everything needed to sample from an LDM checkpoint.
+:meth:`mmldm.inference.LatentDiffusion.from_checkpoint` rebuilds everything needed to sample
+from an LDM checkpoint.
 """
 
 from __future__ import annotations
@@ -38,18 +39,19 @@ import torch
 from mmldm.config import Config, from_dict
 from mmldm.data.dataset import CardiacSliceDataset
 from mmldm.data.store import check_same_size, store_size
-from mmldm.diffusion.guidance import drop_conditions, guided_model_fn
+from mmldm.diffusion.guidance import drop_conditions
+from mmldm.diffusion.latent_norm import latent_stats
 from mmldm.diffusion.objectives import diffusion_loss
-from mmldm.diffusion.sampling_loop import make_sampler, sample
 from mmldm.diffusion.schedule import NoiseSchedule
 from mmldm.errors import ConfigError
 from mmldm.models.unet import UNet
-from mmldm.models.vqvae import VQVAE, VQVAEConfig
+from mmldm.inference import LatentDiffusion, load_vqvae
+from mmldm.models.vqvae import VQVAEConfig
 from mmldm.train import distributed
-from mmldm.checkpoint import LAST, CheckpointError, load_checkpoint, weights_hash
+from mmldm.checkpoint import LAST, CheckpointError
 from mmldm.train.ema import EMA
-from mmldm.train.latents import LatentDataset, denormalize, encode_dataset, ensure_cache, latent_stats
-from mmldm.train.log import condition_rgb, save_grid
+from mmldm.train.latents import LatentDataset, encode_dataset, ensure_cache
+from mmldm.viz.plots import condition_rgb, save_grid
 from mmldm.train.loop import (
     Trainer,
     autocast,
@@ -97,6 +99,29 @@ def train_ldm(
         trainer = LDMTrainer(cfg, store_path, vqvae_ckpt, out_dir, figures_dir, device, resume, progress)
         result = trainer.fit(progress)
     return {**result, "latent_cache": trainer.cache_path, "latent_stats": trainer.stats}
+
+
+def noised_batch(schedule: NoiseSchedule, z0: torch.Tensor, cond: torch.Tensor, guidance,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The random part of one training step, drawn on the CPU from ``generator`` (the same numbers
+    on any device): condition drops for classifier-free guidance, one timestep per sample and the
+    noise. Returns ``(cond, t, noise)``; x_t = schedule.add_noise(z0, noise, t)."""
+    cond = drop_conditions(cond, guidance.p_drop_edge, guidance.p_drop_mask, generator=generator)
+    t = torch.randint(0, len(schedule), (z0.shape[0],), generator=generator)
+    noise = torch.randn(z0.shape, generator=generator, dtype=z0.dtype)
+    return cond, t, noise
+
+
+def ldm_loss(model, cfg: Config, schedule: NoiseSchedule, z0: torch.Tensor, cond: torch.Tensor,
+             view: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, autocast_ctx=None) -> torch.Tensor:
+    """The loss of one batch (everything on the model's device)::
+
+        x_t = sqrt(a_t) z0 + sqrt(1 - a_t) noise;   loss = w(t) || model(x_t, t, cond, view) - target ||^2
+    """
+    x_t = schedule.add_noise(z0, noise, t)
+    with autocast_ctx if autocast_ctx is not None else contextlib.nullcontext():
+        out = model(x_t, t, cond=cond, view=view)
+    return diffusion_loss(schedule, out, z0, noise, t, cfg.diffusion.prediction_type, cfg.diffusion.min_snr_gamma)
 
 
 class LDMTrainer(Trainer):
@@ -170,16 +195,11 @@ class LDMTrainer(Trainer):
             batch = next(self.batches)
             z0 = to_device(batch["latent"], tc, d.device)
             # The step's randomness, drawn on the CPU from this rank's generator (same numbers on any device).
-            cond = drop_conditions(batch["cond"], g.p_drop_edge, g.p_drop_mask, generator=noise_gen)
-            t = torch.randint(0, len(schedule), (z0.shape[0],), generator=noise_gen)
-            noise = torch.randn(z0.shape, generator=noise_gen, dtype=z0.dtype)
+            cond, t, noise = noised_batch(schedule, z0, batch["cond"], g, noise_gen)
             cond, t, noise = to_device(cond, tc, d.device), t.to(d.device), to_device(noise, tc, d.device)
-            x_t = schedule.add_noise(z0, noise, t)
             with no_sync(self.model_t, micro == tc.grad_accum - 1):
-                with autocast(tc, d.device):
-                    out = self.model_t(x_t, t, cond=cond, view=batch["view"].to(d.device))
-                loss = diffusion_loss(schedule, out, z0, noise, t, self.cfg.diffusion.prediction_type,
-                                      self.cfg.diffusion.min_snr_gamma)
+                loss = ldm_loss(self.model_t, self.cfg, schedule, z0, cond, batch["view"].to(d.device), t, noise,
+                                autocast(tc, d.device))
                 (loss / tc.grad_accum).backward()
             logged["loss"] += loss.detach() / tc.grad_accum
         logged["lr"] = self.optimizer.param_groups[0]["lr"]
@@ -212,24 +232,16 @@ class LDMTrainer(Trainer):
         self.stats = ckpt["extra"]["latent_stats"]  # equal to the measured ones for the same VQVAE and store
 
     def draw_samples(self, path: Path) -> None:
+        """The progress grid: fixed validation conditions sampled with the EMA weights (DDIM, at
+        most ``SAMPLE_STEPS`` steps) through the same inference object a trained model uses."""
         cond = torch.stack([item["cond"] for item in self.shown])
         view = torch.stack([item["view"] for item in self.shown])
-        images = sample_images(self.cfg, self.model, self.vqvae, self.stats, cond, view, ema=self.ema,
-                               device=self.d.device)
+        model = LatentDiffusion(self.cfg, self.model, self.vqvae, self.stats, self.step, self.d.device)
+        sampler = model.sampler_config("ddim", min(self.cfg.sampler.num_inference_steps, SAMPLE_STEPS), eta=0.0)
+        with self.ema.swapped_in(self.model) if self.ema is not None else contextlib.nullcontext():
+            images = model.sample(cond, view, sampler=sampler)
         save_grid({"condition": [condition_rgb(c) for c in cond], "sample": list(images),
                    "real": [item["image"] for item in self.shown]}, path)
-
-
-def load_vqvae(path: str | Path, device: torch.device | str = "cpu") -> tuple[VQVAE, dict]:
-    """The frozen VQVAE of a ``vqvae`` checkpoint (eval mode, no gradients) and its reference
-    ``{"path", "hash", "config", "size"}`` (``size``: the image side it was trained at)."""
-    ckpt = load_checkpoint(path, stage="vqvae")
-    config = ckpt["config"]["vqvae"]
-    vqvae = VQVAE(from_dict(VQVAEConfig, config, where=f"{path}: config.vqvae"))
-    vqvae.load_state_dict(ckpt["model"])
-    vqvae.eval().requires_grad_(False).to(device)
-    return vqvae, {"path": str(Path(path).resolve()), "hash": weights_hash(vqvae.state_dict()), "config": config,
-                   "size": int(ckpt["config"]["data"]["size"])}
 
 
 def _check_compatible(cfg: Config, vq_config: dict, path: Path) -> None:
@@ -240,81 +252,3 @@ def _check_compatible(cfg: Config, vq_config: dict, path: Path) -> None:
             f"resolution, but unet.latent_channels = {cfg.unet.latent_channels} and unet.cond_downsample = "
             f"{cfg.unet.cond_downsample}: train the VQVAE of this profile first"
         )
-
-
-# ---------------------------------------------------------------------------------------------
-# Sampling from a trained (or training) LDM
-# ---------------------------------------------------------------------------------------------
-
-
-def resolve_clipping(sampler_cfg, stats: dict):
-    """``clip_to_latents`` made concrete: ``clip_x0`` = the range the normalised training latents
-    spanned (kept in the checkpoint). x0_hat may not leave it: a measured fix for small models
-    whose samples otherwise blow out to all-white or all-black images."""
-    if sampler_cfg.clip_to_latents and sampler_cfg.clip_x0 is None:
-        return dataclasses.replace(sampler_cfg, clip_x0=(float(stats["min"]), float(stats["max"])))
-    return sampler_cfg
-
-
-@torch.no_grad()
-def sample_images(cfg: Config, unet: UNet, vqvae: VQVAE, stats: dict, cond: torch.Tensor, view: torch.Tensor,
-                  ema: EMA | None = None, sampler_cfg=None, seed: int = 0,
-                  device: torch.device | str = "cpu", callback=None) -> torch.Tensor:
-    """Images (B, 1, H, W) in [-1, 1] for conditions ``cond`` (B, 5, H, W) and views (B,).
-
-    Samples with the EMA weights when ``ema`` is given, with ``sampler_cfg`` (default: the
-    profile's sampler as DDIM with at most 25 steps, what the progress grids use) and the
-    profile's guidance; then un-normalises the latent and decodes it with the VQVAE. The
-    training weights come back afterwards, and no global random state is touched.
-    ``callback(i, t, x_t, x0_hat)`` goes on to :func:`~mmldm.diffusion.sampling_loop.sample`: the
-    (normalised) latents of every step, for the interactive notebook's trajectory.
-    """
-    if sampler_cfg is None:
-        sampler_cfg = dataclasses.replace(cfg.sampler, name="ddim", eta=0.0,
-                                          num_inference_steps=min(cfg.sampler.num_inference_steps, SAMPLE_STEPS))
-    sampler_cfg = resolve_clipping(sampler_cfg, stats)
-    schedule = NoiseSchedule.from_config(cfg.diffusion)
-    sampler = make_sampler(sampler_cfg, schedule, cfg.diffusion.prediction_type)
-    factor = vqvae.config.downsample_factor
-    b, _, h, w = cond.shape
-    shape = (b, cfg.unet.latent_channels, h // factor, w // factor)
-    cond, view = cond.to(device), view.to(device)
-    was_training = unet.training
-    unet.eval()
-    try:
-        with ema.swapped_in(unet) if ema is not None else contextlib.nullcontext():
-            g = cfg.guidance
-            model_fn = guided_model_fn(unet, cond, view, g.scale_mask, g.scale_edge, g.mode)
-            z = sample(model_fn, sampler, shape, torch.Generator().manual_seed(seed), callback=callback,
-                       device=device)
-    finally:
-        unet.train(was_training)
-    return vqvae.decode_latent(denormalize(z, stats)).clamp(-1, 1).cpu()
-
-
-def load_ldm(path: str | Path, use_ema: bool = True, vqvae_ckpt: str | Path | None = None,
-             device: torch.device | str = "cpu") -> dict:
-    """Everything needed to sample from an LDM checkpoint.
-
-    Returns ``{"config": Config, "unet": UNet (EMA weights if kept and ``use_ema``, eval mode),
-    "vqvae": VQVAE, "latent_stats": dict, "step": int}``. The VQVAE is the one the checkpoint
-    names (or ``vqvae_ckpt``); a VQVAE whose weights differ from the one trained on is an error.
-    """
-    ckpt = load_checkpoint(path, stage="ldm")
-    cfg = from_dict(Config, ckpt["config"], where=f"{path}: config")
-    ref = ckpt["extra"]["vqvae"]
-    vqvae, vq_ref = load_vqvae(vqvae_ckpt or ref["path"], device)
-    if vq_ref["hash"] != ref["hash"]:
-        raise CheckpointError(path, f"was trained on VQVAE weights {ref['hash']}, but {vq_ref['path']} holds "
-                                    f"{vq_ref['hash']}")
-    check_same_size({f"LDM {path}": cfg.data.size, f"VQVAE {vq_ref['path']}": vq_ref["size"]},
-                    "this LDM was not trained on this VQVAE's images")
-    unet = UNet(cfg.unet)
-    unet.load_state_dict(ckpt["model"])
-    if use_ema and ckpt["ema"] is not None:
-        ema = EMA(unet)
-        ema.load_state_dict(ckpt["ema"])
-        ema.copy_to(unet)
-    unet.eval().requires_grad_(False).to(device)
-    return {"config": cfg, "unet": unet, "vqvae": vqvae, "latent_stats": ckpt["extra"]["latent_stats"],
-            "step": int(ckpt["step"])}

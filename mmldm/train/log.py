@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from mmldm import atomic
-from mmldm.viz.plots import LABEL_CMAP, plt, save_figure
+from mmldm.viz.plots import plt, save_figure
 
 
 class CSVLog:
@@ -87,53 +87,5 @@ def save_loss_curve(csv_path: str | Path, png_path: str | Path, losses: list[str
     fig = loss_curve(read_log(csv_path), losses, title)
     try:
         return save_figure(fig, png_path)
-    finally:
-        plt.close(fig)
-
-
-# ---------------------------------------------------------------------------------------------
-# Sample grids
-# ---------------------------------------------------------------------------------------------
-
-
-def condition_rgb(cond: torch.Tensor) -> np.ndarray:
-    """A (5, H, W) condition as an RGB picture: label colours, Canny edges in white on top.
-
-    A dropped mask (all-zero one-hot) shows black; a dropped edge map shows no white.
-    """
-    cond = cond.detach().float().cpu()
-    label = cond[1:].argmax(0).numpy()
-    has_mask = cond[1:].sum(0).numpy() > 0
-    rgb = LABEL_CMAP(label)[..., :3] * has_mask[..., None]
-    rgb[cond[0].numpy() > 0.5] = 1.0
-    return rgb
-
-
-def image_grid(rows: dict[str, list], size: float = 1.6):
-    """One row per name; each entry a (1, H, W) image in [-1, 1] or an (H, W, 3) RGB array."""
-    cols = max(len(v) for v in rows.values())
-    fig, axes = plt.subplots(len(rows), cols, figsize=(cols * size, len(rows) * size * 1.15), squeeze=False)
-    for r, (name, items) in enumerate(rows.items()):
-        for c in range(cols):
-            ax = axes[r, c]
-            ax.set_axis_off()
-            if c >= len(items):
-                continue
-            item = items[c]
-            if isinstance(item, torch.Tensor):
-                ax.imshow(item.detach().float().cpu().squeeze(0).numpy(), cmap="gray", vmin=-1, vmax=1,
-                          interpolation="nearest")
-            else:
-                ax.imshow(item, interpolation="nearest")
-            if c == 0:
-                ax.set_title(name, fontsize=8, loc="left")
-    fig.tight_layout(pad=0.3)
-    return fig
-
-
-def save_grid(rows: dict[str, list], path: str | Path) -> Path:
-    fig = image_grid(rows)
-    try:
-        return save_figure(fig, path, dpi=90)
     finally:
         plt.close(fig)

@@ -34,10 +34,7 @@ from mmldm.progress import tqdm
 
 from mmldm import atomic
 from mmldm.data.dataset import CardiacSliceDataset, expand_batch
-from mmldm.models.segmenter import Segmenter, SegmenterConfig, segmentation_loss
-
-CHECKPOINT_NAME = "segmenter.pt"
-
+from mmldm.models.segmenter import CHECKPOINT_NAME, Segmenter, SegmenterConfig, segmentation_loss
 
 @dataclass
 class SegmenterRun:
@@ -48,37 +45,6 @@ class SegmenterRun:
     losses: list[float] = field(default_factory=list)  # mean training loss of each epoch
     step_losses: list[float] = field(default_factory=list)  # loss of every optimiser step
     seconds: float = 0.0
-
-
-def load_segmenter(path: str | Path, device: torch.device | str = "cpu") -> Segmenter:
-    """Rebuild the segmenter saved by :func:`train_segmenter`, in eval mode, on ``device``.
-
-    A file that is not such a checkpoint (another kind of mmldm checkpoint, a truncated file,
-    weights of another shape) is a :class:`~mmldm.checkpoint.CheckpointError` naming it.
-    """
-    from mmldm.config import from_dict
-    from mmldm.errors import ConfigError
-    from mmldm.checkpoint import CheckpointError
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(path, "no such segmenter checkpoint")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - zip, pickle and EOF errors all mean "not a whole checkpoint"
-        raise CheckpointError(path, f"cannot be read as a segmenter checkpoint ({type(e).__name__})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") == "mmldm-checkpoint" or not {"model", "config"} <= set(ckpt):
-        kind = f"an mmldm {ckpt.get('stage')!r} checkpoint" if isinstance(ckpt, dict) and "stage" in ckpt else \
-            "another kind of file"
-        raise CheckpointError(path, f"is {kind}, not a segmenter (evaluate trains one into <run>/segmenter/"
-                                    f"{CHECKPOINT_NAME}; leave --segmenter out to train one)")
-    try:
-        model = Segmenter(from_dict(SegmenterConfig, ckpt["config"], where=f"{path}: config"))
-        model.load_state_dict(ckpt["model"])
-    except (ConfigError, RuntimeError, TypeError) as e:
-        raise CheckpointError(path, f"does not hold a segmenter this code can rebuild "
-                                    f"({str(e).splitlines()[0][:200]})") from None
-    return model.to(device).eval()
 
 
 def train_segmenter(

@@ -42,7 +42,7 @@ from mmldm.models.vqvae import (
     vqvae_generator_loss,
 )
 from mmldm.train import distributed
-from mmldm.train.log import save_grid
+from mmldm.viz.plots import save_grid
 from mmldm.train.loop import (
     Trainer,
     autocast,

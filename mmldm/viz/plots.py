@@ -65,19 +65,62 @@ def overlay_grid(slices: list[Slice], cols: int = 6, overlay: bool = True, size:
     return fig
 
 
-def side_by_side(rows: dict[str, list[Slice]], overlay: bool = False, size: float = 2.2):
-    """One row of slices per named group (e.g. 'phantom', 'ACDC', 'M&Ms-2'), same layout."""
+def image_grid(rows: dict[str, list], size: float = 1.6, overlay: bool = False):
+    """One row of pictures per name, the same layout for every kind of item:
+
+    * a tensor (1, H, W) or (H, W), or a grey numpy array: an image in [-1, 1];
+    * an RGB array (H, W, 3) in [0, 1], e.g. :func:`condition_rgb`;
+    * a :class:`~mmldm.data.schema.Slice`: its image in a percentile window, titled
+      ``name: view phase z``, with its label map on top when ``overlay``.
+
+    The row's name heads its first picture. Returns the Figure."""
     cols = max(len(v) for v in rows.values())
     fig, axes = plt.subplots(len(rows), cols, figsize=(cols * size, len(rows) * size * 1.15), squeeze=False)
-    for r, (name, slices) in enumerate(rows.items()):
+    for r, (name, items) in enumerate(rows.items()):
         for c in range(cols):
             ax = axes[r, c]
             ax.set_axis_off()
-            if c < len(slices):
-                show_image(ax, slices[c].image, slices[c].label if overlay else None,
-                           title=f"{name}: {slices[c].view} {slices[c].phase} z{slices[c].slice_index}")
-    fig.tight_layout()
+            if c >= len(items):
+                continue
+            item = items[c]
+            if isinstance(item, Slice):
+                show_image(ax, item.image, item.label if overlay else None,
+                           title=f"{name}: {item.view} {item.phase} z{item.slice_index}")
+                continue
+            if hasattr(item, "detach"):  # a torch tensor
+                item = item.detach().float().cpu().numpy()
+            item = np.asarray(item)
+            if item.ndim == 3 and item.shape[0] == 1:
+                item = item[0]
+            if item.ndim == 2:
+                ax.imshow(item, cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+            else:
+                ax.imshow(item, interpolation="nearest")
+            if c == 0:
+                ax.set_title(name, fontsize=8, loc="left")
+    fig.tight_layout(pad=0.3)
     return fig
+
+
+def save_grid(rows: dict[str, list], path: str | Path) -> Path:
+    """:func:`image_grid` written to ``path`` (atomically) and closed."""
+    fig = image_grid(rows)
+    try:
+        return save_figure(fig, path, dpi=90)
+    finally:
+        plt.close(fig)
+
+
+def condition_rgb(cond) -> np.ndarray:
+    """A (5, H, W) condition (:mod:`mmldm.data.condition`) as an RGB picture (H, W, 3): label
+    colours (LV red, myocardium green, RV blue), Canny edges in white on top. A dropped mask
+    (all-zero one-hot) shows black; a dropped edge map shows no white."""
+    cond = np.asarray(cond.detach().float().cpu() if hasattr(cond, "detach") else cond, np.float32)
+    label = cond[1:].argmax(0)
+    has_mask = cond[1:].sum(0) > 0
+    rgb = LABEL_CMAP(label)[..., :3] * has_mask[..., None]
+    rgb[cond[0] > 0.5] = 1.0
+    return rgb
 
 
 def label_legend(ax) -> None:

@@ -2,8 +2,8 @@
 
     generation_grid(cond, {"generated": g}, real)  condition -> generated -> real, a column per slice
                                                    (or one row per variant for the same slices)
-    denoising_trajectory(ldm, cond, view)          the sampler's x_t and x0 estimate at a few steps
-    trajectory_strip(trajectory)                   those, noisy (left) to clean (right)
+    trajectory_strip(ldm, trajectory)              the sampler's x_t and x0 estimate at a few steps
+                                                   (LatentDiffusion.trajectory), noisy (left) to clean (right)
     variant_bars(metrics)                          SSIM / NMSE / Dice / s per image of each variant
     group_boxplots(table)                          per-image SSIM / NMSE / Dice by view, phase, pathology
     memorisation_histogram(ratios)                 d_train / d_heldout of every generated image
@@ -13,7 +13,7 @@
     shuffled_real_vs_generated(real, generated)    generated and real slices shuffled in one grid, with
                                                    the key (which cells are generated) printed below
 
-Each function returns a ``Figure`` (or, for the trajectory, tensors) and saves nothing; callers
+Each function returns a ``Figure`` and saves nothing; callers
 save with :func:`mmldm.viz.plots.save_figure` (atomic) under the names in :data:`FIGURES`, the
 names the report (``mmldm/report.py``) looks for. Images are (N, 1, H, W) in [-1, 1].
 """
@@ -29,9 +29,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mmldm.train.log import condition_rgb
 from mmldm.data.schema import LABELS
-from mmldm.viz.plots import LABEL_COLOURS, plt, show_image
+from mmldm.viz.plots import LABEL_COLOURS, condition_rgb, plt, show_image
 
 # File names (in the figures folder) of the figures notebook 05 writes, by role.
 FIGURES = {
@@ -106,52 +105,15 @@ def generation_grid(cond: torch.Tensor, generated: Mapping[str, torch.Tensor], r
     return fig
 
 
-@torch.no_grad()
-def denoising_trajectory(ldm: dict, cond: torch.Tensor, view: torch.Tensor, sampler_cfg=None, guidance=None,
-                         seed: int = 0, frames: int = 6, device: torch.device | str = "cpu") -> dict:
-    """Sample once with :func:`mmldm.train.ldm.sample_images`, keeping ``frames`` evenly spaced steps.
-
-    ``ldm`` is what :func:`mmldm.train.ldm.load_ldm` returns; ``sampler_cfg`` and ``guidance``
-    default to its profile. The sampler's ``callback`` catches, at each kept step i, the latent
-    entering it (x_t) and the model's estimate of the clean latent (x0_hat); both are decoded by
-    the VQ-VAE. Returns ``{"step", "t"}`` (lists), ``"x_t"``, ``"x0_hat"`` (frames, B, 1, H, W)
-    and ``"final"`` (B, 1, H, W), the very images ``sample_images`` gives for this seed.
-    """
-    from mmldm.diffusion.sampling_loop import make_sampler
-    from mmldm.diffusion.schedule import NoiseSchedule
-    from mmldm.train.latents import denormalize
-    from mmldm.train.ldm import sample_images
-
-    cfg, vqvae, stats = ldm["config"], ldm["vqvae"], ldm["latent_stats"]
-    if guidance is not None:
-        cfg = dataclasses.replace(cfg, guidance=guidance)
-    sampler_cfg = sampler_cfg or cfg.sampler
-    n_steps = len(make_sampler(sampler_cfg, NoiseSchedule.from_config(cfg.diffusion), cfg.diffusion.prediction_type))
-    keep = set(np.linspace(0, n_steps - 1, min(frames, n_steps)).round().astype(int).tolist())
-    caught: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []
-
-    def callback(i, t, x_t, x0_hat):
-        if i in keep:
-            caught.append((i, int(t), x_t.clone(), x0_hat.clone()))
-
-    final = sample_images(cfg, ldm["unet"], vqvae, stats, cond, view, sampler_cfg=sampler_cfg, seed=seed,
-                          device=device, callback=callback)
-
-    def decode(latent):
-        return vqvae.decode_latent(denormalize(latent, stats)).clamp(-1, 1).cpu()
-
-    return {"step": [c[0] for c in caught], "t": [c[1] for c in caught],
-            "x_t": torch.stack([decode(c[2]) for c in caught]),
-            "x0_hat": torch.stack([decode(c[3]) for c in caught]), "final": final,
-            "sampler": f"{sampler_cfg.name} {sampler_cfg.num_inference_steps} steps", "guidance": cfg.guidance.mode}
-
-
-def trajectory_strip(trajectory: dict, cond: torch.Tensor | None = None, real: torch.Tensor | None = None,
+def trajectory_strip(ldm, trajectory, cond: torch.Tensor | None = None, real: torch.Tensor | None = None,
                      index: int = 0, size: float = 1.6):
-    """One slice's denoising, noisy (left) to clean (right): top row the decoded sample x_t entering
-    each kept step, bottom row the model's estimate of the clean image there; the condition, the
-    final image and the real slice frame them."""
-    steps, ts = trajectory["step"], trajectory["t"]
+    """One slice's denoising, noisy (left) to clean (right), from a
+    :class:`~mmldm.inference.Trajectory` of ``ldm`` (:meth:`~mmldm.inference.LatentDiffusion.trajectory`):
+    top row the decoded sample x_t entering each kept step, bottom row the model's estimate of the
+    clean image there; the condition, the final image and the real slice frame them."""
+    x_t = ldm.decode(torch.stack([z[index] for z in trajectory.x_t]))
+    x0_hat = ldm.decode(torch.stack([z[index] for z in trajectory.x0_hat]))
+    steps, ts = trajectory.steps, trajectory.timesteps
     lead = cond is not None
     cols = lead + len(steps) + 1 + (real is not None)
     fig, axes = plt.subplots(2, cols, figsize=(cols * size, 2 * size * 1.3), squeeze=False)
@@ -163,12 +125,13 @@ def trajectory_strip(trajectory: dict, cond: torch.Tensor | None = None, real: t
         axes[1, 0].text(0.95, 0.5, "top: sample x_t\nentering the step\n\nbottom: the model's\nestimate of x0",
                         ha="right", va="center", fontsize=8, transform=axes[1, 0].transAxes)
     for j, (i, t) in enumerate(zip(steps, ts)):
-        show_image(axes[0, lead + j], _image(trajectory["x_t"][j, index]), window=UNIT, title=f"step {i}, t = {t}")
-        show_image(axes[1, lead + j], _image(trajectory["x0_hat"][j, index]), window=UNIT, title=f"x0 estimate, t = {t}")
-    show_image(axes[0, lead + len(steps)], _image(trajectory["final"][index]), window=UNIT, title="final image")
+        show_image(axes[0, lead + j], _image(x_t[j]), window=UNIT, title=f"step {i}, t = {t}")
+        show_image(axes[1, lead + j], _image(x0_hat[j]), window=UNIT, title=f"x0 estimate, t = {t}")
+    show_image(axes[0, lead + len(steps)], _image(trajectory.images[index]), window=UNIT, title="final image")
     if real is not None:
         show_image(axes[0, cols - 1], _image(real[index]), window=UNIT, title="real slice")
-    fig.suptitle(f"denoising with {trajectory.get('sampler', '')}, guidance {trajectory.get('guidance', '')} "
+    sampler = trajectory.sampler
+    fig.suptitle(f"denoising with {sampler.name} {sampler.num_inference_steps} steps, guidance {trajectory.guidance.mode} "
                  "(latents decoded by the VQ-VAE)", fontsize=9)
     fig.tight_layout(pad=0.4, rect=(0, 0, 1, 0.94))
     return fig

@@ -1,8 +1,8 @@
 """The interactive notebook's logic: watch diffusion forward and backward, steer it, edit the mask.
 
-    from mmldm.train.ldm import load_ldm
+    from mmldm.inference import LatentDiffusion
     from mmldm.viz.widgets import Explorer, build_ui
-    explorer = Explorer(load_ldm("runs/phantom_laptop/ldm/last.pt"), "data/processed/phantom_laptop.h5")
+    explorer = Explorer(LatentDiffusion.from_checkpoint("runs/phantom_laptop/ldm/last.pt"), "data/processed/phantom_laptop.h5")
     x_t, x0_hat = explorer.forward_noising(t=500)        # the real slice noised to step t, decoded
     traj = explorer.regenerate(scale_mask=2, scale_edge=2, steps=50, mode="both")
     x_t, x0_hat, t = explorer.reverse_frame(10)          # step 10 of the stored reverse trajectory
@@ -55,15 +55,12 @@ import torch
 
 from mmldm.data.dataset import CardiacSliceDataset
 from mmldm.data.edges import canny_edges, to_uint8
+from mmldm.data.condition import build_condition
 from mmldm.data.schema import EDGE_CHANNEL, LABELS, MASK_CHANNELS, NUM_CLASSES
 from mmldm.data.store import open_store, read_config
-from mmldm.diffusion.guidance import guided_model_fn
-from mmldm.diffusion.sampling_loop import make_sampler
-from mmldm.diffusion.schedule import NoiseSchedule
 from mmldm.errors import DataError, MMLDMError
-from mmldm.train.latents import denormalize, normalize
-from mmldm.train.ldm import resolve_clipping, sample_images
-from mmldm.train.log import condition_rgb
+from mmldm.inference import LatentDiffusion
+from mmldm.viz.plots import condition_rgb
 
 STRUCTURES = {"LV": 1, "myocardium": 2, "RV": 3}
 CONDITION_MODES = {"mask + edges": "both", "mask only": "mask_only", "edges only": "edges_only"}
@@ -173,14 +170,6 @@ def edit_edges(image: np.ndarray, old: np.ndarray, new: np.ndarray, edges: np.nd
     return np.where(band, fresh, edges).astype(np.uint8)
 
 
-def make_cond(label: np.ndarray | torch.Tensor, edge: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """(5, H, W) float32 condition: edge channel, then the one-hot label map (sample.COND_CHANNELS)."""
-    label = torch.as_tensor(np.asarray(label)).long()
-    edge = torch.as_tensor(np.asarray(edge)).float().reshape(1, *label.shape)
-    onehot = torch.nn.functional.one_hot(label, NUM_CLASSES).permute(2, 0, 1).float()
-    return torch.cat([edge, onehot])
-
-
 # ---------------------------------------------------------------------------------------------
 # Pictures for the widgets
 # ---------------------------------------------------------------------------------------------
@@ -207,8 +196,9 @@ def to_png(image: np.ndarray, scale: int = 1) -> bytes:
 
 
 @dataclass
-class Trajectory:
-    """A stored reverse run: frame k < N is step k (its input x_t and x0_hat), frame N the sample."""
+class Frames:
+    """A reverse run decoded for the step slider (from :meth:`LatentDiffusion.trajectory`): frame
+    k < N is step k (its input x_t and x0_hat), frame N the sample."""
 
     timesteps: list[int]  # the timestep each of the N steps starts from
     x_t: np.ndarray  # (N + 1, H, W) decoded x_t entering step k; the last is the final sample
@@ -227,16 +217,17 @@ class Trajectory:
 class Explorer:
     """A trained LDM and one validation slice, with the callbacks notebook 06's widgets call.
 
-    ``ldm`` is what :func:`mmldm.train.ldm.load_ldm` returns; ``store`` the preprocessed HDF5
+    ``ldm`` is the loaded model (:class:`~mmldm.inference.LatentDiffusion`); ``store`` the preprocessed HDF5
     file whose ``split`` slices are offered. ``sampler``/``guidance`` replace the checkpoint's
     (e.g. the profile's, as notebook 04 does); the reverse process always runs DDIM with eta 0
     and the sampler's spacing and clipping.
     """
 
-    def __init__(self, ldm: dict, store: str | Path, split: str = "val", device: str | torch.device = "cpu",
+    def __init__(self, ldm: LatentDiffusion, store: str | Path, split: str = "val", device: str | torch.device = "cpu",
                  seed: int = 0, sampler=None, guidance=None):
-        self.cfg = cfg = ldm["config"]
-        self.unet, self.vqvae, self.stats = ldm["unet"], ldm["vqvae"], ldm["latent_stats"]
+        self.ldm = ldm
+        self.cfg = cfg = ldm.config
+        self.vqvae = ldm.vqvae
         self.sampler_cfg = sampler if sampler is not None else cfg.sampler
         self.guidance = guidance if guidance is not None else cfg.guidance
         self.device, self.seed = torch.device(device), seed
@@ -253,12 +244,11 @@ class Explorer:
             raise DataError(self.store, f"slices are {size[0]}x{size[1]} but the model was trained on "
                                         f"{cfg.data.size}x{cfg.data.size} ({cfg.profile} profile)")
         self.canny = {k: stored.get(k, getattr(cfg.data, k)) for k in CANNY_KEYS}
-        self.schedule = NoiseSchedule.from_config(cfg.diffusion)
+        self.schedule = ldm.schedule
         self.num_timesteps = len(self.schedule)
-        self._x0_sampler = make_sampler(resolve_clipping(self.sampler_cfg, self.stats), self.schedule,
-                                        cfg.diffusion.prediction_type)
+        self._x0_sampler = ldm.make_sampler(self.sampler_cfg)
         self._latents: dict[int, torch.Tensor] = {}
-        self.trajectory: Trajectory | None = None
+        self.trajectory: Frames | None = None
         self.select(0)
 
     # -- the slice ------------------------------------------------------------------------------
@@ -290,8 +280,7 @@ class Explorer:
         self.edge0 = item["edge"][0].numpy().astype(np.uint8)
         self.view = item["view"].reshape(1)
         if i not in self._latents:  # the VQ-VAE encoding of the slice, once per slice
-            z = self.vqvae.encode_to_latent(item["image"][None].to(self.device))
-            self._latents[i] = normalize(z.float(), self.stats)
+            self._latents[i] = self.ldm.encode(item["image"][None])
         self.z0 = self._latents[i]
         gen = torch.Generator().manual_seed(self.seed + 7919 * i)  # a fixed eps per slice
         self.eps = torch.randn(self.z0.shape, generator=gen).to(self.device)
@@ -304,7 +293,7 @@ class Explorer:
             raise ValueError(f"mask has shape {label.shape}, the slice is {self.label0.shape}")
         self.label = label
         self.edge = edit_edges(self.image, self.label0, label, self.edge0, self.canny)
-        self.cond = make_cond(self.label, self.edge)
+        self.cond = build_condition(self.label, self.edge)
         self._forward: OrderedDict = OrderedDict()  # keyed by t and guidance, for this condition only
 
     def edit(self, structure: str | int, pixels: int) -> np.ndarray:
@@ -334,16 +323,14 @@ class Explorer:
     @torch.no_grad()
     def decode(self, z: torch.Tensor, batch: int = 32) -> np.ndarray:
         """Normalised latents (B, C, h, w) -> images (B, H, W) in [-1, 1], float32 numpy."""
-        out = []
-        for chunk in z.split(batch):
-            img = self.vqvae.decode_latent(denormalize(chunk.to(self.device), self.stats)).clamp(-1, 1)
-            out.append(img[:, 0].float().cpu().numpy())
-        return np.concatenate(out)
+        return self.ldm.decode(z, batch)[:, 0].float().numpy()
 
-    def _guidance(self, mode, scale_mask, scale_edge) -> tuple[str, float, float]:
+    def _guidance(self, mode, scale_mask, scale_edge):
+        """The explorer's guidance with the given fields replaced (a GuidanceConfig)."""
         g = self.guidance
-        return (g.mode if mode is None else mode, float(g.scale_mask if scale_mask is None else scale_mask),
-                float(g.scale_edge if scale_edge is None else scale_edge))
+        return dataclasses.replace(g, mode=g.mode if mode is None else mode,
+                                   scale_mask=float(g.scale_mask if scale_mask is None else scale_mask),
+                                   scale_edge=float(g.scale_edge if scale_edge is None else scale_edge))
 
     # -- forward process ------------------------------------------------------------------------
 
@@ -359,13 +346,13 @@ class Explorer:
         t = int(t)
         if not 0 <= t < self.num_timesteps:
             raise ValueError(f"t must be in 0..{self.num_timesteps - 1}, got {t}")
-        mode, sm, se = self._guidance(mode, scale_mask, scale_edge)
-        key = (t, mode, sm, se)
+        g = self._guidance(mode, scale_mask, scale_edge)
+        key = (t, g.mode, g.scale_mask, g.scale_edge)
         if key in self._forward:
             self._forward.move_to_end(key)
             return self._forward[key]
         x_t = self.schedule.add_noise(self.z0, self.eps, t)
-        model_fn = guided_model_fn(self.unet, self.cond[None].to(self.device), self.view.to(self.device), sm, se, mode)
+        model_fn = self.ldm.model_fn(self.cond[None], self.view, g)
         out = model_fn(x_t, torch.full((1,), t, dtype=torch.long, device=self.device))
         x0_hat, _ = self._x0_sampler.predict_x0_eps(out, x_t, t)
         x_t_img, x0_img = self.decode(torch.cat([x_t, x0_hat]))
@@ -377,37 +364,28 @@ class Explorer:
     # -- reverse process ------------------------------------------------------------------------
 
     def regenerate(self, scale_mask: float | None = None, scale_edge: float | None = None, steps: int | None = None,
-                   mode: str | None = None, mask: np.ndarray | None = None, seed: int | None = None) -> Trajectory:
+                   mode: str | None = None, mask: np.ndarray | None = None, seed: int | None = None) -> Frames:
         """Sample the current slice's condition (or ``mask``, which becomes the current mask) with
         DDIM in ``steps`` steps, store every step's x_t and x0_hat decoded; returns the
-        :class:`Trajectory` (also kept as ``self.trajectory``)."""
+        :class:`Frames` (also kept as ``self.trajectory``)."""
         if mask is not None:
             self.set_mask(mask)
-        mode, sm, se = self._guidance(mode, scale_mask, scale_edge)
+        g = self._guidance(mode, scale_mask, scale_edge)
         steps = int(self.sampler_cfg.num_inference_steps if steps is None else steps)
         if not 1 <= steps <= self.num_timesteps:
             raise ValueError(f"steps must be in 1..{self.num_timesteps}, got {steps}")
         seed = self.seed if seed is None else int(seed)
         sampler_cfg = dataclasses.replace(self.sampler_cfg, name="ddim", eta=0.0, num_inference_steps=steps)
-        cfg = dataclasses.replace(self.cfg, guidance=dataclasses.replace(self.guidance, mode=mode, scale_mask=sm,
-                                                                         scale_edge=se))
-        timesteps, latents, x0s = [], [], []
-
-        def keep(i, t, x_t, x0_hat):
-            timesteps.append(int(t))
-            latents.append(x_t.detach().clone())
-            x0s.append(x0_hat.detach().clone())
-
         t0 = time.perf_counter()
-        final = sample_images(cfg, self.unet, self.vqvae, self.stats, self.cond[None], self.view,
-                              sampler_cfg=sampler_cfg, seed=seed, device=self.device, callback=keep)[:, 0].numpy()
-        decoded = self.decode(torch.cat(latents + x0s))
-        n = len(timesteps)
+        run = self.ldm.trajectory(self.cond[None], self.view, sampler_cfg, g, seed=seed)  # every step kept
+        final = run.images[:, 0].numpy()
+        decoded = self.decode(torch.cat(run.x_t + run.x0_hat))
+        n = len(run.timesteps)
         x_t = np.concatenate([decoded[:n], final])
         x0 = np.concatenate([decoded[n:], final])
-        self.trajectory = Trajectory(timesteps, x_t, x0, {
-            "slice": self.index, "mode": mode, "scale_mask": sm, "scale_edge": se, "steps": steps, "seed": seed,
-            "edited": self.edited}, time.perf_counter() - t0)
+        self.trajectory = Frames(run.timesteps, x_t, x0, {
+            "slice": self.index, "mode": g.mode, "scale_mask": g.scale_mask, "scale_edge": g.scale_edge,
+            "steps": steps, "seed": seed, "edited": self.edited}, time.perf_counter() - t0)
         return self.trajectory
 
     def reverse_frame(self, k: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -425,7 +403,7 @@ class Explorer:
 # ---------------------------------------------------------------------------------------------
 
 
-def trajectory_figure(explorer: Explorer, traj: Trajectory | None = None, columns: int = 8, size: float = 1.5):
+def trajectory_figure(explorer: Explorer, traj: Frames | None = None, columns: int = 8, size: float = 1.5):
     """Columns from noise to sample: the forward-noised real slice at each column's t, the
     reverse x_t, and the model's x0_hat; the first column shows the real slice and the condition."""
     import matplotlib.pyplot as plt
