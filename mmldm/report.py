@@ -24,7 +24,6 @@ Files are written to a temporary name and renamed into place.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any, Iterable, Mapping
 
 from mmldm import atomic
 from mmldm.errors import DataError
+from mmldm.formatting import finite_float, fmt, fmt_count, fmt_ms, fmt_pct
 
 REQUIRED = ("meta", "published", "variants", "main")
 DATASET_NAMES = {"acdc": "ACDC", "mnms2": "M&Ms-2", "mnms": "M&Ms", "phantom": "the synthetic phantom"}
@@ -120,44 +120,8 @@ def read_rows(path: str | Path | None) -> tuple[list[dict], dict] | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Formatting
+# Markdown
 # ---------------------------------------------------------------------------------------------
-
-
-def _num(x) -> float | None:
-    if isinstance(x, bool) or x is None:
-        return None
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
-
-def fmt(x, digits: int = 3, small: bool = True) -> str:
-    """A number for a table; missing, NaN and inf become ``n/a``. With ``small``, a non-zero value
-    too small for ``digits`` decimals is shown in scientific notation instead of as 0."""
-    v = _num(x)
-    if v is None:
-        return "n/a"
-    if small and v != 0 and abs(v) < 10 ** -digits:
-        return f"{v:.1e}"
-    return f"{v:,.{digits}f}"
-
-
-def fmt_ms(entry, digits: int = 3) -> str:
-    """``{"mean", "std"}`` (or a bare number) as ``mean ± std``."""
-    if isinstance(entry, Mapping):
-        m, s = _num(entry.get("mean")), _num(entry.get("std"))
-        if m is None:
-            return "n/a"
-        return fmt(m, digits) + (f" ± {fmt(s, digits, small=False)}" if s is not None else "")
-    return fmt(entry, digits)
-
-
-def fmt_pct(x) -> str:
-    v = _num(x)
-    return "n/a" if v is None else f"{100 * v:.1f} %"
 
 
 _NUMERIC = re.compile(r"^(n/a|[-+]?[\d,]*\.?\d+(e[-+]?\d+)?( ± [\d,.e+-]+)?( %)?( of [\d,]+)?|)$")
@@ -182,10 +146,6 @@ def _shown_path(path) -> str:
         return p.resolve().relative_to(REPO_ROOT).as_posix()
     except ValueError:
         return str(path)
-
-
-def _mean(entry):
-    return entry.get("mean") if isinstance(entry, Mapping) else entry
 
 
 # ---------------------------------------------------------------------------------------------
@@ -352,9 +312,9 @@ def _architecture(c: _Ctx) -> str:
     f = v.downsample_factor
     lat = f"{v.latent_channels}×{cfg.data.size // f}×{cfg.data.size // f}"
     counts = param_counts(cfg) or {}
+
     def mp(key):
-        n = counts.get(key)
-        return "n/a" if n is None else f"{n / 1e6:.2f} M" if n >= 1e5 else f"{n / 1e3:.1f} k"
+        return fmt_count(counts.get(key))
 
     rows = [
         ("VQ-VAE", "parameters", mp("vqvae")),
@@ -464,7 +424,7 @@ def limiting_stage(generated_ratio, autoencoder_ratio, near: float = NEAR_BASELI
     Returns ``(stage, sentence)``: ``"neither"`` when ``g <= 1 + near``; ``"autoencoder"`` when
     ``(a - 1) / (g - 1) >= 1/2`` (the reconstructions already account for half the gap or more);
     else ``"diffusion"``; ``(None, reason)`` when a ratio is missing."""
-    g, a = _num(generated_ratio), _num(autoencoder_ratio)
+    g, a = finite_float(generated_ratio), finite_float(autoencoder_ratio)
     if g is None or a is None:
         return None, "Which stage limits realism cannot be said: a FID ratio is missing."
     if g <= 1 + near:
@@ -487,13 +447,13 @@ def _verdict(realism: Mapping) -> tuple[str | None, str, str]:
     for key, name in (("inception", "Inception"), ("segmenter", "in-domain")):
         d = realism.get(key) or {}
         g, a = d.get("ratio"), (d.get("autoencoder") or {}).get("ratio")
-        if _num(g) is not None and _num(a) is not None:
+        if finite_float(g) is not None and finite_float(a) is not None:
             return (*limiting_stage(g, a), name)
     return (*limiting_stage(None, None), "")
 
 
 def _texture_word(ratio) -> str:
-    r = _num(ratio)
+    r = finite_float(ratio)
     return "" if r is None else " (smoother than real)" if r < 0.9 else " (noisier than real)" if r > 1.1 else \
         " (like real)"
 
@@ -542,7 +502,7 @@ def _legacy_distribution(c: _Ctx) -> str:
 
 
 def _kid(d: Mapping, prefix: str = "") -> str:
-    m = _num(d.get(f"{prefix}kid_mean"))
+    m = finite_float(d.get(f"{prefix}kid_mean"))
     return "n/a" if m is None else f"{fmt(m, 4)} ± {fmt(d.get(f'{prefix}kid_std'), 4, small=False)}"
 
 
@@ -593,7 +553,7 @@ def _realism(c: _Ctx) -> str:
         table(["set against the real held-out slices", "features", "n", "FID ↓", "KID ↓", "real vs real FID",
                "FID ratio ↓", "note"], fid_rows), "",
         f"**Texture.** The share of each set's image power above {cutoff} cycles/pixel (structure finer than "
-        f"{fmt(1 / cutoff, 0) if _num(cutoff) else '?'} pixels: edges, texture, noise), and that share over the "
+        f"{fmt(1 / cutoff, 0) if finite_float(cutoff) else '?'} pixels: edges, texture, noise), and that share over the "
         "real held-out slices': below 1 a set is smoother than real, above 1 noisier.", "",
         table(["set", "n", f"power above {cutoff} cycles/pixel", "over real held-out"], spec_rows)
         if spec_rows else "No spectrum in metrics.json.", "",
@@ -690,7 +650,7 @@ def _recipe(c: _Ctx) -> str:
     if c.ablation is None:
         return "\n".join(lines + ["Not measured for this report (no `ablation.json` given)."])
     rows, meta = c.ablation
-    ceil = next((r.get("real_dice_fg") for r in rows if _num(r.get("real_dice_fg")) is not None), None)
+    ceil = next((r.get("real_dice_fg") for r in rows if finite_float(r.get("real_dice_fg")) is not None), None)
     lines += ["Each row is a latent diffusion model trained with the same VQ-VAE, data, seeds and number of "
               "steps, differing only in its recipe (`benchmarks/convergence.py` lists each variant's "
               "overrides), then evaluated on the same held-out slices.", "",
@@ -706,7 +666,7 @@ def _compute(c: _Ctx) -> str:
     if c.compute is None:
         return "\n".join(lines + ["Not measured for this report (no `compute.json` given)."])
     rows, meta = c.compute
-    rows = sorted(rows, key=lambda r: (_num(r.get("steps")) or 0, _num(r.get("train_s")) or 0))
+    rows = sorted(rows, key=lambda r: (finite_float(r.get("steps")) or 0, finite_float(r.get("train_s")) or 0))
     lines += ["The same recipe trained for more optimiser steps; each model evaluated on the same held-out "
               "slices. Training times are wall times on the machine that ran them; on a shared machine they "
               "include waiting for other jobs, so compare steps first.", "", _rows_table(rows, ("steps", "steps") if not any("variant" in r for r in rows)
