@@ -16,6 +16,23 @@ Every number in the report comes from those inputs; the prose around them is fix
 table says which data, split and profile its numbers come from, and the seed's published figures
 (256x256 M&Ms-2) are shown beside ours, never mixed with them.
 
+The text lives in ``report_template.md`` beside this file; this module only fills it in.
+The template is a row of named blocks, each starting at a line ``<!-- name -->``:
+
+- a block without a dot in its name (``summary``, ``realism``) is a **section**, and the
+  sections appear in the report in the template's order. Each has a builder in :data:`SECTIONS`
+  (sections of fixed text, such as ``intended_use``, need none) that reads the inputs and
+  returns the section as Markdown, or "" to leave it out;
+- a dotted block (``summary.phantom``, ``recipe.missing``) is a piece a builder uses when the
+  inputs call for it: a warning, the sentence that stands where an input is missing, a second
+  version of a section (``realism.distribution``, for a metrics.json older than the realism block);
+- a block ending in ``.figure`` / ``.figures`` lists figures as ``file name: caption`` lines.
+
+:func:`fill` fills a block's ``${name}`` placeholders (:class:`string.Template`) with tables,
+numbers formatted by :mod:`mmldm.formatting`, and the few sentences that are computed rather than
+fixed (which stage limits realism, in :func:`limiting_stage`; a word on texture). A line that is
+only a placeholder filled with "" disappears, so a piece that does not apply leaves no gap.
+
 Where it goes: the folder above the profile's figures folder (``report/`` for the paper and
 laptop profiles, the run folder for smoke, so a smoke run never overwrites the committed report).
 Files are written to a temporary name and renamed into place.
@@ -23,42 +40,24 @@ Files are written to a temporary name and renamed into place.
 
 from __future__ import annotations
 
+import functools
 import json
-import math
 import os
 import re
+import string
+from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from mmldm import atomic
 from mmldm.errors import DataError
+from mmldm.formatting import finite_float, fmt, fmt_count, fmt_ms, fmt_pct
 
 REQUIRED = ("meta", "published", "variants", "main")
 DATASET_NAMES = {"acdc": "ACDC", "mnms2": "M&Ms-2", "mnms": "M&Ms", "phantom": "the synthetic phantom"}
 GROUPS = ("view", "phase", "pathology")
 PAIRED = (("ssim", "SSIM ↑"), ("psnr", "PSNR (dB) ↑"), ("nmse", "NMSE ↓"))
-
-# Figures other notebooks leave in the figures folder: (file name, caption). "{profile}" is filled in.
-DATA_FIGURES = (
-    ("01_phantom_vs_real.png", "The phantom beside real MRI (notebook 01)."),
-    ("01_overlay_grid.png", "Slices with their label maps (LV red, myocardium green, RV blue; notebook 01)."),
-    ("01_intensity_histograms.png", "Raw intensities per volume, before and after per-volume scaling (notebook 01)."),
-    ("01_label_areas.png", "Structure areas per slice (notebook 01)."),
-    ("02_canny_noise_reduction.png", "Canny edge maps with and without noise reduction (notebook 02)."),
-    ("02_condition_channels.png", "The condition the diffusion model is given: edges and one-hot labels (notebook 02)."),
-    ("02_dataset_samples.png", "Training items as the Dataset serves them (notebook 02)."),
-)
-TRAINING_FIGURES = (
-    ("vqvae_loss_{profile}.png", "VQ-VAE loss curves and learning rate."),
-    ("03_reconstructions.png", "Validation slices, their VQ-VAE reconstructions and the difference (notebook 03)."),
-    ("03_codebook_usage.png", "Codebook usage over the validation latents (notebook 03)."),
-    ("ldm_loss_{profile}.png", "Latent diffusion loss and learning rate."),
-    ("04_samples.png", "Samples for validation conditions after training: mask + edges and mask only (notebook 04)."),
-)
-
-
-# The evaluation figures' file names (mmldm.viz.report_figures.FIGURES, without importing matplotlib).
-FIGURE_NAMES = {"spectrum": "05_spectrum.png", "shuffled": "05_shuffled_real_vs_generated.png"}
+TEMPLATE = "report_template.md"  # beside this module, packaged with it
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,46 +118,55 @@ def read_rows(path: str | Path | None) -> tuple[list[dict], dict] | None:
     return rows, meta
 
 
+
 # ---------------------------------------------------------------------------------------------
-# Formatting
+# The template
 # ---------------------------------------------------------------------------------------------
 
-
-def _num(x) -> float | None:
-    if isinstance(x, bool) or x is None:
-        return None
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
+_MARKER = re.compile(r"^<!-- ([a-z][a-z0-9_.]*) -->\n", re.M)
+_ALONE = re.compile(r"\$\{(\w+)\}")
 
 
-def fmt(x, digits: int = 3, small: bool = True) -> str:
-    """A number for a table; missing, NaN and inf become ``n/a``. With ``small``, a non-zero value
-    too small for ``digits`` decimals is shown in scientific notation instead of as 0."""
-    v = _num(x)
-    if v is None:
-        return "n/a"
-    if small and v != 0 and abs(v) < 10 ** -digits:
-        return f"{v:.1e}"
-    return f"{v:,.{digits}f}"
+@functools.lru_cache(maxsize=1)
+def template_blocks() -> dict[str, str]:
+    """The template's blocks by name, in the template's order (its opening comment left out)."""
+    text = resources.files("mmldm").joinpath(TEMPLATE).read_text(encoding="utf-8")
+    parts = _MARKER.split(text)
+    names = parts[1::2]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{TEMPLATE}: block(s) named twice: {sorted({n for n in names if names.count(n) > 1})}")
+    return {name: body.strip("\n") for name, body in zip(names, parts[2::2])}
 
 
-def fmt_ms(entry, digits: int = 3) -> str:
-    """``{"mean", "std"}`` (or a bare number) as ``mean ± std``."""
-    if isinstance(entry, Mapping):
-        m, s = _num(entry.get("mean")), _num(entry.get("std"))
-        if m is None:
-            return "n/a"
-        return fmt(m, digits) + (f" ± {fmt(s, digits, small=False)}" if s is not None else "")
-    return fmt(entry, digits)
+def section_names() -> list[str]:
+    """The report's sections, in order: the template's blocks without a dot in their name."""
+    return [name for name in template_blocks() if "." not in name]
 
 
-def fmt_pct(x) -> str:
-    v = _num(x)
-    return "n/a" if v is None else f"{100 * v:.1f} %"
+def fill(name: str, **values) -> str:
+    """Template block ``name`` with its ``${placeholders}`` filled from ``values`` (a missing one
+    is a KeyError). A line that is only a placeholder whose value is empty is dropped, and runs of
+    blank lines become one."""
+    lines = template_blocks()[name].split("\n")
+    kept = [line for line in lines
+            if not ((m := _ALONE.fullmatch(line.strip())) and m[1] in values and not str(values[m[1]]).strip())]
+    text = string.Template("\n".join(kept)).substitute(values)
+    return re.sub(r"\n{3,}", "\n\n", text).strip("\n")
 
+
+def figure_list(name: str, **values) -> list[tuple[str, str]]:
+    """A ``.figure(s)`` block as ``[(file name, caption)]``, its placeholders filled."""
+    out = []
+    for line in template_blocks()[name].split("\n"):
+        if line.strip():
+            file, caption = line.split(": ", 1)
+            out.append((string.Template(file).substitute(values), string.Template(caption).substitute(values)))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Markdown pieces
+# ---------------------------------------------------------------------------------------------
 
 _NUMERIC = re.compile(r"^(n/a|[-+]?[\d,]*\.?\d+(e[-+]?\d+)?( ± [\d,.e+-]+)?( %)?( of [\d,]+)?|)$")
 
@@ -184,12 +192,8 @@ def _shown_path(path) -> str:
         return str(path)
 
 
-def _mean(entry):
-    return entry.get("mean") if isinstance(entry, Mapping) else entry
-
-
 # ---------------------------------------------------------------------------------------------
-# Sections
+# Sections, in the report's order
 # ---------------------------------------------------------------------------------------------
 
 
@@ -223,108 +227,88 @@ class _Ctx:
         return " + ".join(DATASET_NAMES.get(s, s) for s in self.sources) or "unknown data"
 
     def data_line(self) -> str:
+        """The line under each results table: which data, split, n, profile and seed."""
         m = self.meta
         trained = m.get("ldm_profile")
         trained = f" (LDM trained at profile `{trained}`)" if trained and trained != self.profile else ""
-        return (f"*Ours: {self.data_name}, split `{m.get('split', '?')}`, n = {m.get('n', '?')} slices, "
-                f"profile `{self.profile}`{trained}, seed {m.get('seed', '?')}.*")
+        return fill("shared.data_line", data_name=self.data_name, split=m.get("split", "?"), n=m.get("n", "?"),
+                    profile=self.profile, ldm_profile=trained, seed=m.get("seed", "?"))
 
     def figure(self, name: str, caption: str) -> str:
         """Markdown for a figure in the figures folder, or "" when it is not there."""
         if self.figures_dir is None:
             return ""
-        name = name.format(profile=self.profile)
         path = self.figures_dir / name
         if not path.exists():
             return ""
         rel = Path(os.path.relpath(path, self.out_dir)) if self.out_dir is not None else path
-        return f"![{caption}]({rel.as_posix()})\n*{caption}*\n"
+        return fill("shared.image", caption=caption, path=rel.as_posix())
+
+    def figures(self, block: str, **values) -> str:
+        """The figures a template ``.figure(s)`` block lists that exist, one paragraph each."""
+        shown = (self.figure(name, caption) for name, caption in figure_list(block, profile=self.profile, **values))
+        return "\n\n".join(f for f in shown if f)
 
 
 def _header(c: _Ctx) -> str:
     m = c.meta
-    return "\n".join([
-        "# mmldm evaluation report",
-        "",
-        f"Profile `{c.profile}`; data: {c.data_name} (store `{_shown_path(m.get('store', '?'))}`); "
-        f"created {m.get('created', '?')} in {fmt(m.get('seconds'), 0)} s on {m.get('device', '?')} "
-        f"(torch {m.get('torch', '?')}). Built by `mmldm/report.py`: every number below is read from "
-        "the input files listed at the end; none is typed in.",
-    ])
+    return fill("header", profile=c.profile, data_name=c.data_name, store=_shown_path(m.get("store", "?")),
+                created=m.get("created", "?"), seconds=fmt(m.get("seconds"), 0), device=m.get("device", "?"),
+                torch=m.get("torch", "?"))
 
 
 def _summary(c: _Ctx) -> str:
     v, pub = c.variant, c.m.get("published") or {}
     dice, ceiling = v.get("dice") or {}, ((c.m.get("ceiling") or {}).get("dice") or {})
     mem = ((c.m.get("memorisation") or {}).get("summary") or {})
-    lines = ["## Summary", ""]
+    warnings = []
     if c.phantom:
-        lines += ["> **These numbers come from the synthetic phantom, not from real MRI.** They show that the "
-                  "pipeline runs end to end; they say nothing about how well the method works on patients.", ""]
+        warnings.append(fill("summary.phantom"))
     if c.profile == "smoke":
-        lines += ["> **Smoke profile:** tiny networks trained for seconds; the images are noise by design and "
-                  "the numbers only check the plumbing.", ""]
-    lines += [
-        f"- Main configuration `{c.main}`, on {c.meta.get('n', '?')} held-out slices "
-        f"(`{c.meta.get('split', '?')}` split of {c.data_name}): SSIM {fmt_ms(v.get('ssim'))}, "
-        f"PSNR {fmt_ms(v.get('psnr'), 2)} dB, NMSE {fmt_ms(v.get('nmse'))}; "
-        f"{fmt(v.get('s_per_image'), 3)} s per image.",
-        f"- The seed's published figures ({pub.get('source', 'source not given')}): FID {fmt(pub.get('fid'), 2)}, "
-        f"SSIM {fmt(pub.get('ssim'))}, NMSE {fmt(pub.get('nmse'))}, measured on the seed's own data and "
-        "resolution: side by side with ours, not like for like.",
-        f"- Anatomy: a segmenter trained on real training slices finds the requested structures in the "
-        f"generated images with mean foreground Dice {fmt(dice.get('mean_fg'))}; on the real held-out "
-        f"images (the ceiling) {fmt(ceiling.get('mean_fg'))}.",
-        _realism_summary(c),
-        f"- Memorisation: median ratio of nearest-training to nearest-held-out distance {fmt(mem.get('median'))} "
-        f"(≈ 1: no sign of copying; → 0: copies).",
-    ]
-    return "\n".join(lines)
+        warnings.append(fill("summary.smoke"))
+    return fill("summary", warnings="\n\n".join(warnings), main=c.main, n=c.meta.get("n", "?"),
+                split=c.meta.get("split", "?"), data_name=c.data_name, ssim=fmt_ms(v.get("ssim")),
+                psnr=fmt_ms(v.get("psnr"), 2), nmse=fmt_ms(v.get("nmse")), s_per_image=fmt(v.get("s_per_image"), 3),
+                published_source=pub.get("source", "source not given"), published_fid=fmt(pub.get("fid"), 2),
+                published_ssim=fmt(pub.get("ssim")), published_nmse=fmt(pub.get("nmse")),
+                dice=fmt(dice.get("mean_fg")), ceiling=fmt(ceiling.get("mean_fg")), realism=_realism_summary(c),
+                memorisation=fmt(mem.get("median")))
 
 
-def _intended_use() -> str:
-    return "\n".join([
-        "## Intended use",
-        "",
-        "Research and teaching only. The generated images are **not for clinical decisions**, diagnosis, "
-        "or training clinical staff, and no number here says they are. Synthetic images can carry the "
-        "biases of their training data (scanners, centres, pathologies) and can look plausible while being "
-        "anatomically wrong; anatomy compliance below is measured by a segmenter that itself errs.",
-    ])
+def _realism_summary(c: _Ctx) -> str:
+    realism = c.m.get("realism")
+    if not realism:
+        spaces = _fid_spaces(c.m)
+        inc, seg = spaces.get("inception") or {}, spaces.get("segmenter") or {}
+        unavailable = not inc.get("available", inc.get("fid") is not None) and inc.get("reason")
+        return fill("summary.distribution", inception_fid=fmt(inc.get("fid"), 2),
+                    inception_note=f" ({inc.get('reason')})" if unavailable else "",
+                    segmenter_fid=fmt(seg.get("fid"), 2), segmenter_baseline=fmt(seg.get("real_vs_real_fid"), 2))
+    inc, seg = realism.get("inception") or {}, realism.get("segmenter") or {}
+    hf = ((realism.get("spectrum") or {}).get("hf_ratio") or {}).get("generated")
+    inception = (fill("summary.realism.inception", fid=fmt(inc.get("fid"), 2), ratio=fmt(inc.get("ratio"), 2),
+                      baseline=fmt(inc.get("real_vs_real_fid"), 2)) if inc.get("available") else
+                 fill("summary.realism.no_inception", reason=inc.get("reason") or "no reason given"))
+    return fill("summary.realism", n_generated=realism.get("n_generated", "?"),
+                n_heldout=realism.get("n_heldout", "?"), inception=inception, segmenter_fid=fmt(seg.get("fid"), 2),
+                segmenter_ratio=fmt(seg.get("ratio"), 2), hf_ratio=fmt(hf, 2), texture=_texture_word(hf),
+                verdict=_verdict_text(realism))
 
 
 def _data(c: _Ctx) -> str:
     m, cfg = c.meta, c.cfg
-    lines = ["## Data", "",
-             f"This report's numbers come from {c.data_name}: store `{_shown_path(m.get('store', '?'))}`, "
-             f"split `{m.get('split', '?')}` ({m.get('n', '?')} of its {m.get('n_split', '?')} slices), "
-             f"profile `{c.profile}`."]
+    slices = phantom = ""
     if cfg is not None:
         d = cfg.data
-        lines += [f"Slices: {d.size}×{d.size} pixels over a {fmt(d.fov_mm, 0)} mm field of view, intensities "
-                  f"normalised per volume to the {d.percentiles[0]}–{d.percentiles[1]} percentile range; views "
-                  f"{', '.join(d.views)}, phases {', '.join(d.phases)}; {d.val} subjects held out "
-                  f"(split seed {d.split_seed}); Canny edges (σ {d.canny_sigma}, thresholds {d.canny_low:g}/"
-                  f"{d.canny_high:g}, {'after' if d.canny_blur else 'without'} noise reduction)."]
+        slices = fill("data.slices", size=d.size, fov_mm=fmt(d.fov_mm, 0), p_low=d.percentiles[0],
+                      p_high=d.percentiles[1], views=", ".join(d.views), phases=", ".join(d.phases), n_val=d.val,
+                      split_seed=d.split_seed, canny_sigma=d.canny_sigma, canny_low=f"{d.canny_low:g}",
+                      canny_high=f"{d.canny_high:g}", canny_blur="after" if d.canny_blur else "without")
     if c.phantom:
-        sub = f" ({cfg.paths.phantom_subjects} subjects)" if cfg is not None else ""
-        lines += ["", f"**The phantom{sub}.** A synthetic stand-in that mmldm draws in the exact M&Ms-2 file "
-                  "layout so the pipeline runs on a fresh machine with no data: ellipse-like ventricles and "
-                  "myocardium with MR-like contrast, torso and noise, short- and long-axis views, ED and ES. "
-                  "It is **not anatomy**: no real shape variation, no pathology, no scanner physics. Models "
-                  "trained on it learn the phantom, and metrics on it test the code, not the method."]
-    lines += ["", "**Datasets, licences and mandatory citations.** Real data are never included or downloaded; "
-              "users bring their own copy and must cite it:", "",
-              "- **ACDC** (Automated Cardiac Diagnosis Challenge): O. Bernard et al., \"Deep Learning Techniques "
-              "for Automatic MRI Cardiac Multi-Structures Segmentation and Diagnosis: Is the Problem Solved?\", "
-              "*IEEE Transactions on Medical Imaging* 37(11), 2018. Licence CC BY-NC-SA 4.0 (non-commercial, "
-              "share alike, attribution); the citation is mandatory.",
-              "- **M&Ms-2**: C. Martín-Isla et al., \"Deep Learning Segmentation of the Right Ventricle in "
-              "Cardiac MRI: The M&Ms Challenge\", *IEEE Journal of Biomedical and Health Informatics*, 2023. "
-              "Non-commercial research use with attribution.",
-              "- **M&Ms**: V. M. Campello et al., \"Multi-Centre, Multi-Vendor and Multi-Disease Cardiac "
-              "Segmentation: The M&Ms Challenge\", *IEEE TMI* 40(12), 2021."]
-    return "\n".join(lines)
+        phantom = fill("data.phantom",
+                       subjects=f" ({cfg.paths.phantom_subjects} subjects)" if cfg is not None else "")
+    return fill("data", data_name=c.data_name, store=_shown_path(m.get("store", "?")), split=m.get("split", "?"),
+                n=m.get("n", "?"), n_split=m.get("n_split", "?"), profile=c.profile, slices=slices, phantom=phantom)
 
 
 def param_counts(cfg) -> dict[str, int] | None:
@@ -347,21 +331,17 @@ def param_counts(cfg) -> dict[str, int] | None:
 def _architecture(c: _Ctx) -> str:
     cfg = c.cfg
     if cfg is None:
-        return "## Architecture\n\nNo configuration was given to the report builder."
+        return fill("architecture", architecture=fill("shared.no_config"))
     v, u, s = cfg.vqvae, cfg.unet, cfg.segmenter
     f = v.downsample_factor
     lat = f"{v.latent_channels}×{cfg.data.size // f}×{cfg.data.size // f}"
     counts = param_counts(cfg) or {}
-    def mp(key):
-        n = counts.get(key)
-        return "n/a" if n is None else f"{n / 1e6:.2f} M" if n >= 1e5 else f"{n / 1e3:.1f} k"
-
     rows = [
-        ("VQ-VAE", "parameters", mp("vqvae")),
+        ("VQ-VAE", "parameters", fmt_count(counts.get("vqvae"))),
         ("", "encoder channels / mid", f"{v.down_channels} / {v.mid_channels}, {v.num_down_layers} layer(s) per block"),
         ("", "latent", f"{lat} (downsampling ×{f}); codebook {v.codebook_size:,} codes"
                        f"{', EMA updates' if v.ema else ''}{f', dead-code restarts after {v.restart_after} steps' if v.restart_after else ''}"),
-        ("UNet", "parameters", mp("unet")),
+        ("UNet", "parameters", fmt_count(counts.get("unet"))),
         ("", "channels down / mid", f"{u.down_channels} / {u.mid_channels}, {u.num_down_layers} layer(s) per block, "
                                    f"attention {u.attn_down}, {u.num_heads} heads, dropout {u.dropout}"),
         ("", "condition", f"{u.conditioning} (edges + 4 one-hot channels); view embedding "
@@ -370,18 +350,17 @@ def _architecture(c: _Ctx) -> str:
                                   f"predicts {cfg.diffusion.prediction_type}"),
         ("", "guidance", f"condition dropout edges {cfg.guidance.p_drop_edge}, mask {cfg.guidance.p_drop_mask}; "
                          f"scales mask {cfg.guidance.scale_mask}, edges {cfg.guidance.scale_edge}"),
-        ("Segmenter (judge)", "parameters", mp("segmenter")),
+        ("Segmenter (judge)", "parameters", fmt_count(counts.get("segmenter"))),
         ("", "channels", f"{list(s.channels)}, {s.num_layers} layer(s) per level"),
     ]
-    return "## Architecture\n\nFrom the run's configuration (profile `" + str(cfg.profile) + "`).\n\n" + table(
-        ["part", "setting", "value"], rows)
+    return fill("architecture", architecture=fill("architecture.config", profile=cfg.profile,
+                                                  table=table(["part", "setting", "value"], rows)))
 
 
 def _training(c: _Ctx) -> str:
     cfg = c.cfg
-    lines = ["## Training configuration", ""]
     if cfg is None:
-        lines.append("No configuration was given to the report builder.")
+        settings = fill("shared.no_config")
     else:
         keys = (("steps", "steps"), ("batch_size", "batch"), ("lr", "learning rate"), ("optimizer", "optimiser"),
                 ("lr_schedule", "schedule"), ("warmup_steps", "warm-up steps"), ("grad_clip", "gradient clip"),
@@ -390,23 +369,19 @@ def _training(c: _Ctx) -> str:
         rows = [(title, getattr(t_v, k), getattr(t_l, k)) for k, title in keys]
         rows[-3] = (rows[-3][0], "n/a", rows[-3][2])  # EMA and latent norm are LDM-only settings
         rows[-2] = (rows[-2][0], "n/a", rows[-2][2])
-        lines += [table(["", "VQ-VAE", "latent diffusion"], rows), "",
-                  f"Segmenter: {seg.epochs} epochs, batch {seg.batch_size}, Adam lr {seg.lr}, trained on the "
-                  "real training split only. LDM step of the checkpoint evaluated: "
-                  f"{c.meta.get('ldm_step', '?')}."]
-    rec = c.m.get("reconstruction")
+        settings = fill("training.settings", table=table(["", "VQ-VAE", "latent diffusion"], rows),
+                        epochs=seg.epochs, batch_size=seg.batch_size, lr=seg.lr, ldm_step=c.meta.get("ldm_step", "?"))
+    rec, reconstruction = c.m.get("reconstruction"), ""
     if isinstance(rec, Mapping) and rec.get("metrics"):
         rm, cb = rec["metrics"], rec.get("codebook") or {}
-        lines += ["", f"**VQ-VAE reconstruction** ({rec.get('n_images', '?')} `{rec.get('split', '?')}` slices, "
-                  f"step {rec.get('step', '?')}): the ceiling on image quality, since every generated image "
-                  "is a VQ-VAE decoding.", "",
-                  table(["SSIM ↑", "PSNR (dB) ↑", "NMSE ↓", "codes used", "perplexity"],
+        reconstruction = fill(
+            "training.reconstruction", n_images=rec.get("n_images", "?"), split=rec.get("split", "?"),
+            step=rec.get("step", "?"),
+            table=table(["SSIM ↑", "PSNR (dB) ↑", "NMSE ↓", "codes used", "perplexity"],
                         [(fmt_ms(rm.get("ssim")), fmt_ms(rm.get("psnr"), 2), fmt_ms(rm.get("nmse")),
                           f"{cb.get('used', 'n/a')} of {cb.get('codebook_size', 'n/a')}",
-                          fmt(cb.get("perplexity"), 1))])]
-    figs = [c.figure(n, cap) for n, cap in TRAINING_FIGURES]
-    lines += [""] + [f for f in figs if f]
-    return "\n".join(lines)
+                          fmt(cb.get("perplexity"), 1))]))
+    return fill("training", settings=settings, reconstruction=reconstruction, figures=c.figures("training.figures"))
 
 
 def _paired(c: _Ctx) -> str:
@@ -416,32 +391,23 @@ def _paired(c: _Ctx) -> str:
              fmt(pub.get("nmse"))),
             (f"ours, `{c.main}`", f"{c.data_name}, profile {c.profile}", fmt(inc.get("fid"), 2),
              fmt_ms(v.get("ssim")), fmt_ms(v.get("psnr"), 2), fmt_ms(v.get("nmse")))]
-    return "\n".join([
-        "### Paired fidelity: ours beside the seed's published figures", "",
-        "Each held-out slice's own mask and edges go in; the generated image is compared with that real "
-        "slice (SSIM, PSNR and NMSE on intensities in [0, 1]; mean ± std over slices). FID is the "
-        f"Inception-feature FID of the whole generated set ({inc.get('n', 'n/a')} images; see Realism).", "",
-        table(["", "data", "FID ↓", "SSIM ↑", "PSNR (dB) ↑", "NMSE ↓"], rows), "", c.data_line()])
+    return fill("paired", n_fid=inc.get("n", "n/a"), data_line=c.data_line(),
+                table=table(["", "data", "FID ↓", "SSIM ↑", "PSNR (dB) ↑", "NMSE ↓"], rows))
 
 
 def _groups(c: _Ctx) -> str:
     groups = c.m.get("groups") or {}
-    lines = ["### By group", "", f"The main configuration `{c.main}`, split by the slices' metadata.", ""]
-    shown = False
+    tables = []
     for g in GROUPS:
         part = groups.get(g) or {}
         if not part:
             continue
-        shown = True
         cols = [*PAIRED] + ([("dice_fg", "Dice fg ↑")] if any("dice_fg" in e for e in part.values()) else [])
         rows = [(name, e.get("n", "?"), *(fmt_ms(e.get(k), 2 if k == "psnr" else 3) for k, _ in cols))
                 for name, e in part.items()]
-        lines += [f"**{g}**", "", table([g, "n", *(t for _, t in cols)], rows), ""]
-    if not shown:
-        lines.append("No group breakdown in metrics.json.")
-    lines.append(c.figure("05_groups.png", "Per-image SSIM, NMSE and Dice by view, phase and pathology."))
-    lines.append(c.data_line())
-    return "\n".join(lines)
+        tables.append(fill("groups.group", group=g, table=table([g, "n", *(t for _, t in cols)], rows)))
+    return fill("groups", main=c.main, tables="\n\n".join(tables) or fill("groups.none"),
+                figure=c.figures("groups.figure"), data_line=c.data_line())
 
 
 FID_SPACES = (("inception", "Inception (ImageNet features)"), ("segmenter", "in-domain (segmenter features)"))
@@ -463,8 +429,9 @@ def limiting_stage(generated_ratio, autoencoder_ratio, near: float = NEAR_BASELI
     ``a - 1`` of it, and no generator decoding through this VQ-VAE can be expected to do better.
     Returns ``(stage, sentence)``: ``"neither"`` when ``g <= 1 + near``; ``"autoencoder"`` when
     ``(a - 1) / (g - 1) >= 1/2`` (the reconstructions already account for half the gap or more);
-    else ``"diffusion"``; ``(None, reason)`` when a ratio is missing."""
-    g, a = _num(generated_ratio), _num(autoencoder_ratio)
+    else ``"diffusion"``; ``(None, reason)`` when a ratio is missing. The sentences are computed
+    from the numbers, so they live here rather than in the template."""
+    g, a = finite_float(generated_ratio), finite_float(autoencoder_ratio)
     if g is None or a is None:
         return None, "Which stage limits realism cannot be said: a FID ratio is missing."
     if g <= 1 + near:
@@ -487,62 +454,25 @@ def _verdict(realism: Mapping) -> tuple[str | None, str, str]:
     for key, name in (("inception", "Inception"), ("segmenter", "in-domain")):
         d = realism.get(key) or {}
         g, a = d.get("ratio"), (d.get("autoencoder") or {}).get("ratio")
-        if _num(g) is not None and _num(a) is not None:
+        if finite_float(g) is not None and finite_float(a) is not None:
             return (*limiting_stage(g, a), name)
     return (*limiting_stage(None, None), "")
 
 
+def _verdict_text(realism: Mapping) -> str:
+    """The verdict sentence, with the feature space it was read in."""
+    _, sentence, space = _verdict(realism)
+    return sentence + (f" (From the {space} FID ratios.)" if space else "")
+
+
 def _texture_word(ratio) -> str:
-    r = _num(ratio)
+    r = finite_float(ratio)
     return "" if r is None else " (smoother than real)" if r < 0.9 else " (noisier than real)" if r > 1.1 else \
         " (like real)"
 
 
-def _realism_summary(c: _Ctx) -> str:
-    realism = c.m.get("realism")
-    if not realism:
-        spaces = _fid_spaces(c.m)
-        inc, seg = spaces.get("inception") or {}, spaces.get("segmenter") or {}
-        return (f"- Distribution: FID on Inception features {fmt(inc.get('fid'), 2)}"
-                + (f" ({inc.get('reason')})" if not inc.get("available", inc.get("fid") is not None)
-                   and inc.get("reason") else "")
-                + f"; in-domain FID on segmenter features {fmt(seg.get('fid'), 2)} "
-                f"(real-vs-real baseline {fmt(seg.get('real_vs_real_fid'), 2)}).")
-    inc, seg = realism.get("inception") or {}, realism.get("segmenter") or {}
-    hf = ((realism.get("spectrum") or {}).get("hf_ratio") or {}).get("generated")
-    inc_text = (f"Inception FID {fmt(inc.get('fid'), 2)}, {fmt(inc.get('ratio'), 2)}× the real-vs-real baseline "
-                f"{fmt(inc.get('real_vs_real_fid'), 2)}" if inc.get("available") else
-                f"Inception FID unavailable ({inc.get('reason') or 'no reason given'})")
-    _, sentence, space = _verdict(realism)
-    return (f"- Realism ({realism.get('n_generated', '?')} generated images against "
-            f"{realism.get('n_heldout', '?')} real held-out slices): {inc_text}; in-domain FID "
-            f"{fmt(seg.get('fid'), 2)}, {fmt(seg.get('ratio'), 2)}× its baseline; high-frequency power "
-            f"{fmt(hf, 2)}× the real slices'{_texture_word(hf)}. " + sentence
-            + (f" (From the {space} FID ratios.)" if space else ""))
-
-
-def _legacy_distribution(c: _Ctx) -> str:
-    """The small-n FID table of a metrics.json written before the realism block existed."""
-    dist = c.m.get("distribution") or {}
-    rows = []
-    for key, default in FID_SPACES:
-        d = dist.get(key)
-        if not d:
-            continue
-        rows.append((d.get("label", default), fmt(d.get("fid"), 2), _kid(d), fmt(d.get("real_vs_real_fid"), 2),
-                     _kid(d, "real_vs_real_"), d.get("n", "n/a"),
-                     "" if d.get("available", True) else (d.get("reason") or "not available")))
-    lines = ["### Distribution: FID and KID", "",
-             "FID/KID compare the set of generated images with the set of real held-out images in a feature "
-             "space, each beside a *real-vs-real* baseline: the same measure between as many real training "
-             "slices and the real held-out slices.", ""]
-    lines += [table(["features", "FID ↓", "KID ↓", "real vs real FID", "real vs real KID", "n", "note"], rows)
-              if rows else "No distribution metrics in metrics.json.", "", c.data_line()]
-    return "\n".join(lines)
-
-
 def _kid(d: Mapping, prefix: str = "") -> str:
-    m = _num(d.get(f"{prefix}kid_mean"))
+    m = finite_float(d.get(f"{prefix}kid_mean"))
     return "n/a" if m is None else f"{fmt(m, 4)} ± {fmt(d.get(f'{prefix}kid_std'), 4, small=False)}"
 
 
@@ -577,38 +507,34 @@ def _realism(c: _Ctx) -> str:
     ae_row = (ae.get("n", "n/a"), fmt_ms(ae.get("ssim")), fmt_ms(ae.get("psnr"), 2),
               fmt((inc.get("autoencoder") or {}).get("fid"), 2), fmt((inc.get("autoencoder") or {}).get("ratio"), 2),
               fmt((seg.get("autoencoder") or {}).get("ratio"), 2), fmt(ratio.get("reconstruction")))
-    _, sentence, space = _verdict(realism)
     cutoff = spec.get("cutoff", "?")
-    return "\n".join([
-        f"### Realism: FID, KID and texture at n = {n_gen}", "",
-        f"The main configuration made {n_gen} images from {realism.get('n_masks', '?')} held-out masks, "
-        f"{len(seeds)} different seed(s) each, compared as a set with {n_held} real held-out slices. FID is "
-        f"biased upwards on small sets, so every FID has its **real-vs-real baseline at the same n**: the FID "
-        f"between {n_train} real *training* slices and the same held-out slices. The **ratio** FID / baseline "
-        "is the number to read: 1 means the set is as close to the held-out slices as other real slices are "
-        "(the generated images share the held-out masks' anatomy, so in the in-domain space, which mostly sees "
-        "anatomy, it can fall below 1). Inception features come from natural images (the standard; comparable "
-        "with published FIDs only at the same n and resolution); the segmenter's come from cardiac MRI "
-        "(in-domain, comparable only within this project).", "",
-        table(["set against the real held-out slices", "features", "n", "FID ↓", "KID ↓", "real vs real FID",
-               "FID ratio ↓", "note"], fid_rows), "",
-        f"**Texture.** The share of each set's image power above {cutoff} cycles/pixel (structure finer than "
-        f"{fmt(1 / cutoff, 0) if _num(cutoff) else '?'} pixels: edges, texture, noise), and that share over the "
-        "real held-out slices': below 1 a set is smoother than real, above 1 noisier.", "",
-        table(["set", "n", f"power above {cutoff} cycles/pixel", "over real held-out"], spec_rows)
-        if spec_rows else "No spectrum in metrics.json.", "",
-        "**The autoencoder's ceiling.** Every generated image is a VQ-VAE decoding, so the generator can look "
-        "no more real than the VQ-VAE's reconstructions: their paired SSIM / PSNR on the held-out slices, the "
-        "FID of the reconstructed training slices over the same baseline, and their high-frequency ratio.", "",
-        table(["n", "recon SSIM ↑", "recon PSNR (dB) ↑", "recon FID (Inception) ↓", "FID ratio (Inception)",
-               "FID ratio (in-domain)", "high-frequency ratio"], [ae_row]), "",
-        sentence + (f" (From the {space} FID ratios.)" if space else ""), "",
-        c.figure(FIGURE_NAMES["spectrum"], "Radially averaged power spectra: generated, real held-out, real "
-                                           "training and VQ-VAE reconstructions (left), and each over the real "
-                                           "held-out slices' (right)."),
-        f"*Realism: {c.data_name}, split `{c.meta.get('split', '?')}`, {n_gen} generated / {n_held} held-out / "
-        f"{n_train} training slices, profile `{c.profile}`, seeds {', '.join(map(str, seeds)) or '?'} "
-        "(one pass over the masks each).*"])
+    return fill(
+        "realism", n_generated=n_gen, n_masks=realism.get("n_masks", "?"), n_seeds=len(seeds), n_heldout=n_held,
+        n_train=n_train, cutoff=cutoff, period=fmt(1 / cutoff, 0) if finite_float(cutoff) else "?",
+        fid_table=table(["set against the real held-out slices", "features", "n", "FID ↓", "KID ↓",
+                         "real vs real FID", "FID ratio ↓", "note"], fid_rows),
+        spectrum_table=table(["set", "n", f"power above {cutoff} cycles/pixel", "over real held-out"], spec_rows)
+        if spec_rows else fill("realism.no_spectrum"),
+        autoencoder_table=table(["n", "recon SSIM ↑", "recon PSNR (dB) ↑", "recon FID (Inception) ↓",
+                                 "FID ratio (Inception)", "FID ratio (in-domain)", "high-frequency ratio"], [ae_row]),
+        verdict=_verdict_text(realism), figure=c.figures("realism.figure"), data_name=c.data_name,
+        split=c.meta.get("split", "?"), profile=c.profile, seeds=", ".join(map(str, seeds)) or "?")
+
+
+def _legacy_distribution(c: _Ctx) -> str:
+    """The small-n FID table of a metrics.json written before the realism block existed."""
+    dist = c.m.get("distribution") or {}
+    rows = []
+    for key, default in FID_SPACES:
+        d = dist.get(key)
+        if not d:
+            continue
+        rows.append((d.get("label", default), fmt(d.get("fid"), 2), _kid(d), fmt(d.get("real_vs_real_fid"), 2),
+                     _kid(d, "real_vs_real_"), d.get("n", "n/a"),
+                     "" if d.get("available", True) else (d.get("reason") or "not available")))
+    return fill("realism.distribution", data_line=c.data_line(),
+                table=table(["features", "FID ↓", "KID ↓", "real vs real FID", "real vs real KID", "n", "note"], rows)
+                if rows else fill("realism.distribution.none"))
 
 
 def _anatomy(c: _Ctx) -> str:
@@ -618,13 +544,7 @@ def _anatomy(c: _Ctx) -> str:
         d = v.get("dice") or {}
         rows.append((f"`{name}`" + (" (main)" if name == c.main else ""),
                      *(fmt(d.get(k)) for k in ("LV", "MYO", "RV", "mean_fg"))))
-    return "\n".join([
-        "### Anatomy compliance: Dice against the conditioning mask", "",
-        "A segmenter trained on real training slices segments each generated image; Dice of its output "
-        "against the mask the image was generated from, per structure (a structure absent from both maps "
-        "is left out, not scored 1). Its Dice on the real held-out images is the ceiling: the judge errs "
-        "on real images too.", "",
-        table(["", "LV ↑", "MYO ↑", "RV ↑", "mean fg ↑"], rows), "", c.data_line()])
+    return fill("anatomy", table=table(["", "LV ↑", "MYO ↑", "RV ↑", "mean fg ↑"], rows), data_line=c.data_line())
 
 
 def _variants(c: _Ctx) -> str:
@@ -636,25 +556,14 @@ def _variants(c: _Ctx) -> str:
                      f"{g.get('scale_mask', '?')} / {g.get('scale_edge', '?')}", fmt_ms(v.get("ssim")),
                      fmt_ms(v.get("psnr"), 2), fmt_ms(v.get("nmse")), fmt((v.get("dice") or {}).get("mean_fg")),
                      fmt_pct(v.get("saturated")), fmt(v.get("s_per_image"), 3)))
-    subsets = []
-    for name, v in c.m["variants"].items():
-        same = v.get("main_on_same_slices")
-        if same:
-            subsets.append(
-                f"`{name}` is slow, so it ran on {v.get('n', '?')} of the slices; on those same slices `{c.main}` "
-                f"scored SSIM {fmt_ms(same.get('ssim'))}, NMSE {fmt_ms(same.get('nmse'))}, Dice fg "
-                f"{fmt((same.get('dice') or {}).get('mean_fg'))}.\n")
-    return "\n".join([
-        "### Samplers and conditions", "",
-        "The same trained model sampled several ways: DDIM, DPM-Solver++ and the seed's ancestral DDPM; "
-        "guided by mask and edges, by the mask alone (what a user can draw), by the edges alone, and "
-        "unguided. *Saturated* counts blown-out or blank images; wall time per image is measured on "
-        f"{c.meta.get('device', '?')}.", "",
-        table(["variant", "n", "sampler", "steps", "condition", "scales mask / edge", "SSIM ↑", "PSNR ↑", "NMSE ↓",
-               "Dice fg ↑", "saturated", "s / image"], rows), "", *subsets,
-        c.figure("05_variants.png", "Per-variant SSIM, NMSE, Dice and time per image (dashed: the seed's "
-                                    "published value, or the Dice ceiling)."),
-        c.data_line()])
+    subsets = [fill("variants.subset", variant=name, n=v.get("n", "?"), main=c.main,
+                    ssim=fmt_ms(same.get("ssim")), nmse=fmt_ms(same.get("nmse")),
+                    dice=fmt((same.get("dice") or {}).get("mean_fg")))
+               for name, v in c.m["variants"].items() if (same := v.get("main_on_same_slices"))]
+    return fill("variants", device=c.meta.get("device", "?"), subsets="\n\n".join(subsets),
+                table=table(["variant", "n", "sampler", "steps", "condition", "scales mask / edge", "SSIM ↑", "PSNR ↑",
+                             "NMSE ↓", "Dice fg ↑", "saturated", "s / image"], rows),
+                figure=c.figures("variants.figure"), data_line=c.data_line())
 
 
 ROW_COLUMNS = (("ssim", "SSIM ↑", 3), ("psnr", "PSNR ↑", 2), ("nmse", "NMSE ↓", 3), ("dice_LV", "Dice LV", 3),
@@ -686,79 +595,53 @@ def _source_note(meta: Mapping, path: str | None, rows: list[dict] = ()) -> str:
 
 
 def _recipe(c: _Ctx) -> str:
-    lines = ["### Training recipe: the seed's against ours at the same budget", ""]
     if c.ablation is None:
-        return "\n".join(lines + ["Not measured for this report (no `ablation.json` given)."])
+        return fill("recipe", recipe=fill("recipe.missing"))
     rows, meta = c.ablation
-    ceil = next((r.get("real_dice_fg") for r in rows if _num(r.get("real_dice_fg")) is not None), None)
-    lines += ["Each row is a latent diffusion model trained with the same VQ-VAE, data, seeds and number of "
-              "steps, differing only in its recipe (`benchmarks/convergence.py` lists each variant's "
-              "overrides), then evaluated on the same held-out slices.", "",
-              _rows_table(rows), ""]
-    if ceil is not None:
-        lines.append(f"The same segmenter's Dice on the real held-out images (the ceiling): {fmt(ceil)}.")
-    lines.append(_source_note(meta, c.inputs.get("ablation"), rows))
-    return "\n".join(lines)
+    ceil = next((r.get("real_dice_fg") for r in rows if finite_float(r.get("real_dice_fg")) is not None), None)
+    return fill("recipe", recipe=fill(
+        "recipe.measured", table=_rows_table(rows), source=_source_note(meta, c.inputs.get("ablation"), rows),
+        ceiling=fill("recipe.ceiling", dice=fmt(ceil)) if ceil is not None else ""))
 
 
 def _compute(c: _Ctx) -> str:
-    lines = ["### Quality against compute", ""]
     if c.compute is None:
-        return "\n".join(lines + ["Not measured for this report (no `compute.json` given)."])
+        return fill("compute", compute=fill("compute.missing"))
     rows, meta = c.compute
-    rows = sorted(rows, key=lambda r: (_num(r.get("steps")) or 0, _num(r.get("train_s")) or 0))
-    lines += ["The same recipe trained for more optimiser steps; each model evaluated on the same held-out "
-              "slices. Training times are wall times on the machine that ran them; on a shared machine they "
-              "include waiting for other jobs, so compare steps first.", "", _rows_table(rows, ("steps", "steps") if not any("variant" in r for r in rows)
-                                         else ("variant", "variant")), "",
-              c.figure("05_quality_vs_compute.png", "SSIM, NMSE and anatomy Dice against optimiser steps, each point labelled with its training wall time."),
-              _source_note(meta, c.inputs.get("compute"), rows)]
-    return "\n".join(lines)
+    rows = sorted(rows, key=lambda r: (finite_float(r.get("steps")) or 0, finite_float(r.get("train_s")) or 0))
+    first = ("variant", "variant") if any("variant" in r for r in rows) else ("steps", "steps")
+    return fill("compute", compute=fill(
+        "compute.measured", table=_rows_table(rows, first), figure=c.figures("compute.figure"),
+        source=_source_note(meta, c.inputs.get("compute"), rows)))
 
 
 def _memorisation(c: _Ctx) -> str:
     mem = c.m.get("memorisation") or {}
     s = mem.get("summary") or {}
-    lines = ["### Memorisation", ""]
     if not s:
-        return "\n".join(lines + ["Not measured (no memorisation section in metrics.json)."])
+        return fill("memorisation", memorisation=fill("memorisation.missing"))
     rows = [(f"generated images, {mem.get('space', '?')}", s)]
     if (mem.get("baseline") or {}).get("summary"):
         rows.append((f"real held-out slices (baseline), {mem.get('space', '?')}", mem["baseline"]["summary"]))
     if (mem.get("segmenter_features") or {}).get("summary"):
         rows.append(("generated images, segmenter features", mem["segmenter_features"]["summary"]))
-    ref = mem.get("heldout_reference") or "nearest held-out image"
     n_train = mem.get("n_train_reference")
-    lines += [f"For each generated image: the distance to its nearest training image"
-              + (f" (of {n_train})" if n_train is not None else "")
-              + f" divided by the distance to its {ref}. Near 1 the model makes images as far from what it saw "
-              "as from fresh ones; near 0 it copies training images. The baseline row asks the same of the "
-              "real held-out slices: what a model that does not copy gives.", "",
-              table(["", "n", "median", "5th percentile", "minimum", "below 0.5", "below 0.1"],
+    return fill("memorisation", memorisation=fill(
+        "memorisation.measured", of_n_train=f" (of {n_train})" if n_train is not None else "",
+        reference=mem.get("heldout_reference") or "nearest held-out image",
+        table=table(["", "n", "median", "5th percentile", "minimum", "below 0.5", "below 0.1"],
                     [(name, r.get("n", "n/a"), fmt(r.get("median")), fmt(r.get("p05")), fmt(r.get("min")),
-                      fmt_pct(r.get("below_0.5")), fmt_pct(r.get("below_0.1"))) for name, r in rows]), "",
-              c.figure("05_memorisation.png", "Histogram of the nearest-training / nearest-held-out distance ratio."),
-              c.data_line()]
-    return "\n".join(lines)
+                      fmt_pct(r.get("below_0.5")), fmt_pct(r.get("below_0.1"))) for name, r in rows]),
+        figure=c.figures("memorisation.figure"), data_line=c.data_line()))
 
 
 def _figures(c: _Ctx) -> str:
-    lines = ["## Figures", ""]
-    evaluation = [c.figure("05_generated_vs_real.png", f"Condition → generated (`{c.main}`) → real, on held-out "
-                                                       "slices; then the mask laid over the generated image and the segmenter's reading of it."),
-                  c.figure("05_variant_examples.png", "The same held-out slices generated by every sampler and "
-                                                      "condition variant."),
-                  c.figure("05_trajectory.png", "The denoising trajectory of one slice: the sample entering each "
-                                                "kept step and the model's estimate of the clean image there."),
-                  c.figure(FIGURE_NAMES["shuffled"], "Generated and real held-out slices, shuffled: which are which? "
-                                                     "The key below the grid lists the generated cells.")]
-    data = [c.figure(n, cap) for n, cap in DATA_FIGURES]
-    if not any(evaluation + data):
-        return "\n".join(lines + ["No figures found in the figures folder."])
-    lines += ["**Generation**", ""] + [f for f in evaluation if f]
-    if any(data):
-        lines += ["**Data and preprocessing**", ""] + [f for f in data if f]
-    return "\n".join(lines)
+    generation = c.figures("figures.generation.figures", main=c.main)
+    data = c.figures("figures.data.figures")
+    if not (generation or data):
+        return fill("figures", figures=fill("figures.none"))
+    return fill("figures", figures=fill("figures.found", generation=generation,
+                                        data=fill("figures.found.data", figures=data) if data else ""))
 
 
 def _challenges(c: _Ctx) -> str:
@@ -767,41 +650,32 @@ def _challenges(c: _Ctx) -> str:
     ddpm, dpm = vs.get("ddpm1000_both"), vs.get("dpm20_both")
     view = bool(c.cfg.unet.view_embedding) if c.cfg is not None else None
     by_view = (c.m.get("groups") or {}).get("view") or {}
-    items = ["## Challenges and what we did about each", ""]
-    items.append("- **Short- and long-axis views mixed in one model (the seed).** The UNet gets a learned view "
-                 f"embedding ({'on' if view else 'off' if view is not None else 'setting unknown'} in this run). "
-                 + ("By view: " + "; ".join(f"{k} SSIM {fmt_ms(e.get('ssim'))} (n = {e.get('n', '?')})"
-                                           for k, e in by_view.items()) + "." if len(by_view) > 1 else
-                    f"This held-out set holds {' and '.join(by_view) or 'no'} view(s) only, so it does not test "
-                    "the mixed-view case."))
-    if mask is not None:
-        items.append("- **Edge maps are too detailed for a user to draw (the seed needed them).** Two-condition "
-                     "classifier-free guidance lets the same model generate from the mask alone: mask only SSIM "
-                     f"{fmt_ms(mask.get('ssim'))}, Dice {fmt((mask.get('dice') or {}).get('mean_fg'))}, against "
-                     f"mask + edges SSIM {fmt_ms(both.get('ssim'))}, Dice {fmt((both.get('dice') or {}).get('mean_fg'))}. "
-                     "Without edges the model invents the texture around the given anatomy, so paired SSIM "
-                     "against the original slice is not the measure of success here; Dice is.")
+    if len(by_view) > 1:
+        views = fill("challenges.by_view", views="; ".join(f"{k} SSIM {fmt_ms(e.get('ssim'))} (n = {e.get('n', '?')})"
+                                                           for k, e in by_view.items()))
     else:
-        items.append("- **Edge maps are too detailed for a user to draw.** Mask-only generation was not measured "
-                     "in this run.")
+        views = fill("challenges.one_view", views=" and ".join(by_view) or "no")
+    if mask is not None:
+        mask_only = fill("challenges.mask_only", mask_ssim=fmt_ms(mask.get("ssim")),
+                         mask_dice=fmt((mask.get("dice") or {}).get("mean_fg")), both_ssim=fmt_ms(both.get("ssim")),
+                         both_dice=fmt((both.get("dice") or {}).get("mean_fg")))
+    else:
+        mask_only = fill("challenges.mask_only.missing")
+    sampling = ""
     if ddpm is not None and dpm is not None:
         def steps(v):
             return (v.get("sampler") or {}).get("num_inference_steps", "?")
 
-        items.append(f"- **Slow sampling (the seed runs the whole ancestral DDPM chain).** DDPM ({steps(ddpm)} steps) "
-                     f"{fmt(ddpm.get('s_per_image'), 3)} s per image, DDIM ({steps(both)}) "
-                     f"{fmt(both.get('s_per_image'), 3)} s, DPM-Solver++ ({steps(dpm)}) "
-                     f"{fmt(dpm.get('s_per_image'), 3)} s, at SSIM {fmt_ms(ddpm.get('ssim'))}, "
-                     f"{fmt_ms(both.get('ssim'))} and {fmt_ms(dpm.get('ssim'))}"
-                     + (" (DDPM on a subset of the slices, see the sampler table)." if ddpm.get("main_on_same_slices")
-                        else "."))
-    items.append("- **Little training (the seed's own stated weakness).** "
-                 + ("Quality against training time is measured above (quality against compute)."
-                    if c.compute is not None else "Quality against training time was not measured for this report."))
-    items.append("- **Small models converge slowly on a CPU (ours).** "
-                 + ("The recipe table above compares the seed's recipe with ours at the same budget."
-                    if c.ablation is not None else "No recipe ablation was given for this report."))
-    return "\n".join(items)
+        sampling = fill("challenges.sampling", ddpm_steps=steps(ddpm), ddim_steps=steps(both), dpm_steps=steps(dpm),
+                        ddpm_s=fmt(ddpm.get("s_per_image"), 3), ddim_s=fmt(both.get("s_per_image"), 3),
+                        dpm_s=fmt(dpm.get("s_per_image"), 3), ddpm_ssim=fmt_ms(ddpm.get("ssim")),
+                        ddim_ssim=fmt_ms(both.get("ssim")), dpm_ssim=fmt_ms(dpm.get("ssim")),
+                        ddpm_subset=" (DDPM on a subset of the slices, see the sampler table)."
+                        if ddpm.get("main_on_same_slices") else ".")
+    return fill("challenges", view_embedding="on" if view else "off" if view is not None else "setting unknown",
+                by_view=views, mask_only=mask_only, sampling=sampling,
+                compute=fill("challenges.compute" if c.compute is not None else "challenges.compute.missing"),
+                recipe=fill("challenges.recipe" if c.ablation is not None else "challenges.recipe.missing"))
 
 
 def _spaces(mem: Mapping) -> str:
@@ -812,30 +686,12 @@ def _spaces(mem: Mapping) -> str:
 
 
 def _limitations(c: _Ctx) -> str:
-    lines = ["## Limitations", ""]
-    if c.phantom:
-        lines.append("- The data is the synthetic phantom: nothing here transfers to real MRI.")
-    lines += [
-        "- The seed's published figures were measured on its own data, resolution and images; ours on the "
-        "data named under each table. The columns sit side by side for reference, not as a like-for-like test.",
-        _sample_size_limitation(c),
-        "- Anatomy Dice depends on a segmenter that errs on real images too (its ceiling); a generator could "
-        "in principle please this judge without being right.",
-        f"- Memorisation is checked in {_spaces(c.m.get('memorisation') or {})} only, against the training "
-        "split of this store: a copy of an image outside it would go unnoticed.",
-        "- Research and teaching only; not validated for any clinical use.",
-    ]
-    return "\n".join(lines)
-
-
-def _sample_size_limitation(c: _Ctx) -> str:
     realism = c.m.get("realism") or {}
-    fid = (f" FID / KID on {realism.get('n_generated', '?')} generated images ({len(realism.get('seeds') or [])} "
-           f"seed(s) per mask) against {realism.get('n_heldout', '?')} real held-out slices: FID is biased at small "
-           "n, which is why each is read over its real-vs-real baseline at the same n." if realism else
-           " FID in particular is biased at small n (see the real-vs-real column).")
-    return (f"- Paired metrics on n = {c.meta.get('n', '?')} held-out slices and one sampling seed;{fid} Standard "
-            "deviations are over slices, not over training runs.")
+    fid = (fill("limitations.realism", n_generated=realism.get("n_generated", "?"),
+                n_seeds=len(realism.get("seeds") or []), n_heldout=realism.get("n_heldout", "?"))
+           if realism else fill("limitations.distribution"))
+    return fill("limitations", phantom=fill("limitations.phantom") if c.phantom else "", n=c.meta.get("n", "?"),
+                fid_sample_size=fid, memorisation_spaces=_spaces(c.m.get("memorisation") or {}))
 
 
 def _inputs(c: _Ctx) -> str:
@@ -845,13 +701,14 @@ def _inputs(c: _Ctx) -> str:
              ("VQ-VAE checkpoint", f"`{_shown_path(m.get('vqvae_checkpoint', '?'))}`"),
              ("segmenter checkpoint", f"`{_shown_path(m.get('segmenter_checkpoint', '?'))}`"),
              ("store", f"`{_shown_path(m.get('store', '?'))}`")]
-    return "## Inputs\n\n" + table(["input", "file"], rows)
+    return fill("inputs", table=table(["input", "file"], rows))
 
 
-SECTIONS = {  # name -> builder, in the report's order
-    "header": _header, "summary": _summary, "intended_use": lambda c: _intended_use(), "data": _data,
-    "architecture": _architecture, "training": _training, "results": lambda c: "## Results", "paired": _paired,
-    "groups": _groups, "realism": _realism, "anatomy": _anatomy, "variants": _variants,
+# The builder of each section that reads the inputs; the template gives the order, and fills the
+# sections without a builder (intended use, the "Results" heading) with its fixed text alone.
+SECTIONS: dict[str, Callable[[_Ctx], str]] = {
+    "header": _header, "summary": _summary, "data": _data, "architecture": _architecture, "training": _training,
+    "paired": _paired, "groups": _groups, "realism": _realism, "anatomy": _anatomy, "variants": _variants,
     "recipe": _recipe, "compute": _compute, "memorisation": _memorisation, "figures": _figures,
     "challenges": _challenges, "limitations": _limitations, "inputs": _inputs,
 }
@@ -860,17 +717,20 @@ SECTIONS = {  # name -> builder, in the report's order
 def report_sections(metrics: dict, cfg=None, figures_dir: str | Path | None = None, out_dir: str | Path | None = None,
                     ablation: tuple[list[dict], dict] | None = None, compute: tuple[list[dict], dict] | None = None,
                     inputs: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Each section of the report as Markdown, by name (:data:`SECTIONS`), so that a notebook can
-    show one beside its figure. ``ablation``/``compute`` are what :func:`read_rows` returns;
-    ``figures_dir`` is searched for figures, linked relative to ``out_dir``; ``inputs`` names the
-    files the numbers came from."""
+    """Each section of the report as Markdown, by name (:func:`section_names`, in order), so that a
+    notebook can show one beside its figure. ``ablation``/``compute`` are what :func:`read_rows`
+    returns; ``figures_dir`` is searched for figures, linked relative to ``out_dir``; ``inputs``
+    names the files the numbers came from."""
     missing = [k for k in REQUIRED if k not in metrics]
     if missing:
         raise ValueError(f"metrics lacks section(s) {', '.join(missing)}")
     if metrics["main"] not in (metrics["variants"] or {}):
         raise ValueError(f"metrics' main variant {metrics['main']!r} is not among its variants")
     c = _Ctx(metrics, cfg, figures_dir, out_dir, ablation, compute, dict(inputs or {}))
-    return {name: build(c).strip() for name, build in SECTIONS.items()}
+    unknown = set(SECTIONS) - set(section_names())
+    if unknown:
+        raise ValueError(f"{TEMPLATE} has no section(s) {', '.join(sorted(unknown))} for their builders")
+    return {name: (SECTIONS[name](c) if name in SECTIONS else fill(name)).strip() for name in section_names()}
 
 
 def build_report(metrics: dict, cfg=None, figures_dir: str | Path | None = None, out_dir: str | Path | None = None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from importlib import resources
 
 import numpy as np
 import pandas as pd
@@ -13,7 +14,9 @@ import torch
 
 from mmldm.config import load_config
 from mmldm.errors import DataError
-from mmldm.report import build_report, limiting_stage, read_metrics, read_rows, report_dir, write_report
+from mmldm import report
+from mmldm.report import (build_report, fill, figure_list, limiting_stage, read_metrics, read_rows, report_dir,
+                          report_sections, section_names, template_blocks, write_report)
 from mmldm.viz import report_figures as rf
 
 VARIANTS = {  # name: (sampler, steps, guidance mode)
@@ -175,6 +178,56 @@ def test_every_section_and_table_from_synthetic_metrics(inputs):
         assert written[role].exists() and f"figures/{rf.FIGURES[role]}" in text, role
     assert json.loads((out / "metrics.json").read_text()) == synthetic_metrics()
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]  # atomic writes leave no temporaries
+
+
+def test_sections_come_in_the_template_order_without_gaps():
+    text = build_report(synthetic_metrics(), load_config("smoke"))
+    where = [re.search("^" + re.escape(heading), text, re.M).start() for heading in SECTIONS]
+    assert where == sorted(where)  # the headings, in the template's order
+    assert "\n\n\n" not in text
+    sections = report_sections(synthetic_metrics(), load_config("smoke"))
+    assert list(sections) == section_names()
+    assert sections["intended_use"].startswith("## Intended use\n\nResearch and teaching only.")  # no builder
+    for name, body in sections.items():
+        assert body and "\n\n\n" not in body and "${" not in body, name  # every placeholder filled
+
+
+def test_the_template_holds_the_prose_and_the_code_uses_every_block():
+    blocks = template_blocks()
+    sections = section_names()
+    assert sections[:3] == ["header", "summary", "intended_use"] and sections[-1] == "inputs"
+    assert set(report.SECTIONS) <= set(sections)  # a builder without a section would be silently dropped
+    source = resources.files("mmldm").joinpath("report.py").read_text(encoding="utf-8")
+    for name in blocks:
+        if "." in name:
+            assert name.split(".")[0] in sections + ["shared"], name  # a piece belongs to a section
+            assert f'"{name}"' in source, name  # no piece the code never uses
+    # One home for the prose: no sentence of the template is typed into the code as well.
+    for name, body in blocks.items():
+        for chunk in re.split(r"\$\{\w+\}|\n", body):
+            if len(chunk.strip()) >= 40:
+                assert chunk.strip() not in source, (name, chunk)
+    # The evaluation figures the template links are the ones mmldm.viz.report_figures saves.
+    listed = [f for b in blocks if b.endswith((".figure", ".figures")) for f, _ in figure_list(b, profile="x", main="m")]
+    assert {f for f in listed if f.startswith("05_")} <= set(rf.FIGURES.values())
+    assert len(listed) == len(set(listed)) and "vqvae_loss_x.png" in listed
+
+
+def test_fill_drops_a_piece_that_does_not_apply():
+    values = dict(n=7, fid_sample_size="FID here.", memorisation_spaces="pixels")
+    without = fill("limitations", phantom="", **values)
+    assert without.startswith("## Limitations\n\n- The seed's published figures") and "\n\n\n" not in without
+    assert "n = 7 held-out slices and one sampling seed; FID here. Standard" in without
+    with_phantom = fill("limitations", phantom=fill("limitations.phantom"), **values)
+    assert with_phantom.startswith("## Limitations\n\n- The data is the synthetic phantom")
+    assert with_phantom.count("\n- ") == without.count("\n- ") + 1  # one item more, still one list
+    with pytest.raises(KeyError, match="memorisation_spaces"):
+        fill("limitations", phantom="", n=7, fid_sample_size="")
+    assert fill("shared.image", caption="A cat.", path="figures/cat.png") == "![A cat.](figures/cat.png)\n*A cat.*"
+    m = synthetic_metrics()
+    del m["variants"]["ddpm1000_both"]  # no slow-sampling item: the list closes up, no blank line inside
+    challenges = report_sections(m)["challenges"]
+    assert "Slow sampling" not in challenges and challenges.count("\n\n") == 1 and challenges.count("\n- ") == 4
 
 
 def test_numbers_follow_the_json(inputs):

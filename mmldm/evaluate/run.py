@@ -141,6 +141,7 @@ from mmldm.evaluate.metrics import PAIRED_METRICS, metric_table, paired_metrics,
 from mmldm.evaluate.reconstruction import reconstruct_images
 from mmldm.evaluate.settings import MAIN, VARIANTS, EvaluationConfig, Variant  # noqa: F401 (re-exported)
 from mmldm.evaluate.spectrum import compare_spectra
+from mmldm.formatting import fmt
 from mmldm.inference import LatentDiffusion
 
 PUBLISHED = {"fid": 116.09, "ssim": 0.44, "nmse": 1.14, "source": "the seed study, M&Ms-2 at 256x256"}
@@ -701,14 +702,14 @@ def _write_per_image(path: Path, runs: dict, main: str, ceiling: dict, ratios: n
 def format_table(metrics: dict) -> str:
     """A short plain-text summary of a metrics.json dict (what the CLI prints)."""
 
-    def f(x, spec=".3f"):
-        return "-" if x is None else format(x, spec)
+    def f(x, digits=3):
+        return fmt(x, digits, small=False, missing="-")
 
     lines = [f"{'variant':<20} {'n':>4} {'SSIM':>6} {'PSNR':>6} {'NMSE':>6} {'Dice':>6} {'sat':>5} {'s/img':>7}"]
     for name, v in metrics["variants"].items():
         dice = (v.get("dice") or {}).get("mean_fg")
-        lines.append(f"{name:<20} {v['n']:>4} {f(v['ssim']['mean']):>6} {f(v['psnr']['mean'], '.2f'):>6} "
-                     f"{f(v['nmse']['mean']):>6} {f(dice):>6} {f(v['saturated'], '.2f'):>5} {f(v['s_per_image']):>7}")
+        lines.append(f"{name:<20} {v['n']:>4} {f(v['ssim']['mean']):>6} {f(v['psnr']['mean'], 2):>6} "
+                     f"{f(v['nmse']['mean']):>6} {f(dice):>6} {f(v['saturated'], 2):>5} {f(v['s_per_image']):>7}")
     ceil = metrics["ceiling"]["dice"]
     lines.append(f"ceiling (segmenter on real held-out): Dice {f(ceil['mean_fg'])} "
                  f"(LV {f(ceil['LV'])}, MYO {f(ceil['MYO'])}, RV {f(ceil['RV'])})")
@@ -719,18 +720,18 @@ def format_table(metrics: dict) -> str:
     for d in (realism["inception"], realism["segmenter"]):
         if d["available"]:
             ae = d.get("autoencoder") or {}
-            lines.append(f"  FID {d['label']}: {f(d['fid'], '.2f')} (real vs real {f(d['real_vs_real_fid'], '.2f')}, "
-                         f"ratio {f(d['ratio'], '.2f')}; VQ-VAE reconstructions {f(ae.get('fid'), '.2f')}, ratio "
-                         f"{f(ae.get('ratio'), '.2f')}), KID {f(d['kid_mean'], '.4f')} ± {f(d['kid_std'], '.4f')}")
+            lines.append(f"  FID {d['label']}: {f(d['fid'], 2)} (real vs real {f(d['real_vs_real_fid'], 2)}, "
+                         f"ratio {f(d['ratio'], 2)}; VQ-VAE reconstructions {f(ae.get('fid'), 2)}, ratio "
+                         f"{f(ae.get('ratio'), 2)}), KID {f(d['kid_mean'], 4)} ± {f(d['kid_std'], 4)}")
         else:
             lines.append(f"  FID {d['label']}: unavailable ({d['reason']})")
     spec, ae = realism["spectrum"], realism["autoencoder"]
     hf = spec["hf_ratio"]
     lines.append(f"  high-frequency power (> {spec['cutoff']} cycles/pixel) over real held-out: generated "
-                 f"{f(hf.get('generated'), '.2f')}, real train {f(hf.get('train'), '.2f')}, "
-                 f"VQ-VAE reconstructions {f(hf.get('reconstruction'), '.2f')}")
+                 f"{f(hf.get('generated'), 2)}, real train {f(hf.get('train'), 2)}, "
+                 f"VQ-VAE reconstructions {f(hf.get('reconstruction'), 2)}")
     lines.append(f"  VQ-VAE reconstruction of {ae['n']} held-out slices: SSIM {f(ae['ssim']['mean'])}, "
-                 f"PSNR {f(ae['psnr']['mean'], '.2f')}")
+                 f"PSNR {f(ae['psnr']['mean'], 2)}")
     mem = metrics["memorisation"]
     lines.append(f"memorisation ratio (pixels): median {f(mem['summary']['median'])}, min {f(mem['summary']['min'])} "
                  f"(real held-out baseline: median {f(mem['baseline']['summary']['median'])})")

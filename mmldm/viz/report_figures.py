@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 
 from mmldm.data.schema import LABELS
+from mmldm.formatting import finite_float, mean_std_entry
 from mmldm.viz.plots import LABEL_COLOURS, condition_rgb, plt, show_image
 
 # File names (in the figures folder) of the figures notebook 05 writes, by role.
@@ -146,20 +147,15 @@ VARIANT_PANELS = (("ssim", "SSIM ↑"), ("nmse", "NMSE ↓"), ("dice", "anatomy 
 
 
 def _mean_std(entry) -> tuple[float, float]:
-    if entry is None:
-        return math.nan, math.nan
-    if isinstance(entry, Mapping):
-        if "mean_fg" in entry:  # a Dice block
-            return _num(entry["mean_fg"]), math.nan
-        return _num(entry.get("mean")), _num(entry.get("std"))
-    return _num(entry), math.nan
+    """(mean, std) of a variant's entry for a bar, NaN where missing; a Dice block's is its mean_fg."""
+    if isinstance(entry, Mapping) and "mean_fg" in entry:
+        return _num(entry["mean_fg"]), math.nan
+    return mean_std_entry(entry, math.nan)
 
 
 def _num(x) -> float:
-    try:
-        return math.nan if x is None else float(x)
-    except (TypeError, ValueError):
-        return math.nan
+    """A value to plot: NaN (drawn as nothing) where missing or not finite."""
+    return finite_float(x, math.nan)
 
 
 def variant_bars(metrics: Mapping, size: tuple = (13, 3.2)):
