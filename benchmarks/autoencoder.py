@@ -26,13 +26,13 @@ from pathlib import Path
 import torch
 
 from mmldm import atomic
+from mmldm.data.dataset import CardiacSliceDataset
 from mmldm.evaluate.fid import load_inception
-from mmldm.evaluate.paired import pick_indices
 from mmldm.evaluate.metrics import paired_metrics
+from mmldm.evaluate.paired import pick_indices
 from mmldm.evaluate.reconstruction import reconstruct_images
 from mmldm.evaluate.run import INCEPTION_LABEL, INCEPTION_NAME, fid_block, load_images, mean_std
 from mmldm.evaluate.spectrum import compare_spectra
-from mmldm.data.dataset import CardiacSliceDataset
 from mmldm.inference import load_vqvae
 
 
@@ -50,10 +50,17 @@ def measure(vqvae, held: torch.Tensor, train: torch.Tensor, inception, reason: s
     paired = paired_metrics(rec_held, held)
     spectra = compare_spectra({"heldout": held, "reconstruction": rec_held}, reference="heldout")
     fid = fid_block(inception, reason, held, rec_train, train, INCEPTION_NAME, INCEPTION_LABEL, batch_size=batch_size)
-    return {"ssim": mean_std(paired["ssim"]), "psnr": mean_std(paired["psnr"]), "nmse": mean_std(paired["nmse"]),
-            "hf_ratio": spectra["hf_ratio"]["reconstruction"],
-            "rfid": fid["fid"], "real_vs_real_fid": fid["real_vs_real_fid"], "ratio": fid["ratio"],
-            "n_heldout": len(held), "n_train": len(train)}
+    return {
+        "ssim": mean_std(paired["ssim"]),
+        "psnr": mean_std(paired["psnr"]),
+        "nmse": mean_std(paired["nmse"]),
+        "hf_ratio": spectra["hf_ratio"]["reconstruction"],
+        "rfid": fid["fid"],
+        "real_vs_real_fid": fid["real_vs_real_fid"],
+        "ratio": fid["ratio"],
+        "n_heldout": len(held),
+        "n_train": len(train),
+    }
 
 
 def main() -> None:
@@ -78,13 +85,22 @@ def main() -> None:
         t0 = time.time()
         vqvae, ref = load_vqvae(path or name)
         row = measure(vqvae, held, train, inception, reason, args.batch_size)
-        row.update(checkpoint=path or name, seconds=round(time.time() - t0, 1),
-                   down_channels=list(vqvae.config.down_channels),
-                   latent_channels=vqvae.config.latent_channels, codebook=vqvae.config.codebook_size)
+        row.update(
+            checkpoint=path or name,
+            seconds=round(time.time() - t0, 1),
+            down_channels=list(vqvae.config.down_channels),
+            latent_channels=vqvae.config.latent_channels,
+            codebook=vqvae.config.codebook_size,
+        )
         rows[name] = row
-        fid = "n/a" if row["rfid"] is None else f"{row['rfid']:.1f} / {row['real_vs_real_fid']:.1f} = {row['ratio']:.2f}"
-        print(f"{name:>16}  SSIM {row['ssim']['mean']:.3f}  PSNR {row['psnr']['mean']:.1f}  "
-              f"NMSE {row['nmse']['mean']:.3f}  HF {row['hf_ratio']:.2f}x  rFID {fid}  (n {len(held)})", flush=True)
+        fid = (
+            "n/a" if row["rfid"] is None else f"{row['rfid']:.1f} / {row['real_vs_real_fid']:.1f} = {row['ratio']:.2f}"
+        )
+        print(
+            f"{name:>16}  SSIM {row['ssim']['mean']:.3f}  PSNR {row['psnr']['mean']:.1f}  "
+            f"NMSE {row['nmse']['mean']:.3f}  HF {row['hf_ratio']:.2f}x  rFID {fid}  (n {len(held)})",
+            flush=True,
+        )
     atomic.write_text(args.out, json.dumps(rows, indent=2) + "\n")
     print(f"wrote {args.out}")
 

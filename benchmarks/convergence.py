@@ -34,10 +34,19 @@ import torch
 VARIANTS = {
     # The seed's recipe at the profile's size: nearest-downsampled condition, epsilon prediction, raw
     # latents, no EMA, no clipping, no guidance.
-    "seed": ["unet.conditioning=concat_nearest", "unet.view_embedding=false", "diffusion.prediction_type=epsilon",
-             "train_ldm.latent_norm=none", "train_ldm.ema=false", "guidance.p_drop_edge=0.0",
-             "guidance.p_drop_mask=0.0", "guidance.scale_mask=1.0", "guidance.scale_edge=1.0",
-             "sampler.clip_to_latents=false", "train_ldm.lr=2e-4"],
+    "seed": [
+        "unet.conditioning=concat_nearest",
+        "unet.view_embedding=false",
+        "diffusion.prediction_type=epsilon",
+        "train_ldm.latent_norm=none",
+        "train_ldm.ema=false",
+        "guidance.p_drop_edge=0.0",
+        "guidance.p_drop_mask=0.0",
+        "guidance.scale_mask=1.0",
+        "guidance.scale_edge=1.0",
+        "sampler.clip_to_latents=false",
+        "train_ldm.lr=2e-4",
+    ],
     # Ours: the profile exactly as its YAML file has it.
     "ours": [],
     # Ours with SPADE instead of the hint encoder (the condition modulates every normalisation).
@@ -50,8 +59,12 @@ VARIANTS = {
     "ours_x0": ["diffusion.prediction_type=sample", "train_ldm.lr=2e-4"],
     "ours_v_lr1e-3": ["diffusion.prediction_type=v", "train_ldm.lr=1e-3"],
     "ours_x0_lr1e-3": ["diffusion.prediction_type=sample", "train_ldm.lr=1e-3"],
-    "ours_v_spade": ["diffusion.prediction_type=v", "unet.conditioning=spade", "unet.spade_hidden=32",
-                     "train_ldm.lr=2e-4"],
+    "ours_v_spade": [
+        "diffusion.prediction_type=v",
+        "unet.conditioning=spade",
+        "unet.spade_hidden=32",
+        "train_ldm.lr=2e-4",
+    ],
 }
 
 
@@ -68,8 +81,9 @@ def parse_variant(spec: str) -> tuple[str, float, str | None]:
     return name, float(mult or 1), sampler or None
 
 
-def evaluate(ckpt: Path, store: Path, segmenter_path: Path | None, n: int,
-             sampler: str | None = None) -> tuple[dict, dict]:
+def evaluate(
+    ckpt: Path, store: Path, segmenter_path: Path | None, n: int, sampler: str | None = None
+) -> tuple[dict, dict]:
     """One row, scored by the evaluation engine (mmldm/evaluate/run.py) on ``n`` held-out slices:
     the checkpoint's own guidance and sampler, or the SAMPLERS entry ``sampler`` (name and steps
     replaced, clipping kept). Returns (metrics, generate_paired's result)."""
@@ -85,8 +99,9 @@ def evaluate(ckpt: Path, store: Path, segmenter_path: Path | None, n: int,
     sampler_cfg = cfg.sampler
     if sampler is not None:
         name, steps = SAMPLERS[sampler]
-        sampler_cfg = dataclasses.replace(cfg.sampler, name=name,
-                                          num_inference_steps=min(steps, cfg.diffusion.num_train_timesteps))
+        sampler_cfg = dataclasses.replace(
+            cfg.sampler, name=name, num_inference_steps=min(steps, cfg.diffusion.num_train_timesteps)
+        )
     seg = load_segmenter(segmenter_path) if segmenter_path is not None else None
     run = evaluate_variant(ldm, store, sampler_cfg, segmenter=seg, n=n, progress=False)
     summary, res = run["summary"], run["result"]
@@ -119,12 +134,20 @@ def main() -> None:
     p.add_argument("--source", required=True, help="dataset folder (e.g. ACDC training)")
     p.add_argument("--vqvae", required=True, help="a trained VQVAE checkpoint (same for every variant)")
     p.add_argument("--segmenter", default=None, help="segmenter checkpoint for anatomy Dice")
-    p.add_argument("--variants", nargs="+", default=["seed", "ours"],
-                   help="name[*mult][@sampler], e.g. seed@ddpm1000 ours ours*0.5 ours*4 ours_spade; names: "
-                        + ", ".join(sorted(VARIANTS)))
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=["seed", "ours"],
+        help="name[*mult][@sampler], e.g. seed@ddpm1000 ours ours*0.5 ours*4 ours_spade; names: "
+        + ", ".join(sorted(VARIANTS)),
+    )
     p.add_argument("--profile", default="quick", help="profile the variants start from (default: quick, 64x64)")
-    p.add_argument("--steps", type=int, default=None, help="LDM optimiser steps per variant (default: the "
-                                                            "profile's train_ldm.steps), times the variant's mult")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="LDM optimiser steps per variant (default: the profile's train_ldm.steps), times the variant's mult",
+    )
     p.add_argument("--n", type=int, default=96, help="held-out slices generated per variant")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="runs/tune")
@@ -143,9 +166,14 @@ def main() -> None:
         name, mult, sampler = parse_variant(spec)
         base_steps = args.steps or load_config(args.profile).train_ldm.steps
         steps = max(int(round(base_steps * mult)), 1)
-        overrides = [f"paths.source={Path(args.source).resolve()}", *VARIANTS[name],
-                     f"train_ldm.steps={steps}", f"train_ldm.cpu_threads={args.threads}",
-                     "train_ldm.sample_every=0", f"train_ldm.ckpt_every={max(steps // 4, 1)}"]
+        overrides = [
+            f"paths.source={Path(args.source).resolve()}",
+            *VARIANTS[name],
+            f"train_ldm.steps={steps}",
+            f"train_ldm.cpu_threads={args.threads}",
+            "train_ldm.sample_every=0",
+            f"train_ldm.ckpt_every={max(steps // 4, 1)}",
+        ]
         cfg = load_config(args.profile, overrides=overrides)
         run = out / (f"ldm_{name}" + (f"_x{mult:g}" if mult != 1 else ""))
         timing = run / "train_seconds.json"  # wall time of the training, kept for --eval-only and reruns
@@ -157,12 +185,21 @@ def main() -> None:
         train_s = json.loads(timing.read_text())["train_s"] if timing.exists() else float("nan")
         seg = Path(args.segmenter) if args.segmenter else None
         metrics, res = evaluate(run / "last.pt", cfg.store_path, seg, args.n, sampler)
-        metrics.update(variant=spec, steps=steps, n=args.n, source=str(args.source), threads=args.threads,
-                       train_s=train_s, overrides=VARIANTS[name])
+        metrics.update(
+            variant=spec,
+            steps=steps,
+            n=args.n,
+            source=str(args.source),
+            threads=args.threads,
+            train_s=train_s,
+            overrides=VARIANTS[name],
+        )
         rows[spec] = metrics
         save_rows({spec: metrics}, [out / "convergence.json", *([Path(args.json)] if args.json else [])])
-        torch_save({k: res[k] for k in ("generated", "real", "label", "cond")},
-                   run / f"eval_samples{'_' + sampler if sampler else ''}.pt")
+        torch_save(
+            {k: res[k] for k in ("generated", "real", "label", "cond")},
+            run / f"eval_samples{'_' + sampler if sampler else ''}.pt",
+        )
         print(spec, json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}), flush=True)
     cols = ["ssim", "nmse", "psnr", "saturated", "dice_LV", "dice_MYO", "dice_RV", "dice_fg", "s_per_image", "train_s"]
     print("\n| variant | sampler | " + " | ".join(cols) + " |\n|---|---|" + "---|" * len(cols))

@@ -66,9 +66,17 @@ def time_preprocess(source: Path, fmt: str, store: Path, workers: int | None) ->
 
 
 def loader_rate(ds, samples: int, workers: int, batch: int = 32, expand: bool = False) -> float:
-    sampler = RandomSampler(ds, replacement=True, num_samples=samples + batch, generator=torch.Generator().manual_seed(0))
-    loader = DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers,
-                        persistent_workers=False, prefetch_factor=4 if workers else None)
+    sampler = RandomSampler(
+        ds, replacement=True, num_samples=samples + batch, generator=torch.Generator().manual_seed(0)
+    )
+    loader = DataLoader(
+        ds,
+        batch_size=batch,
+        sampler=sampler,
+        num_workers=workers,
+        persistent_workers=False,
+        prefetch_factor=4 if workers else None,
+    )
     it = iter(loader)
     next(it)  # warm-up: workers started, files opened
     t, n = time.perf_counter(), 0
@@ -87,9 +95,12 @@ def filter_table(store: Path, n: int = 300, reads: int = 1500) -> list[tuple[str
     idx = np.random.default_rng(0).integers(0, len(arrays["image"]), reads)
     with tempfile.TemporaryDirectory() as tmp:
         for name, arr in arrays.items():
-            for label, kw in (("none", {}), ("lzf", {"compression": "lzf"}),
-                              ("gzip 1", {"compression": "gzip", "compression_opts": 1}),
-                              ("gzip 1 + shuffle", {"compression": "gzip", "compression_opts": 1, "shuffle": True})):
+            for label, kw in (
+                ("none", {}),
+                ("lzf", {"compression": "lzf"}),
+                ("gzip 1", {"compression": "gzip", "compression_opts": 1}),
+                ("gzip 1 + shuffle", {"compression": "gzip", "compression_opts": 1, "shuffle": True}),
+            ):
                 path = Path(tmp) / "f.h5"
                 with h5py.File(path, "w") as f:
                     f.create_dataset("a", data=arr, chunks=(1,) + arr.shape[1:], **kw)
@@ -128,8 +139,13 @@ def main() -> None:
                 fmt, what = "phantom", f"phantom, {args.subjects} subjects"
             store = tmp / "store.h5"
             n, seconds = time_preprocess(source, fmt, store, args.workers)
-            results.append((f"preprocess ({what})", f"{n / seconds:,.0f} slices/s",
-                            f"{n} slices in {seconds:.1f} s, {store.stat().st_size / 1e6:.0f} MB"))
+            results.append(
+                (
+                    f"preprocess ({what})",
+                    f"{n / seconds:,.0f} slices/s",
+                    f"{n} slices in {seconds:.1f} s, {store.stat().st_size / 1e6:.0f} MB",
+                )
+            )
 
         for in_memory in (False, True):
             kind = "in_memory" if in_memory else "HDF5"
@@ -138,17 +154,24 @@ def main() -> None:
             results.append((f"{kind}: open", f"{time.perf_counter() - t:.2f} s", f"{len(ds)} slices"))
             results.append((f"{kind}: ds[i]", f"{read_rate(ds, args.samples):,.0f} samples/s", "expanded items"))
             aug = CardiacSliceDataset(store, split=None, in_memory=in_memory, augment=True)
-            results.append((f"{kind}: ds[i], augment", f"{read_rate(aug, args.samples):,.0f} samples/s",
-                            "expanded items"))
+            results.append(
+                (f"{kind}: ds[i], augment", f"{read_rate(aug, args.samples):,.0f} samples/s", "expanded items")
+            )
             compact = CardiacSliceDataset(store, split=None, in_memory=in_memory, expand=False)
             for workers in (0, 2):
                 for name, d in (("expanded", ds), ("compact", compact)):
                     rate = loader_rate(d, args.samples, workers)
-                    results.append((f"{kind}: DataLoader {name}", f"{rate:,.0f} samples/s",
-                                    f"batch 32, {workers} workers"))
+                    results.append(
+                        (f"{kind}: DataLoader {name}", f"{rate:,.0f} samples/s", f"batch 32, {workers} workers")
+                    )
             rate = loader_rate(compact, args.samples, 2, expand=True)
-            results.append((f"{kind}: DataLoader compact+expand_batch", f"{rate:,.0f} samples/s",
-                            "batch 32, 2 workers, one-hot on CPU"))
+            results.append(
+                (
+                    f"{kind}: DataLoader compact+expand_batch",
+                    f"{rate:,.0f} samples/s",
+                    "batch 32, 2 workers, one-hot on CPU",
+                )
+            )
             del ds, aug, compact
 
         print()

@@ -50,26 +50,62 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     rows = []
-    print(f"{'subject':<12}{'edges':<7}{'slices':>7}" + "".join(f"{c:>8}" for c in CLASSES) + "   ceiling "
-          + " ".join(CLASSES) + "   s")
+    print(
+        f"{'subject':<12}{'edges':<7}{'slices':>7}"
+        + "".join(f"{c:>8}" for c in CLASSES)
+        + "   ceiling "
+        + " ".join(CLASSES)
+        + "   s"
+    )
     for subject in args.subjects:
         folder = Path(args.root) / subject
         stem = folder / f"{subject}_frame{read_info(folder / 'Info.cfg')['ED']:02d}"
         for edges in args.edges:
-            r = readback_dice(args.ldm, args.segmenter, f"{stem}_gt.nii.gz", "acdc", f"{stem}.nii.gz", edges=edges,
-                              scale_mask=args.scale_mask, scale_edge=args.scale_edge, steps=args.steps,
-                              seed=args.seed, device=args.device)
-            rows.append({"subject": subject, "edges": edges, "slices": len(r["slices"]), "dice": r["dice"],
-                         "ceiling": r["ceiling"], "seconds": r["seconds"], "guidance": r["guidance"],
-                         "sampler": r["sampler"]["name"], "steps": r["sampler"]["num_inference_steps"]})
-            print(f"{subject:<12}{edges:<7}{len(r['slices']):>7}" + "".join(f"{r['dice'][c]:>8.3f}" for c in CLASSES)
-                  + "   " + " ".join(f"{r['ceiling'][c]:.3f}" for c in CLASSES) + f"   {r['seconds']:.1f}", flush=True)
+            r = readback_dice(
+                args.ldm,
+                args.segmenter,
+                f"{stem}_gt.nii.gz",
+                "acdc",
+                f"{stem}.nii.gz",
+                edges=edges,
+                scale_mask=args.scale_mask,
+                scale_edge=args.scale_edge,
+                steps=args.steps,
+                seed=args.seed,
+                device=args.device,
+            )
+            rows.append(
+                {
+                    "subject": subject,
+                    "edges": edges,
+                    "slices": len(r["slices"]),
+                    "dice": r["dice"],
+                    "ceiling": r["ceiling"],
+                    "seconds": r["seconds"],
+                    "guidance": r["guidance"],
+                    "sampler": r["sampler"]["name"],
+                    "steps": r["sampler"]["num_inference_steps"],
+                }
+            )
+            print(
+                f"{subject:<12}{edges:<7}{len(r['slices']):>7}"
+                + "".join(f"{r['dice'][c]:>8.3f}" for c in CLASSES)
+                + "   "
+                + " ".join(f"{r['ceiling'][c]:.3f}" for c in CLASSES)
+                + f"   {r['seconds']:.1f}",
+                flush=True,
+            )
     for edges in args.edges:
         sel = [row for row in rows if row["edges"] == edges]
         mean = {c: float(np.nanmean([row["dice"][c] for row in sel])) for c in CLASSES}
         ceil = {c: float(np.nanmean([row["ceiling"][c] for row in sel])) for c in CLASSES}
-        print(f"{'mean':<12}{edges:<7}{len(sel):>7}" + "".join(f"{mean[c]:>8.3f}" for c in CLASSES)
-              + "   " + " ".join(f"{ceil[c]:.3f}" for c in CLASSES) + "   (subjects)")
+        print(
+            f"{'mean':<12}{edges:<7}{len(sel):>7}"
+            + "".join(f"{mean[c]:>8.3f}" for c in CLASSES)
+            + "   "
+            + " ".join(f"{ceil[c]:.3f}" for c in CLASSES)
+            + "   (subjects)"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

@@ -80,8 +80,7 @@ from mmldm.models import param_count  # noqa: E402
 STAGES = ("vqvae", "ldm", "sampling")
 DEFAULT_OUT = REPO / "runs" / "gpu_check" / "gpu_check.json"
 SAMPLE_VARIANT = "ddim50_both"  # the evaluation's main row: DDIM 50 steps, the profile's guidance
-DRY = {"size": 64, "train_batch": 1, "steps": 1, "warmup": 0, "sample_batch": 2, "sample_steps": 2,
-       "sample_repeats": 1}
+DRY = {"size": 64, "train_batch": 1, "steps": 1, "warmup": 0, "sample_batch": 2, "sample_steps": 2, "sample_repeats": 1}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,8 +93,11 @@ class Combo:
 
     @property
     def name(self) -> str:
-        return "+".join(["bf16" if self.amp else "fp32"] + (["channels_last"] if self.channels_last else [])
-                        + (["compile"] if self.compile else []))
+        return "+".join(
+            ["bf16" if self.amp else "fp32"]
+            + (["channels_last"] if self.channels_last else [])
+            + (["compile"] if self.compile else [])
+        )
 
 
 COMBOS = [Combo(*flags) for flags in itertools.product((False, True), repeat=3)]
@@ -142,8 +144,10 @@ def peak(device: torch.device) -> dict:
     """Peak GPU memory since :func:`reset_peak` in MiB (None on the CPU)."""
     if device.type != "cuda":
         return {"peak_allocated_mb": None, "peak_reserved_mb": None}
-    return {"peak_allocated_mb": torch.cuda.max_memory_allocated() / 2**20,
-            "peak_reserved_mb": torch.cuda.max_memory_reserved() / 2**20}
+    return {
+        "peak_allocated_mb": torch.cuda.max_memory_allocated() / 2**20,
+        "peak_reserved_mb": torch.cuda.max_memory_reserved() / 2**20,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,22 +159,34 @@ def train_config(profile: str, stage: str, combo: Combo, batch: int, extra: list
     """The profile with the trainer set up for timing: ``batch`` images a step, no logging,
     checkpoints or sample grids, data in memory, the combination's flags, the GAN on from step 0."""
     section = f"train_{stage}"
-    values = dict(steps=10**6, batch_size=batch, grad_accum=1, num_workers=0, in_memory=True,
-                  log_every=10**6, sample_every=0, ckpt_every=10**6, deterministic=False,
-                  amp=combo.amp, channels_last=combo.channels_last, compile=combo.compile)
+    values = dict(
+        steps=10**6,
+        batch_size=batch,
+        grad_accum=1,
+        num_workers=0,
+        in_memory=True,
+        log_every=10**6,
+        sample_every=0,
+        ckpt_every=10**6,
+        deterministic=False,
+        amp=combo.amp,
+        channels_last=combo.channels_last,
+        compile=combo.compile,
+    )
     overrides = [f"{section}.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in values.items()]
     return load_config(profile, overrides=[*extra, *overrides, "vqvae.adversarial_start=0"])
 
 
 def vqvae_checkpoint(cfg: Config, path: Path) -> Path:
     """An untrained VQVAE checkpoint for the LDM trainer to encode with (its speed is the same)."""
-    from mmldm.models.vqvae import VQVAE
     from mmldm.checkpoint import save_checkpoint
+    from mmldm.models.vqvae import VQVAE
 
     if not path.exists():
         torch.manual_seed(0)
-        save_checkpoint({"stage": "vqvae", "step": 0, "config": to_dict(cfg),
-                         "model": VQVAE(cfg.vqvae).state_dict()}, path)
+        save_checkpoint(
+            {"stage": "vqvae", "step": 0, "config": to_dict(cfg), "model": VQVAE(cfg.vqvae).state_dict()}, path
+        )
     return path
 
 
@@ -181,8 +197,15 @@ def measure_training(stage: str, combo: Combo, args, device: torch.device, work:
     from mmldm.train.vqvae import VQVAETrainer
 
     batch = args.train_batch or getattr(load_config(args.profile, overrides=args.extra), f"train_{stage}").batch_size
-    row = {"stage": stage, "combo": combo.name, **dataclasses.asdict(combo),
-           "flags_applied": device.type == "cuda", "batch": batch, "warmup": args.warmup, "steps": args.steps}
+    row = {
+        "stage": stage,
+        "combo": combo.name,
+        **dataclasses.asdict(combo),
+        "flags_applied": device.type == "cuda",
+        "batch": batch,
+        "warmup": args.warmup,
+        "steps": args.steps,
+    }
     trainer = None
     try:
         cfg = train_config(args.profile, stage, combo, batch, args.extra)
@@ -202,13 +225,13 @@ def measure_training(stage: str, combo: Combo, args, device: torch.device, work:
                 row["params"] = param_count(trainer.model)
             reset_peak(device)
             times = []
-            for i in range(args.warmup + args.steps):
+            for _ in range(args.warmup + args.steps):
                 t0 = time.perf_counter()
                 out = trainer.train_step()
                 float(out.get("loss", out.get("total")))  # waits for the device
                 sync(device)
                 times.append(time.perf_counter() - t0)
-            timed = times[args.warmup:]
+            timed = times[args.warmup :]
             row["first_step_s"] = times[0]
             row["s_per_step"] = sum(timed) / len(timed)
             row["images_per_s"] = batch / row["s_per_step"]
@@ -239,23 +262,33 @@ def sampling_inputs(cfg: Config, store: Path, batch: int) -> tuple[torch.Tensor,
 
 def measure_sampling(combo: Combo, args, device: torch.device, work: Path, write_store) -> dict:
     """One row: ``LatentDiffusion.sample`` with the ddim50_both settings for ``sample_batch`` images."""
-    from mmldm.evaluate.run import variant_settings
-    from mmldm.models import UNet, VQVAE
     from mmldm.diffusion.latent_norm import latent_stats
+    from mmldm.evaluate.run import variant_settings
     from mmldm.inference import LatentDiffusion
+    from mmldm.models import VQVAE, UNet
 
-    row = {"stage": "sampling", "combo": combo.name, **dataclasses.asdict(combo),
-           "flags_applied": device.type == "cuda", "batch": args.sample_batch, "repeats": args.sample_repeats}
+    row = {
+        "stage": "sampling",
+        "combo": combo.name,
+        **dataclasses.asdict(combo),
+        "flags_applied": device.type == "cuda",
+        "batch": args.sample_batch,
+        "repeats": args.sample_repeats,
+    }
     unet = vqvae = model = None
     cuda = device.type == "cuda"
     try:
         cfg = load_config(args.profile, overrides=args.extra)
-        sampler, guidance = variant_settings(SAMPLE_VARIANT, cfg.sampler, cfg.guidance,
-                                             cfg.diffusion.num_train_timesteps)
-        sampler = dataclasses.replace(sampler, num_inference_steps=min(args.sample_steps,
-                                                                       sampler.num_inference_steps))
-        row.update(image=cfg.data.size, sampler=sampler.name, sampler_steps=sampler.num_inference_steps,
-                   guidance=dataclasses.asdict(guidance))
+        sampler, guidance = variant_settings(
+            SAMPLE_VARIANT, cfg.sampler, cfg.guidance, cfg.diffusion.num_train_timesteps
+        )
+        sampler = dataclasses.replace(sampler, num_inference_steps=min(args.sample_steps, sampler.num_inference_steps))
+        row.update(
+            image=cfg.data.size,
+            sampler=sampler.name,
+            sampler_steps=sampler.num_inference_steps,
+            guidance=dataclasses.asdict(guidance),
+        )
         store = work / f"sampling_store_{cfg.data.size}_{args.sample_batch}.h5"
         if not store.exists():
             write_store(store, cfg.data.size, train=2, val=args.sample_batch)
@@ -320,13 +353,23 @@ def measure_sampling(combo: Combo, args, device: torch.device, work: Path, write
 
 
 def device_info(device: torch.device) -> dict:
-    info = {"device": device.type, "torch": torch.__version__, "cuda": torch.version.cuda,
-            "python": platform.python_version(), "machine": platform.machine(), "cpu_threads": torch.get_num_threads()}
+    info = {
+        "device": device.type,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+    }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        info.update(name=torch.cuda.get_device_name(device), memory_gb=props.total_memory / 2**30,
-                    capability=f"{props.major}.{props.minor}", cudnn=torch.backends.cudnn.version(),
-                    bf16_supported=torch.cuda.is_bf16_supported())
+        info.update(
+            name=torch.cuda.get_device_name(device),
+            memory_gb=props.total_memory / 2**30,
+            capability=f"{props.major}.{props.minor}",
+            cudnn=torch.backends.cudnn.version(),
+            bf16_supported=torch.cuda.is_bf16_supported(),
+        )
     else:
         info["name"] = f"CPU ({platform.processor() or platform.machine()})"
     return info
@@ -348,18 +391,23 @@ def _num(x, spec: str) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    head = (f"{'stage':<9}{'combination':<28}{'batch':>6}{'images/s':>10}{'s/step':>9}{'first s':>9}"
-            f"{'peak MiB':>10}  note")
+    head = (
+        f"{'stage':<9}{'combination':<28}{'batch':>6}{'images/s':>10}{'s/step':>9}{'first s':>9}{'peak MiB':>10}  note"
+    )
     out = [head, "-" * len(head)]
     for r in rows:
         s = r.get("s_per_step", r.get("seconds"))
         first = r.get("first_step_s", r.get("first_run_s"))
         note = r.get("error", "")
         if not note and r["stage"] == "sampling":
-            note = f"{r['sampler']}-{r['sampler_steps']}, {r['batch']} images in {r['seconds']:.2f} s, " \
-                   f"decode {r['decode_s']:.2f} s"
-        out.append(f"{r['stage']:<9}{r['combo']:<28}{r['batch']:>6}{_num(r.get('images_per_s'), '.2f'):>10}"
-                   f"{_num(s, '.3f'):>9}{_num(first, '.1f'):>9}{_num(r.get('peak_allocated_mb'), '.0f'):>10}  {note}")
+            note = (
+                f"{r['sampler']}-{r['sampler_steps']}, {r['batch']} images in {r['seconds']:.2f} s, "
+                f"decode {r['decode_s']:.2f} s"
+            )
+        out.append(
+            f"{r['stage']:<9}{r['combo']:<28}{r['batch']:>6}{_num(r.get('images_per_s'), '.2f'):>10}"
+            f"{_num(s, '.3f'):>9}{_num(first, '.1f'):>9}{_num(r.get('peak_allocated_mb'), '.0f'):>10}  {note}"
+        )
     return "\n".join(out)
 
 
@@ -369,17 +417,27 @@ def run(args, device: torch.device, log=print) -> dict:
     cfg = load_config(args.profile, overrides=args.extra)
     f = cfg.vqvae.downsample_factor
     result = {
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "dry_run": device.type != "cuda",
         "profile": args.profile,
         "device": device_info(device),
-        "settings": {"train_batch": args.train_batch or "profile", "warmup": args.warmup, "steps": args.steps,
-                     "sample_batch": args.sample_batch, "sample_steps": args.sample_steps,
-                     "sample_repeats": args.sample_repeats, "overrides": args.extra,
-                     "combos": [c.name for c in combos], "stages": list(args.stages)},
-        "model": {"image": [1, cfg.data.size, cfg.data.size],
-                  "latent": [cfg.vqvae.latent_channels, cfg.data.size // f, cfg.data.size // f],
-                  "conditioning": cfg.unet.conditioning, "prediction_type": cfg.diffusion.prediction_type},
+        "settings": {
+            "train_batch": args.train_batch or "profile",
+            "warmup": args.warmup,
+            "steps": args.steps,
+            "sample_batch": args.sample_batch,
+            "sample_steps": args.sample_steps,
+            "sample_repeats": args.sample_repeats,
+            "overrides": args.extra,
+            "combos": [c.name for c in combos],
+            "stages": list(args.stages),
+        },
+        "model": {
+            "image": [1, cfg.data.size, cfg.data.size],
+            "latent": [cfg.vqvae.latent_channels, cfg.data.size // f, cfg.data.size // f],
+            "conditioning": cfg.unet.conditioning,
+            "prediction_type": cfg.diffusion.prediction_type,
+        },
         "rows": [],
     }
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
@@ -393,8 +451,10 @@ def run(args, device: torch.device, log=print) -> dict:
                 else:
                     row = measure_training(stage, combo, args, device, work, write_store)
                 row["wall_s"] = time.perf_counter() - t0
-                log(f"    {row.get('error') or _num(row.get('images_per_s'), '.2f') + ' images/s'}"
-                    f" ({row['wall_s']:.0f} s)")
+                log(
+                    f"    {row.get('error') or _num(row.get('images_per_s'), '.2f') + ' images/s'}"
+                    f" ({row['wall_s']:.0f} s)"
+                )
                 result["rows"].append(row)
                 if args.out:  # after every row, so an interrupted check keeps what it measured
                     write_json(result, args.out)
@@ -406,32 +466,56 @@ def write_json(result: dict, path: str | Path) -> Path:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="GPU check of the paper profile: training images/s and peak memory "
-                                            "with bf16 / channels_last / torch.compile on and off, and DDIM-50 "
-                                            "time for 16 images; writes JSON (see the module docstring)")
+    p = argparse.ArgumentParser(
+        description="GPU check of the paper profile: training images/s and peak memory "
+        "with bf16 / channels_last / torch.compile on and off, and DDIM-50 "
+        "time for 16 images; writes JSON (see the module docstring)"
+    )
     p.add_argument("--out", default=str(DEFAULT_OUT), help="JSON file (default: %(default)s)")
     p.add_argument("--profile", default="paper", help="config profile (default: paper)")
-    p.add_argument("--set", dest="extra", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="config override, as in run_all.sh (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="extra",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="config override, as in run_all.sh (repeatable)",
+    )
     p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
-    p.add_argument("--combos", nargs="+", default=None, choices=COMBO_NAMES, metavar="COMBO",
-                   help=f"combinations to run (default: all 8): {', '.join(COMBO_NAMES)}")
-    p.add_argument("--train-batch", type=int, default=None,
-                   help="images per training step (default: the profile's train_vqvae / train_ldm batch_size)")
+    p.add_argument(
+        "--combos",
+        nargs="+",
+        default=None,
+        choices=COMBO_NAMES,
+        metavar="COMBO",
+        help=f"combinations to run (default: all 8): {', '.join(COMBO_NAMES)}",
+    )
+    p.add_argument(
+        "--train-batch",
+        type=int,
+        default=None,
+        help="images per training step (default: the profile's train_vqvae / train_ldm batch_size)",
+    )
     p.add_argument("--warmup", type=int, default=None, help="untimed training steps first (default 3)")
     p.add_argument("--steps", type=int, default=None, help="timed training steps (default 10)")
     p.add_argument("--sample-batch", type=int, default=None, help="images sampled at once (default 16)")
     p.add_argument("--sample-steps", type=int, default=None, help="DDIM steps (default 50)")
     p.add_argument("--sample-repeats", type=int, default=None, help="timed sampling runs, fastest kept (default 2)")
-    p.add_argument("--cpu-dry-run", action="store_true",
-                   help="no GPU needed: the same code paths on the CPU at a tiny size (numbers meaningless)")
+    p.add_argument(
+        "--cpu-dry-run",
+        action="store_true",
+        help="no GPU needed: the same code paths on the CPU at a tiny size (numbers meaningless)",
+    )
     args = p.parse_args(argv)
     args.combos = args.combos or list(COMBO_NAMES)
     dry = args.cpu_dry_run
-    defaults = {"warmup": DRY["warmup"] if dry else 3, "steps": DRY["steps"] if dry else 10,
-                "sample_batch": DRY["sample_batch"] if dry else 16,
-                "sample_steps": DRY["sample_steps"] if dry else 50,
-                "sample_repeats": DRY["sample_repeats"] if dry else 2}
+    defaults = {
+        "warmup": DRY["warmup"] if dry else 3,
+        "steps": DRY["steps"] if dry else 10,
+        "sample_batch": DRY["sample_batch"] if dry else 16,
+        "sample_steps": DRY["sample_steps"] if dry else 50,
+        "sample_repeats": DRY["sample_repeats"] if dry else 2,
+    }
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -454,19 +538,26 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cpu_dry_run:
         device = torch.device("cpu")
     else:
-        print(f"gpu_check: no CUDA device (torch {torch.__version__}, built for CUDA {torch.version.cuda}): "
-              "this check measures a GPU and has nothing to measure here. --cpu-dry-run runs the same "
-              "code paths on the CPU at a tiny size.", file=sys.stderr)
+        print(
+            f"gpu_check: no CUDA device (torch {torch.__version__}, built for CUDA {torch.version.cuda}): "
+            "this check measures a GPU and has nothing to measure here. --cpu-dry-run runs the same "
+            "code paths on the CPU at a tiny size.",
+            file=sys.stderr,
+        )
         return 2
     info = device_info(device)
-    print(f"gpu_check: {info['name']}, torch {info['torch']}, profile {args.profile}"
-          f"{' (CPU dry run: tiny sizes, numbers meaningless)' if device.type == 'cpu' else ''}")
+    print(
+        f"gpu_check: {info['name']}, torch {info['torch']}, profile {args.profile}"
+        f"{' (CPU dry run: tiny sizes, numbers meaningless)' if device.type == 'cpu' else ''}"
+    )
     result = run(args, device)
     print()
     print(table(result["rows"]))
-    print("\nimages/s: training images per second of whole optimiser steps (vqvae: generator + discriminator), "
-          "or sampled images per second (DDIM + VQVAE decode); first s: the first step / run, compilation "
-          "included; peak MiB: torch.cuda.max_memory_allocated.")
+    print(
+        "\nimages/s: training images per second of whole optimiser steps (vqvae: generator + discriminator), "
+        "or sampled images per second (DDIM + VQVAE decode); first s: the first step / run, compilation "
+        "included; peak MiB: torch.cuda.max_memory_allocated."
+    )
     if args.out:
         print(f"written: {write_json(result, args.out)}")
     return 0

@@ -44,8 +44,8 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -59,7 +59,7 @@ from mmldm.diffusion import (  # noqa: E402
     make_sampler,
     sample,
 )
-from mmldm.models import UNet, VQVAE, param_count  # noqa: E402
+from mmldm.models import VQVAE, UNet, param_count  # noqa: E402
 from mmldm.models.vqvae import vqvae_generator_loss  # noqa: E402
 from mmldm.train.ldm import ldm_loss, noised_batch  # noqa: E402
 
@@ -88,7 +88,7 @@ class Settings:
     modes: tuple[str, ...] | None = None  # UNet training modes; None: all three
 
     @classmethod
-    def quick(cls, **over) -> "Settings":
+    def quick(cls, **over) -> Settings:
         return dataclasses.replace(cls(repeats=2, min_repeats=1, budget=5.0, max_full=15.0), **over)
 
 
@@ -134,8 +134,9 @@ def tensor(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t
 
 
-def timeit(fn: Callable[[], object], device: torch.device, s: Settings, warmup: int = 1,
-           repeats: int | None = None) -> dict:
+def timeit(
+    fn: Callable[[], object], device: torch.device, s: Settings, warmup: int = 1, repeats: int | None = None
+) -> dict:
     """Median wall time of ``fn()`` over repeats after ``warmup`` untimed calls."""
     repeats = s.repeats if repeats is None else repeats
     for _ in range(warmup):
@@ -227,8 +228,9 @@ def unet_train_throughput(cfg: Config, mode: str, batch: int, device: torch.devi
 
     def step():  # the trainer's own loss (mmldm.train.ldm), on random latents of the right shape
         c, t, noise = noised_batch(schedule, x0.cpu(), cond.cpu(), cfg.guidance, g)
-        loss = ldm_loss(model, cfg, schedule, x0, tensor(c, device), view, t.to(device), tensor(noise, device),
-                        autocast(device))
+        loss = ldm_loss(
+            model, cfg, schedule, x0, tensor(c, device), view, t.to(device), tensor(noise, device), autocast(device)
+        )
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -241,13 +243,13 @@ def unet_train_throughput(cfg: Config, mode: str, batch: int, device: torch.devi
 def make_benchmark_sampler(name: str, steps: int, schedule: NoiseSchedule, cfg: Config):
     """The profile's sampler settings with another name and step count, through the real factory
     (no x0 clipping: random weights have no latent range to clip to)."""
-    sampler_cfg = dataclasses.replace(cfg.sampler, name=name, num_inference_steps=steps, eta=0.0,
-                                      clip_to_latents=False, clip_x0=None)
+    sampler_cfg = dataclasses.replace(
+        cfg.sampler, name=name, num_inference_steps=steps, eta=0.0, clip_to_latents=False, clip_x0=None
+    )
     return make_sampler(sampler_cfg, schedule, cfg.diffusion.prediction_type)
 
 
-def sampling_times(cfg: Config, batch: int, device: torch.device, s: Settings,
-                   samplers=SAMPLERS) -> dict:
+def sampling_times(cfg: Config, batch: int, device: torch.device, s: Settings, samplers=SAMPLERS) -> dict:
     """Per-image sampling time of each sampler (measured or extrapolated), and the VQVAE decode."""
     torch.manual_seed(0)
     unet = prepare(UNet(cfg.unet), device).eval()
@@ -283,18 +285,23 @@ def sampling_times(cfg: Config, batch: int, device: torch.device, s: Settings,
         sampler = make_benchmark_sampler(name, steps, schedule, cfg)
         mid = len(sampler) // 2
 
-        def update():
+        def update(sampler=sampler, mid=mid):
             sampler.reset()
             sampler.step(eps, mid, x, generator=g)
 
         upd = timeit(update, device, dataclasses.replace(s, budget=min(s.budget, 2.0)), repeats=20)
         per_step = per_forward + upd["median_s"]
         estimate = per_step * len(sampler)
-        entry = {"label": f"{label}-{len(sampler)}", "steps": len(sampler), "per_step_s": per_step,
-                 "update_s": upd["median_s"], "estimate_s": estimate}
+        entry = {
+            "label": f"{label}-{len(sampler)}",
+            "steps": len(sampler),
+            "per_step_s": per_step,
+            "update_s": upd["median_s"],
+            "estimate_s": estimate,
+        }
         if estimate <= s.max_full:
 
-            def run():
+            def run(sampler=sampler):
                 sample(model_fn, sampler, shape, torch.Generator().manual_seed(0), device=device)
 
             # Warm-up only when a run is cheap; the step timings above already warmed the model.
@@ -323,8 +330,13 @@ def benchmark_profile(profile: str, device: torch.device, s: Settings, log=print
     batches = TRAIN_BATCH[kind].get(cfg.profile, {})
     tb = lambda model: s.train_batch or batches.get(model, DEFAULT_TRAIN_BATCH[kind])  # noqa: E731
     sb = s.sample_batch or SAMPLE_BATCH[kind]
-    res = {"profile": cfg.profile, "device": kind, "conditioning": cfg.unet.conditioning,
-           "image_size": cfg.data.size, "latent_shape": list(latent_shape(cfg, 1)[1:])}
+    res = {
+        "profile": cfg.profile,
+        "device": kind,
+        "conditioning": cfg.unet.conditioning,
+        "image_size": cfg.data.size,
+        "latent_shape": list(latent_shape(cfg, 1)[1:]),
+    }
 
     t0 = time.perf_counter()
     res["params"] = count_parameters(cfg)
@@ -333,16 +345,20 @@ def benchmark_profile(profile: str, device: torch.device, s: Settings, log=print
     t0 = time.perf_counter()
     r = vqvae_train_throughput(cfg, tb("vqvae"), device, s)
     res["train_vqvae"] = r
-    log(f"[{profile}] VQVAE train: {r['images_per_s']:.3g} images/s, batch {r['batch']}, "
-        f"{r['median_s']:.3g} s/step (n={r['n']}; {time.perf_counter() - t0:.0f} s)")
+    log(
+        f"[{profile}] VQVAE train: {r['images_per_s']:.3g} images/s, batch {r['batch']}, "
+        f"{r['median_s']:.3g} s/step (n={r['n']}; {time.perf_counter() - t0:.0f} s)"
+    )
 
     res["train_unet"] = {}
     for mode in s.modes or MODES:
         t0 = time.perf_counter()
         r = unet_train_throughput(cfg, mode, tb("unet"), device, s)
         res["train_unet"][mode] = r
-        log(f"[{profile}] UNet train {mode}: {r['images_per_s']:.3g} images/s, batch {r['batch']}, "
-            f"{r['median_s']:.3g} s/step (n={r['n']}; {time.perf_counter() - t0:.0f} s)")
+        log(
+            f"[{profile}] UNet train {mode}: {r['images_per_s']:.3g} images/s, batch {r['batch']}, "
+            f"{r['median_s']:.3g} s/step (n={r['n']}; {time.perf_counter() - t0:.0f} s)"
+        )
 
     t0 = time.perf_counter()
     res["sampling"] = smp = sampling_times(cfg, sb, device, s)
@@ -350,8 +366,10 @@ def benchmark_profile(profile: str, device: torch.device, s: Settings, log=print
         e = smp[name]
         how = "extrapolated" if e["extrapolated"] else f"measured (n={e['n']}, estimate {e['estimate_s']:.3g} s)"
         log(f"[{profile}] {e['label']}: {e['per_image_s']:.3g} s/image, {how}")
-    log(f"[{profile}] UNet forward {smp['unet_forward']['median_s'] * 1e3:.1f} ms per batch of {sb}; "
-        f"VQVAE decode {smp['vqvae_decode']['per_image_s']:.3g} s/image ({time.perf_counter() - t0:.0f} s)")
+    log(
+        f"[{profile}] UNet forward {smp['unet_forward']['median_s'] * 1e3:.1f} ms per batch of {sb}; "
+        f"VQVAE decode {smp['vqvae_decode']['per_image_s']:.3g} s/image ({time.perf_counter() - t0:.0f} s)"
+    )
     return res
 
 
@@ -383,24 +401,34 @@ def table_rows(results: list[dict]) -> list[tuple[str, list[str]]]:
         rows.append((label, [cell(r) for r in results]))
 
     star = lambda r, mode: " *" if r["conditioning"] == mode else ""  # noqa: E731
-    add("Image / latent", lambda r: f"{r['image_size']}² / {'×'.join(map(str, r['latent_shape'][1:]))}"
-        f"×{r['latent_shape'][0]}")
+    add(
+        "Image / latent",
+        lambda r: f"{r['image_size']}² / {'×'.join(map(str, r['latent_shape'][1:]))}×{r['latent_shape'][0]}",
+    )
     add("VQVAE parameters", lambda r: _millions(r["params"]["vqvae"]))
     for mode in MODES:
         add(f"UNet parameters, {mode}", lambda r, m=mode: _millions(r["params"]["unet"][m]) + star(r, m))
-    add("VQVAE training, images/s (batch)",
-        lambda r: f"{_num(r['train_vqvae']['images_per_s'])} ({r['train_vqvae']['batch']})")
+    add(
+        "VQVAE training, images/s (batch)",
+        lambda r: f"{_num(r['train_vqvae']['images_per_s'])} ({r['train_vqvae']['batch']})",
+    )
     for mode in MODES:
+
         def unet_cell(r, m=mode):
             e = r["train_unet"].get(m)
             return "–" if e is None else f"{_num(e['images_per_s'])} ({e['batch']}){star(r, m)}"
+
         add(f"UNet training, images/s (batch), {mode}", unet_cell)
-    add("UNet forward, ms per sampling batch (batch)",
-        lambda r: f"{_num(r['sampling']['unet_forward']['median_s'] * 1e3)} ({r['sampling']['batch']})")
+    add(
+        "UNet forward, ms per sampling batch (batch)",
+        lambda r: f"{_num(r['sampling']['unet_forward']['median_s'] * 1e3)} ({r['sampling']['batch']})",
+    )
     for name, label, steps in SAMPLERS:
+
         def sample_cell(r, n=name):
             e = r["sampling"][n]
             return ("~" if e["extrapolated"] else "") + _num(e["per_image_s"])
+
         add(f"{label}-{steps} sampling, s/image", sample_cell)
     add("VQVAE decode, s/image", lambda r: _num(r["sampling"]["vqvae_decode"]["per_image_s"]))
     return rows
@@ -413,8 +441,12 @@ def device_name(device: torch.device) -> str:
     return f"CPU ({os.cpu_count()} cores, {n} torch thread{'' if n == 1 else 's'})"
 
 
-def markdown_table(results: list[dict], device: torch.device, s: Settings,
-                   load: tuple[tuple[float, ...], tuple[float, ...]] | None = None) -> str:
+def markdown_table(
+    results: list[dict],
+    device: torch.device,
+    s: Settings,
+    load: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+) -> str:
     header = ["", *[f"{r['profile']} ({r['device'].upper() if r['device'] == 'cpu' else 'GPU'})" for r in results]]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(results)) + "|"]
     lines += ["| " + " | ".join([label, *cells]) + " |" for label, cells in table_rows(results)]
@@ -432,14 +464,19 @@ def markdown_table(results: list[dict], device: torch.device, s: Settings,
         f"used where a whole run would take over {s.max_full:g} s.",
     ]
     if device.type == "cpu":
-        busy = "" if load is None else (f" (1-minute load average {load[0][0]:.1f} before, "
-                                        f"{load[1][0]:.1f} after)")
-        notes.insert(1, f"CPU numbers were taken on a shared {os.cpu_count()}-core machine while other "
-                        f"processes ran{busy}: treat them as rough.")
+        busy = "" if load is None else (f" (1-minute load average {load[0][0]:.1f} before, {load[1][0]:.1f} after)")
+        notes.insert(
+            1,
+            f"CPU numbers were taken on a shared {os.cpu_count()}-core machine while other "
+            f"processes ran{busy}: treat them as rough.",
+        )
         if torch.get_num_threads() < (os.cpu_count() or 1):
-            notes.insert(2, f"torch used {torch.get_num_threads()} of {os.cpu_count()} cores (`--threads`): with "
-                            "every core busy, more threads spin-wait on each other and timings scatter; "
-                            "on an idle machine all cores are somewhat faster.")
+            notes.insert(
+                2,
+                f"torch used {torch.get_num_threads()} of {os.cpu_count()} cores (`--threads`): with "
+                "every core busy, more threads spin-wait on each other and timings scatter; "
+                "on an idle machine all cores are somewhat faster.",
+            )
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes)
 
 
@@ -459,18 +496,33 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-full", type=float, help="run a sampler fully when its estimate is at most this (s)")
     p.add_argument("--train-batch", type=int, help="one batch size for every training measurement")
     p.add_argument("--sample-batch", type=int, help="sampling batch size (default 4 on CPU, 16 on GPU)")
-    p.add_argument("--profile-mode-only", action="store_true",
-                   help="time UNet training only in each profile's own conditioning mode")
-    p.add_argument("--threads", type=int,
-                   help="CPU threads for torch (default: torch's, one per core). On a busy shared machine "
-                        "1 is steadier: with every core taken, 2 threads wait on each other")
+    p.add_argument(
+        "--profile-mode-only",
+        action="store_true",
+        help="time UNet training only in each profile's own conditioning mode",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for torch (default: torch's, one per core). On a busy shared machine "
+        "1 is steadier: with every core taken, 2 threads wait on each other",
+    )
     p.add_argument("--json", type=Path, help="also write every number to this JSON file")
     args = p.parse_args(argv)
 
     s = Settings.quick() if args.quick else Settings()
-    over = {k: v for k, v in dict(repeats=args.repeats, min_repeats=args.min_repeats, budget=args.budget,
-                                  max_full=args.max_full, train_batch=args.train_batch,
-                                  sample_batch=args.sample_batch).items() if v is not None}
+    over = {
+        k: v
+        for k, v in dict(
+            repeats=args.repeats,
+            min_repeats=args.min_repeats,
+            budget=args.budget,
+            max_full=args.max_full,
+            train_batch=args.train_batch,
+            sample_batch=args.sample_batch,
+        ).items()
+        if v is not None
+    }
     s = dataclasses.replace(s, **over)
     device = pick_device(args.device)
     if args.threads:
@@ -498,9 +550,16 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nwall time of the whole benchmark: {wall:.0f} s")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"device": device_name(device), "torch": torch.__version__, "settings": dataclasses.asdict(s),
-                   "threads": torch.get_num_threads(), "load_before": load_before, "load_after": load_after,
-                   "wall_s": wall, "results": results}
+        payload = {
+            "device": device_name(device),
+            "torch": torch.__version__,
+            "settings": dataclasses.asdict(s),
+            "threads": torch.get_num_threads(),
+            "load_before": load_before,
+            "load_after": load_after,
+            "wall_s": wall,
+            "results": results,
+        }
         args.json.write_text(json.dumps(payload, indent=2))
         print(f"numbers written to {args.json}")
 

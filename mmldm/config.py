@@ -23,13 +23,13 @@ from mmldm.data.preprocess import DataConfig
 from mmldm.diffusion.base_sampler import SamplerConfig
 from mmldm.diffusion.guidance import GuidanceConfig
 from mmldm.diffusion.schedule import DiffusionConfig
+from mmldm.errors import ConfigError
 from mmldm.evaluate.settings import EvaluationConfig
 from mmldm.models.segmenter import SegmenterConfig
 from mmldm.models.unet import UNetConfig
 from mmldm.models.vqvae import VQVAEConfig
 from mmldm.train.ema import EMAConfig
 from mmldm.train.optim import TrainConfig, paper_ldm_training, paper_vqvae_training
-from mmldm.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
@@ -115,8 +115,7 @@ def from_dict(cls: type, data: dict, where: str = "config") -> Any:
     prefix = f"{where}: " if where else ""
     if unknown:
         raise ConfigError(
-            f"{prefix}unknown key(s) {', '.join(map(repr, unknown))}; "
-            f"{cls.__name__} accepts {', '.join(sorted(names))}"
+            f"{prefix}unknown key(s) {', '.join(map(repr, unknown))}; {cls.__name__} accepts {', '.join(sorted(names))}"
         )
     kwargs = {k: _convert(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
     try:
@@ -153,8 +152,10 @@ class _StrictLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
             if key in seen:
-                raise ConfigError(f"key {key!r} appears twice in one mapping (lines {seen[key] + 1} and "
-                                  f"{key_node.start_mark.line + 1}); keep one")
+                raise ConfigError(
+                    f"key {key!r} appears twice in one mapping (lines {seen[key] + 1} and "
+                    f"{key_node.start_mark.line + 1}); keep one"
+                )
             seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep)
 
@@ -242,8 +243,9 @@ class PathsConfig:
     def __post_init__(self):
         if self.format not in ("auto", "mnms2", "mnms", "acdc"):
             raise ValueError(f"format must be auto, mnms2, mnms or acdc, not {self.format!r}")
-        if self.name is not None and (not self.name.strip() or self.name in (".", "..")
-                                      or any(c in self.name for c in "/\\{}")):
+        if self.name is not None and (
+            not self.name.strip() or self.name in (".", "..") or any(c in self.name for c in "/\\{}")
+        ):
             raise ValueError(f"name must be a plain folder name (no / \\ {{ }}), not {self.name!r}")
 
     @property
@@ -276,8 +278,11 @@ class PathsConfig:
 
     def _fill(self, template: str, profile: str) -> Path:
         source = self.source_name
-        return repo_path(template.format(profile=profile, source=source, subjects=self.phantom_subjects,
-                                         run=self.name or f"{source}_{profile}"))
+        return repo_path(
+            template.format(
+                profile=profile, source=source, subjects=self.phantom_subjects, run=self.name or f"{source}_{profile}"
+            )
+        )
 
     def source_dir(self, profile: str = "") -> Path:
         return self._fill(self.phantom_dir, profile) if self.is_phantom else repo_path(self.source)
@@ -323,21 +328,29 @@ class Config:
 
     def __post_init__(self):
         if self.train_vqvae.ema or self.train_vqvae.latent_norm != "none":
-            raise ValueError("train_vqvae.ema and train_vqvae.latent_norm are LDM options: keep them false / none "
-                             "and set them in train_ldm")
+            raise ValueError(
+                "train_vqvae.ema and train_vqvae.latent_norm are LDM options: keep them false / none "
+                "and set them in train_ldm"
+            )
         # The UNet lives in the VQVAE's latent space: their shapes must agree.
         if self.unet.latent_channels != self.vqvae.latent_channels:
-            raise ValueError(f"unet.latent_channels ({self.unet.latent_channels}) must equal "
-                             f"vqvae.latent_channels ({self.vqvae.latent_channels})")
+            raise ValueError(
+                f"unet.latent_channels ({self.unet.latent_channels}) must equal "
+                f"vqvae.latent_channels ({self.vqvae.latent_channels})"
+            )
         factor = 2 ** sum(self.vqvae.down_sample)
         if self.unet.cond_downsample != factor:
-            raise ValueError(f"unet.cond_downsample ({self.unet.cond_downsample}) must equal the VQVAE's "
-                             f"downsampling factor 2**{sum(self.vqvae.down_sample)} = {factor}")
+            raise ValueError(
+                f"unet.cond_downsample ({self.unet.cond_downsample}) must equal the VQVAE's "
+                f"downsampling factor 2**{sum(self.vqvae.down_sample)} = {factor}"
+            )
         if self.data.size % factor:
             raise ValueError(f"data.size ({self.data.size}) must be divisible by the VQVAE's factor {factor}")
         if self.data.size % self.segmenter.downsampling:
-            raise ValueError(f"data.size ({self.data.size}) must be divisible by the segmenter's factor "
-                             f"{self.segmenter.downsampling} (2^(len(segmenter.channels) - 1))")
+            raise ValueError(
+                f"data.size ({self.data.size}) must be divisible by the segmenter's factor "
+                f"{self.segmenter.downsampling} (2^(len(segmenter.channels) - 1))"
+            )
 
     # Resolved paths of this profile (see PathsConfig).
     @property

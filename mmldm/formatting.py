@@ -15,7 +15,7 @@ CLI included, can import them cheaply. metrics.json writes NaN as null (``mmldm.
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 MISSING = "n/a"
 
@@ -65,7 +65,7 @@ def fmt(x, digits: int = 3, small: bool = True, missing: str = MISSING) -> str:
     v = finite_float(x)
     if v is None:
         return missing
-    if small and v != 0 and abs(v) < 10 ** -digits:
+    if small and v != 0 and abs(v) < 10**-digits:
         return f"{v:.1e}"
     return f"{v:,.{digits}f}"
 

@@ -67,11 +67,11 @@ import torch
 from tqdm.auto import tqdm
 
 from mmldm import atomic
-from mmldm.data.crop import crop_pad, heart_center, resize_label, window_size
 from mmldm.data.condition import condition_from_mask
+from mmldm.data.crop import crop_pad, heart_center, resize_label, window_size
 from mmldm.data.nifti import NIFTI_SUFFIXES, as_label, load_nifti
 from mmldm.data.readers import acdc
-from mmldm.data.schema import NUM_CLASSES, VIEWS
+from mmldm.data.schema import VIEWS
 from mmldm.errors import DataError, MMLDMError, check_terminated
 from mmldm.inference import LatentDiffusion
 
@@ -101,9 +101,12 @@ def read_labels(path: str | Path, order: str) -> tuple[np.ndarray, tuple[float, 
     except DataError:
         shape = _shape_if_readable(path)
         if shape is not None and len(shape) >= 4:
-            raise DataError(path, f"is a {len(shape)}-D series with shape {shape}; generate takes one 3-D label "
-                            "volume: pick a frame and save it, e.g. nibabel.save(img.slicer[..., t], "
-                            "'frame.nii.gz')") from None
+            raise DataError(
+                path,
+                f"is a {len(shape)}-D series with shape {shape}; generate takes one 3-D label "
+                "volume: pick a frame and save it, e.g. nibabel.save(img.slicer[..., t], "
+                "'frame.nii.gz')",
+            ) from None
         raise
     img = nib.load(str(path))
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
@@ -133,7 +136,9 @@ def parse_slices(text: str | None, n: int) -> list[int]:
         else:
             chosen = [int(p) for p in text.split(",")]
     except (ValueError, TypeError):
-        raise MMLDMError(f"--slices {text!r}: write START:END, one index, or a comma list (e.g. 3:5, 4, 1,4,7)") from None
+        raise MMLDMError(
+            f"--slices {text!r}: write START:END, one index, or a comma list (e.g. 3:5, 4, 1,4,7)"
+        ) from None
     bad = [z for z in chosen if not 0 <= z < n]
     if bad or not chosen:
         raise MMLDMError(f"--slices {text!r} picks {bad or 'no slice'}; the volume has slices 0..{n - 1}")
@@ -152,14 +157,16 @@ def slice_window(center: tuple[float, float], spacing: tuple[float, float], fov_
     return int(round(center[0] - (rows - 1) / 2.0)), int(round(center[1] - (cols - 1) / 2.0)), rows, cols
 
 
-def to_grid(label: np.ndarray, center: tuple[float, float], spacing: tuple[float, float], fov_mm: float,
-            size: int) -> np.ndarray:
+def to_grid(
+    label: np.ndarray, center: tuple[float, float], spacing: tuple[float, float], fov_mm: float, size: int
+) -> np.ndarray:
     """The slice's labels in the window around ``center``, resampled (nearest) to size x size."""
     return resize_label(crop_pad(label, center, window_size(spacing, fov_mm), 0), size)
 
 
-def from_grid(image: np.ndarray, window: tuple[int, int, int, int], shape: tuple[int, int],
-              fill: float = FILL) -> np.ndarray:
+def from_grid(
+    image: np.ndarray, window: tuple[int, int, int, int], shape: tuple[int, int], fill: float = FILL
+) -> np.ndarray:
     """A (size, size) image put back over ``window`` of a slice of ``shape``: resized to the window
     (linear to grow, area to shrink), pasted where the window overlaps the slice, ``fill`` elsewhere."""
     r0, c0, rows, cols = window
@@ -179,8 +186,14 @@ def from_grid(image: np.ndarray, window: tuple[int, int, int, int], shape: tuple
 # ---------------------------------------------------------------------------------------------
 
 
-def sampling_setup(cfg, edges: str = "auto", sampler: str | None = None, steps: int | None = None,
-                   scale_mask: float | None = None, scale_edge: float | None = None):
+def sampling_setup(
+    cfg,
+    edges: str = "auto",
+    sampler: str | None = None,
+    steps: int | None = None,
+    scale_mask: float | None = None,
+    scale_edge: float | None = None,
+):
     """(config with the guidance to use, SamplerConfig): the checkpoint's, with what is given changed.
 
     ``edges="auto"`` samples with guidance mode "both", ``"none"`` with "mask_only".
@@ -188,23 +201,39 @@ def sampling_setup(cfg, edges: str = "auto", sampler: str | None = None, steps: 
     if edges not in EDGE_MODES:
         raise MMLDMError(f"edges must be one of {', '.join(EDGE_MODES)}, got {edges!r}")
     if steps is not None and not 1 <= steps <= cfg.diffusion.num_train_timesteps:
-        raise MMLDMError(f"--steps {steps}: need 1 to {cfg.diffusion.num_train_timesteps} (the model's "
-                         "training timesteps)")
+        raise MMLDMError(
+            f"--steps {steps}: need 1 to {cfg.diffusion.num_train_timesteps} (the model's training timesteps)"
+        )
     if sampler is not None and sampler not in ("ddpm", "ddim", "dpm_solver"):
         raise MMLDMError(f"--sampler {sampler!r}: choose ddpm, ddim or dpm_solver")
     s = cfg.sampler
     s = dataclasses.replace(s, name=sampler or s.name, num_inference_steps=steps or s.num_inference_steps)
     g = cfg.guidance
-    g = dataclasses.replace(g, mode="both" if edges == "auto" else "mask_only",
-                            scale_mask=g.scale_mask if scale_mask is None else float(scale_mask),
-                            scale_edge=g.scale_edge if scale_edge is None else float(scale_edge))
+    g = dataclasses.replace(
+        g,
+        mode="both" if edges == "auto" else "mask_only",
+        scale_mask=g.scale_mask if scale_mask is None else float(scale_mask),
+        scale_edge=g.scale_edge if scale_edge is None else float(scale_edge),
+    )
     return dataclasses.replace(cfg, guidance=g), s
 
 
-def generate_volume(ldm: LatentDiffusion, label: np.ndarray, spacing: tuple[float, ...], *, edges: str = "auto",
-                    view: str = "SA", sampler: str | None = None, steps: int | None = None,
-                    scale_mask: float | None = None, scale_edge: float | None = None, seed: int = 0,
-                    slices: list[int] | None = None, empty: str = "fill", progress: bool = True) -> dict:
+def generate_volume(
+    ldm: LatentDiffusion,
+    label: np.ndarray,
+    spacing: tuple[float, ...],
+    *,
+    edges: str = "auto",
+    view: str = "SA",
+    sampler: str | None = None,
+    steps: int | None = None,
+    scale_mask: float | None = None,
+    scale_edge: float | None = None,
+    seed: int = 0,
+    slices: list[int] | None = None,
+    empty: str = "fill",
+    progress: bool = True,
+) -> dict:
     """Generate the slices of a canonical label volume (H, W, Z) with a loaded model (on its device).
 
     Returns ``{"image": (H, W, Z) float32 in [0, 1], "generated": slice indices sampled,
@@ -243,12 +272,17 @@ def generate_volume(ldm: LatentDiffusion, label: np.ndarray, spacing: tuple[floa
         windows.append(window)
     size = data.size
     return {
-        "image": out, "generated": todo, "filled": [z for z in range(Z) if z not in todo],
+        "image": out,
+        "generated": todo,
+        "filled": [z for z in range(Z) if z not in todo],
         "grid_label": np.stack(grids) if grids else np.zeros((0, size, size), np.uint8),
         "grid_image": torch.stack(images) if images else torch.zeros(0, 1, size, size),
         "cond": torch.stack(conds) if conds else torch.zeros(0, 5, size, size),
-        "centers": centers, "windows": windows, "seconds": time.perf_counter() - start,
-        "sampler": dataclasses.asdict(sampler_cfg), "guidance": dataclasses.asdict(cfg.guidance),
+        "centers": centers,
+        "windows": windows,
+        "seconds": time.perf_counter() - start,
+        "sampler": dataclasses.asdict(sampler_cfg),
+        "guidance": dataclasses.asdict(cfg.guidance),
     }
 
 
@@ -281,10 +315,24 @@ def _device(device: str | None) -> str:
     return device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def generate(checkpoint: str | Path, input: str | Path, output: str | Path, *, labels: str, edges: str = "auto",
-             sampler: str | None = None, steps: int | None = None, scale_mask: float | None = None,
-             scale_edge: float | None = None, seed: int = 0, view: str = "SA", slices: str | None = None,
-             empty: str = "fill", device: str | None = None, progress: bool = True) -> dict:
+def generate(
+    checkpoint: str | Path,
+    input: str | Path,
+    output: str | Path,
+    *,
+    labels: str,
+    edges: str = "auto",
+    sampler: str | None = None,
+    steps: int | None = None,
+    scale_mask: float | None = None,
+    scale_edge: float | None = None,
+    seed: int = 0,
+    view: str = "SA",
+    slices: str | None = None,
+    empty: str = "fill",
+    device: str | None = None,
+    progress: bool = True,
+) -> dict:
     """Read the label volume ``input``, generate it with the LDM ``checkpoint``, write ``output``.
 
     The options are those of :func:`generate_volume`; ``slices`` is a string for
@@ -297,13 +345,32 @@ def generate(checkpoint: str | Path, input: str | Path, output: str | Path, *, l
     chosen = parse_slices(slices, label.shape[2])
     device = _device(device)
     ldm = LatentDiffusion.from_checkpoint(checkpoint, device=device)
-    result = generate_volume(ldm, label, spacing, edges=edges, view=view, sampler=sampler, steps=steps,
-                             scale_mask=scale_mask, scale_edge=scale_edge, seed=seed, slices=chosen, empty=empty,
-                             progress=progress)
+    result = generate_volume(
+        ldm,
+        label,
+        spacing,
+        edges=edges,
+        view=view,
+        sampler=sampler,
+        steps=steps,
+        scale_mask=scale_mask,
+        scale_edge=scale_edge,
+        seed=seed,
+        slices=chosen,
+        empty=empty,
+        progress=progress,
+    )
     write_volume(output, result["image"], img)
-    return {"output": output, "shape": tuple(img.shape), "generated": result["generated"],
-            "filled": result["filled"], "seconds": result["seconds"], "sampler": result["sampler"],
-            "guidance": result["guidance"], "step": ldm.step}
+    return {
+        "output": output,
+        "shape": tuple(img.shape),
+        "generated": result["generated"],
+        "filled": result["filled"],
+        "seconds": result["seconds"],
+        "sampler": result["sampler"],
+        "guidance": result["guidance"],
+        "step": ldm.step,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,11 +378,24 @@ def generate(checkpoint: str | Path, input: str | Path, output: str | Path, *, l
 # ---------------------------------------------------------------------------------------------
 
 
-def readback_dice(ldm_checkpoint: str | Path, segmenter_checkpoint: str | Path, label_path: str | Path,
-                  labels: str = "acdc", image_path: str | Path | None = None, *, edges: str = "auto",
-                  sampler: str | None = None, steps: int | None = None, scale_mask: float | None = None,
-                  scale_edge: float | None = None, seed: int = 0, view: str = "SA", slices: str | None = None,
-                  device: str | None = None, progress: bool = False) -> dict:
+def readback_dice(
+    ldm_checkpoint: str | Path,
+    segmenter_checkpoint: str | Path,
+    label_path: str | Path,
+    labels: str = "acdc",
+    image_path: str | Path | None = None,
+    *,
+    edges: str = "auto",
+    sampler: str | None = None,
+    steps: int | None = None,
+    scale_mask: float | None = None,
+    scale_edge: float | None = None,
+    seed: int = 0,
+    view: str = "SA",
+    slices: str | None = None,
+    device: str | None = None,
+    progress: bool = False,
+) -> dict:
     """Generate the labelled slices of ``label_path`` and segment them with the evaluation's
     segmenter (``train/segmenter.load_segmenter``); Dice of its reading against the input labels,
     on the model's grid (``evaluate/anatomy.anatomy_dice``; NaN where a class is in neither).
@@ -336,9 +416,21 @@ def readback_dice(ldm_checkpoint: str | Path, segmenter_checkpoint: str | Path, 
     label, spacing, _ = read_labels(label_path, labels)
     chosen = parse_slices(slices, label.shape[2])
     ldm = LatentDiffusion.from_checkpoint(ldm_checkpoint, device=device)
-    result = generate_volume(ldm, label, spacing, edges=edges, view=view, sampler=sampler, steps=steps,
-                             scale_mask=scale_mask, scale_edge=scale_edge, seed=seed, slices=chosen, empty="fill",
-                             progress=progress)
+    result = generate_volume(
+        ldm,
+        label,
+        spacing,
+        edges=edges,
+        view=view,
+        sampler=sampler,
+        steps=steps,
+        scale_mask=scale_mask,
+        scale_edge=scale_edge,
+        seed=seed,
+        slices=chosen,
+        empty="fill",
+        progress=progress,
+    )
     if not result["generated"]:
         raise DataError(label_path, "no labelled slice to generate (among the chosen slices)")
     segmenter = load_segmenter(segmenter_checkpoint, device)
@@ -346,8 +438,10 @@ def readback_dice(ldm_checkpoint: str | Path, segmenter_checkpoint: str | Path, 
 
     def summarise(images: torch.Tensor) -> tuple[dict, dict]:
         per = anatomy_dice(segmenter, images, masks)
-        means = {k.removeprefix("dice_"): float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
-                 for k, v in per.items()}
+        means = {
+            k.removeprefix("dice_"): float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+            for k, v in per.items()
+        }
         return means, per
 
     dice, per_slice = summarise(result["grid_image"])
@@ -362,6 +456,13 @@ def readback_dice(ldm_checkpoint: str | Path, segmenter_checkpoint: str | Path, 
         for z, center in zip(result["generated"], result["centers"]):
             real.append(crop_slice(image[:, :, z], label[:, :, z], spacing[:2], data.fov_mm, data.size, center)[0])
         ceiling = summarise(torch.from_numpy(np.stack(real))[:, None])[0]
-    return {"dice": dice, "per_slice": per_slice, "slices": result["generated"], "ceiling": ceiling,
-            "seconds": result["seconds"], "sampler": result["sampler"], "guidance": result["guidance"],
-            "step": ldm.step}
+    return {
+        "dice": dice,
+        "per_slice": per_slice,
+        "slices": result["generated"],
+        "ceiling": ceiling,
+        "seconds": result["seconds"],
+        "sampler": result["sampler"],
+        "guidance": result["guidance"],
+        "step": ldm.step,
+    }

@@ -45,8 +45,12 @@ def load_vqvae(path: str | Path, device: torch.device | str = "cpu") -> tuple[VQ
     vqvae = VQVAE(from_dict(VQVAEConfig, config, where=f"{path}: config.vqvae"))
     vqvae.load_state_dict(ckpt["model"])
     vqvae.eval().requires_grad_(False).to(device)
-    return vqvae, {"path": str(Path(path).resolve()), "hash": weights_hash(vqvae.state_dict()), "config": config,
-                   "size": int(ckpt["config"]["data"]["size"])}
+    return vqvae, {
+        "path": str(Path(path).resolve()),
+        "hash": weights_hash(vqvae.state_dict()),
+        "config": config,
+        "size": int(ckpt["config"]["data"]["size"]),
+    }
 
 
 def resolve_clipping(sampler_cfg: SamplerConfig, stats: dict) -> SamplerConfig:
@@ -65,8 +69,9 @@ def _copy_ema_weights(unet: UNet, ema_state: dict, path) -> None:
     missing = sorted(n for n, p in params.items() if p.is_floating_point() and n not in shadow)
     unexpected = sorted(set(shadow) - set(params))
     if missing or unexpected:
-        raise CheckpointError(path, f"EMA weights do not match the UNet: missing {missing[:5]}, "
-                                    f"unexpected {unexpected[:5]}")
+        raise CheckpointError(
+            path, f"EMA weights do not match the UNet: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     with torch.no_grad():
         for name, s in shadow.items():
             params[name].copy_(s.to(params[name].dtype))
@@ -98,15 +103,27 @@ class LatentDiffusion:
     was trained with), ``unet``, ``vqvae``, ``latent_stats``, ``step``, ``device``.
     """
 
-    def __init__(self, config: Config, unet: UNet, vqvae: VQVAE, latent_stats: dict, step: int = 0,
-                 device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        config: Config,
+        unet: UNet,
+        vqvae: VQVAE,
+        latent_stats: dict,
+        step: int = 0,
+        device: torch.device | str = "cpu",
+    ):
         self.config, self.unet, self.vqvae = config, unet, vqvae
         self.latent_stats, self.step, self.device = latent_stats, int(step), torch.device(device)
         self.schedule = NoiseSchedule.from_config(config.diffusion)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, use_ema: bool = True, vqvae_ckpt: str | Path | None = None,
-                        device: torch.device | str = "cpu") -> LatentDiffusion:
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        use_ema: bool = True,
+        vqvae_ckpt: str | Path | None = None,
+        device: torch.device | str = "cpu",
+    ) -> LatentDiffusion:
         """Load an LDM checkpoint: its UNet (EMA weights if kept and ``use_ema``, eval mode), the
         VQVAE it names (or ``vqvae_ckpt``; a VQVAE whose weights differ from the one trained on is
         an error), the latent statistics and the profile."""
@@ -115,10 +132,13 @@ class LatentDiffusion:
         ref = ckpt["extra"]["vqvae"]
         vqvae, vq_ref = load_vqvae(vqvae_ckpt or ref["path"], device)
         if vq_ref["hash"] != ref["hash"]:
-            raise CheckpointError(path, f"was trained on VQVAE weights {ref['hash']}, but {vq_ref['path']} holds "
-                                        f"{vq_ref['hash']}")
-        check_same_size({f"LDM {path}": cfg.data.size, f"VQVAE {vq_ref['path']}": vq_ref["size"]},
-                        "this LDM was not trained on this VQVAE's images")
+            raise CheckpointError(
+                path, f"was trained on VQVAE weights {ref['hash']}, but {vq_ref['path']} holds {vq_ref['hash']}"
+            )
+        check_same_size(
+            {f"LDM {path}": cfg.data.size, f"VQVAE {vq_ref['path']}": vq_ref["size"]},
+            "this LDM was not trained on this VQVAE's images",
+        )
         unet = UNet(cfg.unet)
         unet.load_state_dict(ckpt["model"])
         if use_ema and ckpt["ema"] is not None:
@@ -143,11 +163,13 @@ class LatentDiffusion:
             changes["num_inference_steps"] = int(steps)
         return dataclasses.replace(self.config.sampler, **changes)
 
-    def guidance_config(self, mode: str | None = None, scale_mask: float | None = None,
-                        scale_edge: float | None = None) -> GuidanceConfig:
+    def guidance_config(
+        self, mode: str | None = None, scale_mask: float | None = None, scale_edge: float | None = None
+    ) -> GuidanceConfig:
         """The profile's guidance with the given fields replaced."""
-        changes = {k: v for k, v in (("mode", mode), ("scale_mask", scale_mask), ("scale_edge", scale_edge))
-                   if v is not None}
+        changes = {
+            k: v for k, v in (("mode", mode), ("scale_mask", scale_mask), ("scale_edge", scale_edge)) if v is not None
+        }
         return dataclasses.replace(self.config.guidance, **changes)
 
     def make_sampler(self, sampler: SamplerConfig | None = None):
@@ -158,8 +180,9 @@ class LatentDiffusion:
     def model_fn(self, cond: torch.Tensor, view: torch.Tensor, guidance: GuidanceConfig | None = None):
         """``model_fn(x_t, t)``: the UNet's guided output for conditions ``cond`` and views ``view``."""
         g = guidance or self.config.guidance
-        return guided_model_fn(self.unet, cond.to(self.device), view.to(self.device), g.scale_mask, g.scale_edge,
-                               g.mode)
+        return guided_model_fn(
+            self.unet, cond.to(self.device), view.to(self.device), g.scale_mask, g.scale_edge, g.mode
+        )
 
     # -- latents <-> images ---------------------------------------------------------------------
 
@@ -172,16 +195,25 @@ class LatentDiffusion:
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
         """Normalised latents (B, C, h, w) -> images (B, 1, H, W) in [-1, 1], on the CPU."""
-        out = [self.vqvae.decode_latent(denormalize(chunk.to(self.device), self.latent_stats)).clamp(-1, 1).cpu()
-               for chunk in latents.split(batch_size)]
+        out = [
+            self.vqvae.decode_latent(denormalize(chunk.to(self.device), self.latent_stats)).clamp(-1, 1).cpu()
+            for chunk in latents.split(batch_size)
+        ]
         return torch.cat(out)
 
     # -- sampling -------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def sample_latents(self, cond: torch.Tensor, view: torch.Tensor, sampler: SamplerConfig | None = None,
-                       guidance: GuidanceConfig | None = None, seed: int = 0, callback: Callback | None = None,
-                       x_T: torch.Tensor | None = None) -> torch.Tensor:
+    def sample_latents(
+        self,
+        cond: torch.Tensor,
+        view: torch.Tensor,
+        sampler: SamplerConfig | None = None,
+        guidance: GuidanceConfig | None = None,
+        seed: int = 0,
+        callback: Callback | None = None,
+        x_T: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Normalised latents (B, C, h, w) sampled for ``cond`` (B, 5, H, W) and ``view`` (B,).
 
         ``seed`` seeds the starting noise and every stochastic step (no global random state is
@@ -195,21 +227,42 @@ class LatentDiffusion:
         was_training = self.unet.training
         self.unet.eval()
         try:
-            return sample(self.model_fn(cond, view, guidance), self.make_sampler(sampler), shape,
-                          torch.Generator().manual_seed(int(seed)), callback=callback, x_T=x_T, device=self.device)
+            return sample(
+                self.model_fn(cond, view, guidance),
+                self.make_sampler(sampler),
+                shape,
+                torch.Generator().manual_seed(int(seed)),
+                callback=callback,
+                x_T=x_T,
+                device=self.device,
+            )
         finally:
             self.unet.train(was_training)
 
-    def sample(self, cond: torch.Tensor, view: torch.Tensor, sampler: SamplerConfig | None = None,
-               guidance: GuidanceConfig | None = None, seed: int = 0, callback: Callback | None = None) -> torch.Tensor:
+    def sample(
+        self,
+        cond: torch.Tensor,
+        view: torch.Tensor,
+        sampler: SamplerConfig | None = None,
+        guidance: GuidanceConfig | None = None,
+        seed: int = 0,
+        callback: Callback | None = None,
+    ) -> torch.Tensor:
         """Images (B, 1, H, W) in [-1, 1] on the CPU for conditions ``cond`` (B, 5, H, W) and views
         ``view`` (B,), with ``sampler`` and ``guidance`` (default: the profile's)."""
         return self.decode(self.sample_latents(cond, view, sampler, guidance, seed, callback))
 
     __call__ = sample
 
-    def trajectory(self, cond: torch.Tensor, view: torch.Tensor, sampler: SamplerConfig | None = None,
-                   guidance: GuidanceConfig | None = None, seed: int = 0, frames: int | None = None) -> Trajectory:
+    def trajectory(
+        self,
+        cond: torch.Tensor,
+        view: torch.Tensor,
+        sampler: SamplerConfig | None = None,
+        guidance: GuidanceConfig | None = None,
+        seed: int = 0,
+        frames: int | None = None,
+    ) -> Trajectory:
         """Sample once and keep the steps: all of them, or ``frames`` evenly spaced ones (the first
         and last step included). Its ``images`` are exactly what :meth:`sample` gives for this seed."""
         sampler = sampler or self.config.sampler

@@ -23,8 +23,8 @@ import os
 import socket
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from mmldm.errors import MMLDMError
 
@@ -91,8 +91,10 @@ def acquire(folder: str | Path, command: str = "") -> Path:
             owner = _owner(fd)
             pid = owner.get("pid")
             if state == "busy" or (state == "unsupported" and pid not in (None, os.getpid()) and pid_alive(pid)):
-                raise LockError(f"{folder} is in use by {_describe(owner)}: one writer per run folder. Wait for it "
-                                "to finish or stop it, or choose another folder")
+                raise LockError(
+                    f"{folder} is in use by {_describe(owner)}: one writer per run folder. Wait for it "
+                    "to finish or stop it, or choose another folder"
+                )
             try:
                 same = os.stat(path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
@@ -101,10 +103,16 @@ def acquire(folder: str | Path, command: str = "") -> Path:
                 os.close(fd)
                 continue
             if pid not in (None, os.getpid()):
-                warnings.warn(f"{path}: taking over the lock left by {_describe(owner)}, which is no longer "
-                              "running (killed?)", stacklevel=3)
-            record = {"pid": os.getpid(), "host": socket.gethostname(), "command": command or " ".join(sys.argv),
-                      "started": datetime.datetime.now().isoformat(timespec="seconds")}
+                warnings.warn(
+                    f"{path}: taking over the lock left by {_describe(owner)}, which is no longer running (killed?)",
+                    stacklevel=3,
+                )
+            record = {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "command": command or " ".join(sys.argv),
+                "started": datetime.datetime.now().isoformat(timespec="seconds"),
+            }
             os.ftruncate(fd, 0)
             os.lseek(fd, 0, os.SEEK_SET)
             os.write(fd, (json.dumps(record) + "\n").encode())

@@ -43,13 +43,22 @@ class Stage:
 STAGES = [
     Stage("01_data_exploration.ipynb"),
     Stage("02_preprocessing.ipynb", outputs=("{store}",)),
-    Stage("03_vqvae_training.ipynb", outputs=("{runs}/vqvae/last.pt", "{runs}/vqvae/recon_metrics.json",
-                                              "{figures}/03_reconstructions.png")),
+    Stage(
+        "03_vqvae_training.ipynb",
+        outputs=("{runs}/vqvae/last.pt", "{runs}/vqvae/recon_metrics.json", "{figures}/03_reconstructions.png"),
+    ),
     Stage("04_ldm_training.ipynb", outputs=("{runs}/ldm/last.pt", "{figures}/04_samples.png")),
     # The report goes into the folder above the figures (the run folder with the default
     # paths.figures: see mmldm.report.report_dir).
-    Stage("05_evaluation.ipynb", outputs=("{runs}/evaluation/metrics.json", "{figures}/../report.md",
-                                          "{figures}/../metrics.json", "{figures}/05_generated_vs_real.png")),
+    Stage(
+        "05_evaluation.ipynb",
+        outputs=(
+            "{runs}/evaluation/metrics.json",
+            "{figures}/../report.md",
+            "{figures}/../metrics.json",
+            "{figures}/05_generated_vs_real.png",
+        ),
+    ),
     # Headless, the interactive notebook still runs end to end and saves its denoising strip.
     Stage("06_interactive.ipynb", outputs=("{figures}/06_trajectory.png",)),
 ]
@@ -62,8 +71,15 @@ def _hash(*parts: bytes) -> str:
     return h.hexdigest()[:16]
 
 
-def run(profile: str, source: str | None = None, force: bool = False, only: list[str] | None = None,
-        overrides: list[str] | None = None, name: str | None = None, publish: str | Path | None = None) -> None:
+def run(
+    profile: str,
+    source: str | None = None,
+    force: bool = False,
+    only: list[str] | None = None,
+    overrides: list[str] | None = None,
+    name: str | None = None,
+    publish: str | Path | None = None,
+) -> None:
     overrides = list(overrides or [])
     if source is not None:
         overrides.append(f"paths.source={source}")
@@ -91,7 +107,8 @@ def _check_source(cfg, run_dir: Path) -> tuple[Path, str]:
         if before and before != current:
             raise MMLDMError(
                 f"{run_dir} holds a run on {before}, not {current}; give this one its own folder with "
-                f"--name NAME (or remove {run_dir} and {cfg.store_path} to start over)")
+                f"--name NAME (or remove {run_dir} and {cfg.store_path} to start over)"
+            )
     return record, current
 
 
@@ -115,8 +132,15 @@ class _Indented:
         self.stream.flush()
 
 
-def _run(cfg, profile: str, run_dir: Path, force: bool, only: list[str] | None, overrides: list[str],
-         record: tuple[Path, str]) -> None:
+def _run(
+    cfg,
+    profile: str,
+    run_dir: Path,
+    force: bool,
+    only: list[str] | None,
+    overrides: list[str],
+    record: tuple[Path, str],
+) -> None:
     import papermill as pm
 
     (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
@@ -148,17 +172,24 @@ def _run(cfg, profile: str, run_dir: Path, force: bool, only: list[str] | None, 
         k = f"{selected.index(stage) + 1}/{len(selected)}"
         outputs = [Path(o.format(store=cfg.store_path, runs=run_dir, figures=cfg.figures_dir)) for o in stage.outputs]
         stamp_file = stamps / f"{name}.stamp"
-        if (not force and stamp_file.exists() and stamp_file.read_text() == stamp
-                and all(o.exists() for o in outputs)):
+        if not force and stamp_file.exists() and stamp_file.read_text() == stamp and all(o.exists() for o in outputs):
             print(f"[{name}] up to date, skipped (use --force to redo)", flush=True)
             continue
         out_nb = run_dir / "notebooks" / stage.notebook
         t0 = time.time()
         print(f"[{name}] running (stage {k}) ...", flush=True)
         try:
-            pm.execute_notebook(str(nb), str(out_nb), parameters=params, kernel_name="python3",
-                                cwd=str(NOTEBOOKS), progress_bar=False, log_output=False,
-                                stdout_file=_Indented(sys.stdout), stderr_file=_Indented(sys.stderr))
+            pm.execute_notebook(
+                str(nb),
+                str(out_nb),
+                parameters=params,
+                kernel_name="python3",
+                cwd=str(NOTEBOOKS),
+                progress_bar=False,
+                log_output=False,
+                stdout_file=_Indented(sys.stdout),
+                stderr_file=_Indented(sys.stderr),
+            )
         except pm.PapermillExecutionError as e:
             error = "\n".join(line for line in (e.evalue or "").splitlines() if line.strip())
             raise MMLDMError(
@@ -170,8 +201,10 @@ def _run(cfg, profile: str, run_dir: Path, force: bool, only: list[str] | None, 
             raise MMLDMError(f"notebook {stage.notebook} finished but did not write {', '.join(missing)}")
         stamp_file.write_text(stamp)
         print(f"[{name}] done in {time.time() - t0:.1f} s", flush=True)
-    print(f"[all] finished in {time.time() - t_all:.1f} s; executed notebooks in {run_dir / 'notebooks'}, "
-          f"report in {report_dir(cfg)}")
+    print(
+        f"[all] finished in {time.time() - t_all:.1f} s; executed notebooks in {run_dir / 'notebooks'}, "
+        f"report in {report_dir(cfg)}"
+    )
 
 
 _LINK = re.compile(r"(!?\[[^\]]*\]\()([^)\s]+)(\))")
@@ -208,16 +241,25 @@ def publish_report(src: Path, dest: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="run_all.sh", description=__doc__.split("\n")[0])
-    p.add_argument("--profile", default=os.environ.get("MMLDM_PROFILE", "laptop"),
-                   help="paper (GPU), laptop (default, CPU) or smoke (seconds, for tests)")
+    p.add_argument(
+        "--profile",
+        default=os.environ.get("MMLDM_PROFILE", "laptop"),
+        help="paper (GPU), laptop (default, CPU) or smoke (seconds, for tests)",
+    )
     p.add_argument("--source", help="a real dataset folder (M&Ms-2, M&Ms or ACDC) instead of the phantom")
     p.add_argument("--force", action="store_true", help="redo stages even when up to date")
     p.add_argument("--only", nargs="*", help="run only stages whose notebook name starts with these")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    p.add_argument("--name", help="the run folder's name (runs/NAME, data/processed/NAME.h5) instead of "
-                                  "<kind>_<profile> (acdc_laptop, mnms2_paper, phantom_laptop...)")
-    p.add_argument("--publish", action="store_true",
-                   help="at the end, copy the run's report.md, metrics.json and figures into report/ (tracked)")
+    p.add_argument(
+        "--name",
+        help="the run folder's name (runs/NAME, data/processed/NAME.h5) instead of "
+        "<kind>_<profile> (acdc_laptop, mnms2_paper, phantom_laptop...)",
+    )
+    p.add_argument(
+        "--publish",
+        action="store_true",
+        help="at the end, copy the run's report.md, metrics.json and figures into report/ (tracked)",
+    )
     p.add_argument("--publish-to", metavar="DIR", help="with --publish: copy there instead of report/")
     args = p.parse_args(argv)
     if args.publish_to and not args.publish:
@@ -226,8 +268,15 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:  # the real command line: SIGTERM cleans up (temporary files, the lock) like Ctrl-C
         terminate_as_interrupt()
     try:
-        run(args.profile, source=args.source, force=args.force, only=args.only, overrides=args.set,
-            name=args.name, publish=publish)
+        run(
+            args.profile,
+            source=args.source,
+            force=args.force,
+            only=args.only,
+            overrides=args.set,
+            name=args.name,
+            publish=publish,
+        )
     except MMLDMError as e:
         print(f"run_all: error: {e}", file=sys.stderr)
         return 1

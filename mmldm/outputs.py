@@ -56,8 +56,13 @@ def _probe(folder: Path, flag: str, path: Path) -> None:
     probe.unlink(missing_ok=True)
 
 
-def check_output(path: str | Path, flag: str, inputs: dict[str, str | Path | None] | None = None,
-                 folder: bool = False, writes: tuple[str, ...] = ()) -> Path:
+def check_output(
+    path: str | Path,
+    flag: str,
+    inputs: dict[str, str | Path | None] | None = None,
+    folder: bool = False,
+    writes: tuple[str, ...] = (),
+) -> Path:
     """Refuse (:class:`OutputError`) an output ``path`` that cannot or must not be written.
 
     ``flag`` names it in the message (``"--out"``, ``"OUTPUT"``). ``folder``: the output is a
@@ -72,8 +77,9 @@ def check_output(path: str | Path, flag: str, inputs: dict[str, str | Path | Non
             continue
         for target in targets:
             if same_path(target, source):
-                raise OutputError(f"{flag} {path}: writing it would overwrite the input {name} {source}; "
-                                  "choose another output")
+                raise OutputError(
+                    f"{flag} {path}: writing it would overwrite the input {name} {source}; choose another output"
+                )
     if path.exists():
         if folder and not path.is_dir():
             raise OutputError(f"{flag} {path} is a file, not a folder")

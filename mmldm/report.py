@@ -45,9 +45,10 @@ import json
 import os
 import re
 import string
+from collections.abc import Callable, Iterable, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from mmldm import atomic
 from mmldm.errors import DataError
@@ -91,8 +92,10 @@ def read_metrics(path: str | Path) -> dict:
     if not isinstance(metrics["variants"], dict) or not metrics["variants"]:
         raise DataError(path, "'variants' must be a non-empty object")
     if metrics["main"] not in metrics["variants"]:
-        raise DataError(path, f"'main' names {metrics['main']!r}, which is not one of the variants "
-                              f"({', '.join(metrics['variants'])})")
+        raise DataError(
+            path,
+            f"'main' names {metrics['main']!r}, which is not one of the variants ({', '.join(metrics['variants'])})",
+        )
     return metrics
 
 
@@ -116,7 +119,6 @@ def read_rows(path: str | Path | None) -> tuple[list[dict], dict] | None:
     else:
         raise DataError(path, "expected an object of rows or a list of rows")
     return rows, meta
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,8 +150,11 @@ def fill(name: str, **values) -> str:
     is a KeyError). A line that is only a placeholder whose value is empty is dropped, and runs of
     blank lines become one."""
     lines = template_blocks()[name].split("\n")
-    kept = [line for line in lines
-            if not ((m := _ALONE.fullmatch(line.strip())) and m[1] in values and not str(values[m[1]]).strip())]
+    kept = [
+        line
+        for line in lines
+        if not ((m := _ALONE.fullmatch(line.strip())) and m[1] in values and not str(values[m[1]]).strip())
+    ]
     text = string.Template("\n".join(kept)).substitute(values)
     return re.sub(r"\n{3,}", "\n\n", text).strip("\n")
 
@@ -231,8 +236,15 @@ class _Ctx:
         m = self.meta
         trained = m.get("ldm_profile")
         trained = f" (LDM trained at profile `{trained}`)" if trained and trained != self.profile else ""
-        return fill("shared.data_line", data_name=self.data_name, split=m.get("split", "?"), n=m.get("n", "?"),
-                    profile=self.profile, ldm_profile=trained, seed=m.get("seed", "?"))
+        return fill(
+            "shared.data_line",
+            data_name=self.data_name,
+            split=m.get("split", "?"),
+            n=m.get("n", "?"),
+            profile=self.profile,
+            ldm_profile=trained,
+            seed=m.get("seed", "?"),
+        )
 
     def figure(self, name: str, caption: str) -> str:
         """Markdown for a figure in the figures folder, or "" when it is not there."""
@@ -252,27 +264,47 @@ class _Ctx:
 
 def _header(c: _Ctx) -> str:
     m = c.meta
-    return fill("header", profile=c.profile, data_name=c.data_name, store=_shown_path(m.get("store", "?")),
-                created=m.get("created", "?"), seconds=fmt(m.get("seconds"), 0), device=m.get("device", "?"),
-                torch=m.get("torch", "?"))
+    return fill(
+        "header",
+        profile=c.profile,
+        data_name=c.data_name,
+        store=_shown_path(m.get("store", "?")),
+        created=m.get("created", "?"),
+        seconds=fmt(m.get("seconds"), 0),
+        device=m.get("device", "?"),
+        torch=m.get("torch", "?"),
+    )
 
 
 def _summary(c: _Ctx) -> str:
     v, pub = c.variant, c.m.get("published") or {}
     dice, ceiling = v.get("dice") or {}, ((c.m.get("ceiling") or {}).get("dice") or {})
-    mem = ((c.m.get("memorisation") or {}).get("summary") or {})
+    mem = (c.m.get("memorisation") or {}).get("summary") or {}
     warnings = []
     if c.phantom:
         warnings.append(fill("summary.phantom"))
     if c.profile == "smoke":
         warnings.append(fill("summary.smoke"))
-    return fill("summary", warnings="\n\n".join(warnings), main=c.main, n=c.meta.get("n", "?"),
-                split=c.meta.get("split", "?"), data_name=c.data_name, ssim=fmt_ms(v.get("ssim")),
-                psnr=fmt_ms(v.get("psnr"), 2), nmse=fmt_ms(v.get("nmse")), s_per_image=fmt(v.get("s_per_image"), 3),
-                published_source=pub.get("source", "source not given"), published_fid=fmt(pub.get("fid"), 2),
-                published_ssim=fmt(pub.get("ssim")), published_nmse=fmt(pub.get("nmse")),
-                dice=fmt(dice.get("mean_fg")), ceiling=fmt(ceiling.get("mean_fg")), realism=_realism_summary(c),
-                memorisation=fmt(mem.get("median")))
+    return fill(
+        "summary",
+        warnings="\n\n".join(warnings),
+        main=c.main,
+        n=c.meta.get("n", "?"),
+        split=c.meta.get("split", "?"),
+        data_name=c.data_name,
+        ssim=fmt_ms(v.get("ssim")),
+        psnr=fmt_ms(v.get("psnr"), 2),
+        nmse=fmt_ms(v.get("nmse")),
+        s_per_image=fmt(v.get("s_per_image"), 3),
+        published_source=pub.get("source", "source not given"),
+        published_fid=fmt(pub.get("fid"), 2),
+        published_ssim=fmt(pub.get("ssim")),
+        published_nmse=fmt(pub.get("nmse")),
+        dice=fmt(dice.get("mean_fg")),
+        ceiling=fmt(ceiling.get("mean_fg")),
+        realism=_realism_summary(c),
+        memorisation=fmt(mem.get("median")),
+    )
 
 
 def _realism_summary(c: _Ctx) -> str:
@@ -281,18 +313,36 @@ def _realism_summary(c: _Ctx) -> str:
         spaces = _fid_spaces(c.m)
         inc, seg = spaces.get("inception") or {}, spaces.get("segmenter") or {}
         unavailable = not inc.get("available", inc.get("fid") is not None) and inc.get("reason")
-        return fill("summary.distribution", inception_fid=fmt(inc.get("fid"), 2),
-                    inception_note=f" ({inc.get('reason')})" if unavailable else "",
-                    segmenter_fid=fmt(seg.get("fid"), 2), segmenter_baseline=fmt(seg.get("real_vs_real_fid"), 2))
+        return fill(
+            "summary.distribution",
+            inception_fid=fmt(inc.get("fid"), 2),
+            inception_note=f" ({inc.get('reason')})" if unavailable else "",
+            segmenter_fid=fmt(seg.get("fid"), 2),
+            segmenter_baseline=fmt(seg.get("real_vs_real_fid"), 2),
+        )
     inc, seg = realism.get("inception") or {}, realism.get("segmenter") or {}
     hf = ((realism.get("spectrum") or {}).get("hf_ratio") or {}).get("generated")
-    inception = (fill("summary.realism.inception", fid=fmt(inc.get("fid"), 2), ratio=fmt(inc.get("ratio"), 2),
-                      baseline=fmt(inc.get("real_vs_real_fid"), 2)) if inc.get("available") else
-                 fill("summary.realism.no_inception", reason=inc.get("reason") or "no reason given"))
-    return fill("summary.realism", n_generated=realism.get("n_generated", "?"),
-                n_heldout=realism.get("n_heldout", "?"), inception=inception, segmenter_fid=fmt(seg.get("fid"), 2),
-                segmenter_ratio=fmt(seg.get("ratio"), 2), hf_ratio=fmt(hf, 2), texture=_texture_word(hf),
-                verdict=_verdict_text(realism))
+    inception = (
+        fill(
+            "summary.realism.inception",
+            fid=fmt(inc.get("fid"), 2),
+            ratio=fmt(inc.get("ratio"), 2),
+            baseline=fmt(inc.get("real_vs_real_fid"), 2),
+        )
+        if inc.get("available")
+        else fill("summary.realism.no_inception", reason=inc.get("reason") or "no reason given")
+    )
+    return fill(
+        "summary.realism",
+        n_generated=realism.get("n_generated", "?"),
+        n_heldout=realism.get("n_heldout", "?"),
+        inception=inception,
+        segmenter_fid=fmt(seg.get("fid"), 2),
+        segmenter_ratio=fmt(seg.get("ratio"), 2),
+        hf_ratio=fmt(hf, 2),
+        texture=_texture_word(hf),
+        verdict=_verdict_text(realism),
+    )
 
 
 def _data(c: _Ctx) -> str:
@@ -300,15 +350,34 @@ def _data(c: _Ctx) -> str:
     slices = phantom = ""
     if cfg is not None:
         d = cfg.data
-        slices = fill("data.slices", size=d.size, fov_mm=fmt(d.fov_mm, 0), p_low=d.percentiles[0],
-                      p_high=d.percentiles[1], views=", ".join(d.views), phases=", ".join(d.phases), n_val=d.val,
-                      split_seed=d.split_seed, canny_sigma=d.canny_sigma, canny_low=f"{d.canny_low:g}",
-                      canny_high=f"{d.canny_high:g}", canny_blur="after" if d.canny_blur else "without")
+        slices = fill(
+            "data.slices",
+            size=d.size,
+            fov_mm=fmt(d.fov_mm, 0),
+            p_low=d.percentiles[0],
+            p_high=d.percentiles[1],
+            views=", ".join(d.views),
+            phases=", ".join(d.phases),
+            n_val=d.val,
+            split_seed=d.split_seed,
+            canny_sigma=d.canny_sigma,
+            canny_low=f"{d.canny_low:g}",
+            canny_high=f"{d.canny_high:g}",
+            canny_blur="after" if d.canny_blur else "without",
+        )
     if c.phantom:
-        phantom = fill("data.phantom",
-                       subjects=f" ({cfg.paths.phantom_subjects} subjects)" if cfg is not None else "")
-    return fill("data", data_name=c.data_name, store=_shown_path(m.get("store", "?")), split=m.get("split", "?"),
-                n=m.get("n", "?"), n_split=m.get("n_split", "?"), profile=c.profile, slices=slices, phantom=phantom)
+        phantom = fill("data.phantom", subjects=f" ({cfg.paths.phantom_subjects} subjects)" if cfg is not None else "")
+    return fill(
+        "data",
+        data_name=c.data_name,
+        store=_shown_path(m.get("store", "?")),
+        split=m.get("split", "?"),
+        n=m.get("n", "?"),
+        n_split=m.get("n_split", "?"),
+        profile=c.profile,
+        slices=slices,
+        phantom=phantom,
+    )
 
 
 def param_counts(cfg) -> dict[str, int] | None:
@@ -322,8 +391,11 @@ def param_counts(cfg) -> dict[str, int] | None:
         from mmldm.models.vqvae import VQVAE
 
         with torch.device("meta"):
-            return {"vqvae": param_count(VQVAE(cfg.vqvae)), "unet": param_count(UNet(cfg.unet)),
-                    "segmenter": param_count(Segmenter(cfg.segmenter))}
+            return {
+                "vqvae": param_count(VQVAE(cfg.vqvae)),
+                "unet": param_count(UNet(cfg.unet)),
+                "segmenter": param_count(Segmenter(cfg.segmenter)),
+            }
     except Exception:  # noqa: BLE001 - a count is a nicety; the report does not depend on it
         return None
 
@@ -339,22 +411,44 @@ def _architecture(c: _Ctx) -> str:
     rows = [
         ("VQ-VAE", "parameters", fmt_count(counts.get("vqvae"))),
         ("", "encoder channels / mid", f"{v.down_channels} / {v.mid_channels}, {v.num_down_layers} layer(s) per block"),
-        ("", "latent", f"{lat} (downsampling ×{f}); codebook {v.codebook_size:,} codes"
-                       f"{', EMA updates' if v.ema else ''}{f', dead-code restarts after {v.restart_after} steps' if v.restart_after else ''}"),
+        (
+            "",
+            "latent",
+            f"{lat} (downsampling ×{f}); codebook {v.codebook_size:,} codes"
+            f"{', EMA updates' if v.ema else ''}"
+            f"{f', dead-code restarts after {v.restart_after} steps' if v.restart_after else ''}",
+        ),
         ("UNet", "parameters", fmt_count(counts.get("unet"))),
-        ("", "channels down / mid", f"{u.down_channels} / {u.mid_channels}, {u.num_down_layers} layer(s) per block, "
-                                   f"attention {u.attn_down}, {u.num_heads} heads, dropout {u.dropout}"),
-        ("", "condition", f"{u.conditioning} (edges + 4 one-hot channels); view embedding "
-                          f"{'on' if u.view_embedding else 'off'}"),
-        ("Diffusion", "schedule", f"{cfg.diffusion.beta_schedule}, T = {cfg.diffusion.num_train_timesteps}, "
-                                  f"predicts {cfg.diffusion.prediction_type}"),
-        ("", "guidance", f"condition dropout edges {cfg.guidance.p_drop_edge}, mask {cfg.guidance.p_drop_mask}; "
-                         f"scales mask {cfg.guidance.scale_mask}, edges {cfg.guidance.scale_edge}"),
+        (
+            "",
+            "channels down / mid",
+            f"{u.down_channels} / {u.mid_channels}, {u.num_down_layers} layer(s) per block, "
+            f"attention {u.attn_down}, {u.num_heads} heads, dropout {u.dropout}",
+        ),
+        (
+            "",
+            "condition",
+            f"{u.conditioning} (edges + 4 one-hot channels); view embedding {'on' if u.view_embedding else 'off'}",
+        ),
+        (
+            "Diffusion",
+            "schedule",
+            f"{cfg.diffusion.beta_schedule}, T = {cfg.diffusion.num_train_timesteps}, "
+            f"predicts {cfg.diffusion.prediction_type}",
+        ),
+        (
+            "",
+            "guidance",
+            f"condition dropout edges {cfg.guidance.p_drop_edge}, mask {cfg.guidance.p_drop_mask}; "
+            f"scales mask {cfg.guidance.scale_mask}, edges {cfg.guidance.scale_edge}",
+        ),
         ("Segmenter (judge)", "parameters", fmt_count(counts.get("segmenter"))),
         ("", "channels", f"{list(s.channels)}, {s.num_layers} layer(s) per level"),
     ]
-    return fill("architecture", architecture=fill("architecture.config", profile=cfg.profile,
-                                                  table=table(["part", "setting", "value"], rows)))
+    return fill(
+        "architecture",
+        architecture=fill("architecture.config", profile=cfg.profile, table=table(["part", "setting", "value"], rows)),
+    )
 
 
 def _training(c: _Ctx) -> str:
@@ -362,37 +456,81 @@ def _training(c: _Ctx) -> str:
     if cfg is None:
         settings = fill("shared.no_config")
     else:
-        keys = (("steps", "steps"), ("batch_size", "batch"), ("lr", "learning rate"), ("optimizer", "optimiser"),
-                ("lr_schedule", "schedule"), ("warmup_steps", "warm-up steps"), ("grad_clip", "gradient clip"),
-                ("ema", "EMA of weights"), ("latent_norm", "latent normalisation"), ("amp", "bf16 autocast"))
+        keys = (
+            ("steps", "steps"),
+            ("batch_size", "batch"),
+            ("lr", "learning rate"),
+            ("optimizer", "optimiser"),
+            ("lr_schedule", "schedule"),
+            ("warmup_steps", "warm-up steps"),
+            ("grad_clip", "gradient clip"),
+            ("ema", "EMA of weights"),
+            ("latent_norm", "latent normalisation"),
+            ("amp", "bf16 autocast"),
+        )
         t_v, t_l, seg = cfg.train_vqvae, cfg.train_ldm, cfg.segmenter
         rows = [(title, getattr(t_v, k), getattr(t_l, k)) for k, title in keys]
         rows[-3] = (rows[-3][0], "n/a", rows[-3][2])  # EMA and latent norm are LDM-only settings
         rows[-2] = (rows[-2][0], "n/a", rows[-2][2])
-        settings = fill("training.settings", table=table(["", "VQ-VAE", "latent diffusion"], rows),
-                        epochs=seg.epochs, batch_size=seg.batch_size, lr=seg.lr, ldm_step=c.meta.get("ldm_step", "?"))
+        settings = fill(
+            "training.settings",
+            table=table(["", "VQ-VAE", "latent diffusion"], rows),
+            epochs=seg.epochs,
+            batch_size=seg.batch_size,
+            lr=seg.lr,
+            ldm_step=c.meta.get("ldm_step", "?"),
+        )
     rec, reconstruction = c.m.get("reconstruction"), ""
     if isinstance(rec, Mapping) and rec.get("metrics"):
         rm, cb = rec["metrics"], rec.get("codebook") or {}
         reconstruction = fill(
-            "training.reconstruction", n_images=rec.get("n_images", "?"), split=rec.get("split", "?"),
+            "training.reconstruction",
+            n_images=rec.get("n_images", "?"),
+            split=rec.get("split", "?"),
             step=rec.get("step", "?"),
-            table=table(["SSIM ↑", "PSNR (dB) ↑", "NMSE ↓", "codes used", "perplexity"],
-                        [(fmt_ms(rm.get("ssim")), fmt_ms(rm.get("psnr"), 2), fmt_ms(rm.get("nmse")),
-                          f"{cb.get('used', 'n/a')} of {cb.get('codebook_size', 'n/a')}",
-                          fmt(cb.get("perplexity"), 1))]))
+            table=table(
+                ["SSIM ↑", "PSNR (dB) ↑", "NMSE ↓", "codes used", "perplexity"],
+                [
+                    (
+                        fmt_ms(rm.get("ssim")),
+                        fmt_ms(rm.get("psnr"), 2),
+                        fmt_ms(rm.get("nmse")),
+                        f"{cb.get('used', 'n/a')} of {cb.get('codebook_size', 'n/a')}",
+                        fmt(cb.get("perplexity"), 1),
+                    )
+                ],
+            ),
+        )
     return fill("training", settings=settings, reconstruction=reconstruction, figures=c.figures("training.figures"))
 
 
 def _paired(c: _Ctx) -> str:
     pub, v = c.m.get("published") or {}, c.variant
     inc = _fid_spaces(c.m).get("inception") or {}
-    rows = [("seed (published)", pub.get("source", "n/a"), fmt(pub.get("fid"), 2), fmt(pub.get("ssim")), "n/a",
-             fmt(pub.get("nmse"))),
-            (f"ours, `{c.main}`", f"{c.data_name}, profile {c.profile}", fmt(inc.get("fid"), 2),
-             fmt_ms(v.get("ssim")), fmt_ms(v.get("psnr"), 2), fmt_ms(v.get("nmse")))]
-    return fill("paired", n_fid=inc.get("n", "n/a"), data_line=c.data_line(),
-                table=table(["", "data", "FID ↓", "SSIM ↑", "PSNR (dB) ↑", "NMSE ↓"], rows))
+    rows = [
+        (
+            "seed (published)",
+            pub.get("source", "n/a"),
+            fmt(pub.get("fid"), 2),
+            fmt(pub.get("ssim")),
+            "n/a",
+            fmt(pub.get("nmse")),
+        ),
+        (
+            f"ours, `{c.main}`",
+            f"{c.data_name}, profile {c.profile}",
+            fmt(inc.get("fid"), 2),
+            fmt_ms(v.get("ssim")),
+            fmt_ms(v.get("psnr"), 2),
+            fmt_ms(v.get("nmse")),
+        ),
+    ]
+    return fill(
+        "paired",
+        n_fid=inc.get("n", "n/a"),
+        data_line=c.data_line(),
+        table=table(["", "data", "FID ↓", "SSIM ↑", "PSNR (dB) ↑", "NMSE ↓"], rows),
+    )
 
 
 def _groups(c: _Ctx) -> str:
@@ -403,11 +541,18 @@ def _groups(c: _Ctx) -> str:
         if not part:
             continue
         cols = [*PAIRED] + ([("dice_fg", "Dice fg ↑")] if any("dice_fg" in e for e in part.values()) else [])
-        rows = [(name, e.get("n", "?"), *(fmt_ms(e.get(k), 2 if k == "psnr" else 3) for k, _ in cols))
-                for name, e in part.items()]
+        rows = [
+            (name, e.get("n", "?"), *(fmt_ms(e.get(k), 2 if k == "psnr" else 3) for k, _ in cols))
+            for name, e in part.items()
+        ]
         tables.append(fill("groups.group", group=g, table=table([g, "n", *(t for _, t in cols)], rows)))
-    return fill("groups", main=c.main, tables="\n\n".join(tables) or fill("groups.none"),
-                figure=c.figures("groups.figure"), data_line=c.data_line())
+    return fill(
+        "groups",
+        main=c.main,
+        tables="\n\n".join(tables) or fill("groups.none"),
+        figure=c.figures("groups.figure"),
+        data_line=c.data_line(),
+    )
 
 
 FID_SPACES = (("inception", "Inception (ImageNet features)"), ("segmenter", "in-domain (segmenter features)"))
@@ -435,17 +580,23 @@ def limiting_stage(generated_ratio, autoencoder_ratio, near: float = NEAR_BASELI
     if g is None or a is None:
         return None, "Which stage limits realism cannot be said: a FID ratio is missing."
     if g <= 1 + near:
-        return "neither", (f"The generated images are within {near:.0%} of the real-vs-real baseline (FID ratio "
-                           f"{fmt(g, 2)}): at this n neither stage measurably limits realism.")
+        return "neither", (
+            f"The generated images are within {near:.0%} of the real-vs-real baseline (FID ratio "
+            f"{fmt(g, 2)}): at this n neither stage measurably limits realism."
+        )
     share = max(0.0, a - 1) / (g - 1)
     if share >= 0.5:
-        return "autoencoder", (f"**The autoencoder limits realism**: the VQ-VAE's reconstructions of real slices "
-                               f"already score a FID ratio of {fmt(a, 2)} against the generated images' {fmt(g, 2)}, "
-                               f"{share:.0%} of the gap to real; a better diffusion model cannot close it without "
-                               "a better VQ-VAE.")
-    return "diffusion", (f"**The diffusion model limits realism**: the VQ-VAE's reconstructions score a FID ratio of "
-                         f"{fmt(a, 2)}, the generated images {fmt(g, 2)}; only {share:.0%} of the gap to real is "
-                         "the autoencoder's, the rest opens in the latent diffusion model.")
+        return "autoencoder", (
+            f"**The autoencoder limits realism**: the VQ-VAE's reconstructions of real slices "
+            f"already score a FID ratio of {fmt(a, 2)} against the generated images' {fmt(g, 2)}, "
+            f"{share:.0%} of the gap to real; a better diffusion model cannot close it without "
+            "a better VQ-VAE."
+        )
+    return "diffusion", (
+        f"**The diffusion model limits realism**: the VQ-VAE's reconstructions score a FID ratio of "
+        f"{fmt(a, 2)}, the generated images {fmt(g, 2)}; only {share:.0%} of the gap to real is "
+        "the autoencoder's, the rest opens in the latent diffusion model."
+    )
 
 
 def _verdict(realism: Mapping) -> tuple[str | None, str, str]:
@@ -467,8 +618,15 @@ def _verdict_text(realism: Mapping) -> str:
 
 def _texture_word(ratio) -> str:
     r = finite_float(ratio)
-    return "" if r is None else " (smoother than real)" if r < 0.9 else " (noisier than real)" if r > 1.1 else \
-        " (like real)"
+    return (
+        ""
+        if r is None
+        else " (smoother than real)"
+        if r < 0.9
+        else " (noisier than real)"
+        if r > 1.1
+        else " (like real)"
+    )
 
 
 def _kid(d: Mapping, prefix: str = "") -> str:
@@ -489,36 +647,104 @@ def _realism(c: _Ctx) -> str:
             continue
         note = "" if d.get("available", True) else (d.get("reason") or "not available")
         ae = d.get("autoencoder") or {}
-        fid_rows.append((f"generated (`{realism.get('variant', c.main)}`)", d.get("label", default), d.get("n", "n/a"),
-                         fmt(d.get("fid"), 2), _kid(d), fmt(d.get("real_vs_real_fid"), 2),
-                         fmt(d.get("ratio"), 2), note))
+        fid_rows.append(
+            (
+                f"generated (`{realism.get('variant', c.main)}`)",
+                d.get("label", default),
+                d.get("n", "n/a"),
+                fmt(d.get("fid"), 2),
+                _kid(d),
+                fmt(d.get("real_vs_real_fid"), 2),
+                fmt(d.get("ratio"), 2),
+                note,
+            )
+        )
         if ae:
-            fid_rows.append(("VQ-VAE reconstructions of the training slices (ceiling)", d.get("label", default),
-                             ae.get("n", "n/a"), fmt(ae.get("fid"), 2), _kid(ae), fmt(d.get("real_vs_real_fid"), 2),
-                             fmt(ae.get("ratio"), 2), note))
+            fid_rows.append(
+                (
+                    "VQ-VAE reconstructions of the training slices (ceiling)",
+                    d.get("label", default),
+                    ae.get("n", "n/a"),
+                    fmt(ae.get("fid"), 2),
+                    _kid(ae),
+                    fmt(d.get("real_vs_real_fid"), 2),
+                    fmt(ae.get("ratio"), 2),
+                    note,
+                )
+            )
     spec = realism.get("spectrum") or {}
     frac, ratio, counts = spec.get("hf_fraction") or {}, spec.get("hf_ratio") or {}, spec.get("n") or {}
-    names = (("heldout", "real held-out slices (reference)"), ("train", "real training slices"),
-             ("generated", f"generated (`{realism.get('variant', c.main)}`)"),
-             ("reconstruction", "VQ-VAE reconstructions of the held-out slices"))
-    spec_rows = [(title, counts.get(k, "n/a"), fmt_pct(frac.get(k)), "1.000" if k == spec.get("reference") else
-                  fmt(ratio.get(k))) for k, title in names if k in frac]
+    names = (
+        ("heldout", "real held-out slices (reference)"),
+        ("train", "real training slices"),
+        ("generated", f"generated (`{realism.get('variant', c.main)}`)"),
+        ("reconstruction", "VQ-VAE reconstructions of the held-out slices"),
+    )
+    spec_rows = [
+        (
+            title,
+            counts.get(k, "n/a"),
+            fmt_pct(frac.get(k)),
+            "1.000" if k == spec.get("reference") else fmt(ratio.get(k)),
+        )
+        for k, title in names
+        if k in frac
+    ]
     ae, inc, seg = realism.get("autoencoder") or {}, realism.get("inception") or {}, realism.get("segmenter") or {}
-    ae_row = (ae.get("n", "n/a"), fmt_ms(ae.get("ssim")), fmt_ms(ae.get("psnr"), 2),
-              fmt((inc.get("autoencoder") or {}).get("fid"), 2), fmt((inc.get("autoencoder") or {}).get("ratio"), 2),
-              fmt((seg.get("autoencoder") or {}).get("ratio"), 2), fmt(ratio.get("reconstruction")))
+    ae_row = (
+        ae.get("n", "n/a"),
+        fmt_ms(ae.get("ssim")),
+        fmt_ms(ae.get("psnr"), 2),
+        fmt((inc.get("autoencoder") or {}).get("fid"), 2),
+        fmt((inc.get("autoencoder") or {}).get("ratio"), 2),
+        fmt((seg.get("autoencoder") or {}).get("ratio"), 2),
+        fmt(ratio.get("reconstruction")),
+    )
     cutoff = spec.get("cutoff", "?")
     return fill(
-        "realism", n_generated=n_gen, n_masks=realism.get("n_masks", "?"), n_seeds=len(seeds), n_heldout=n_held,
-        n_train=n_train, cutoff=cutoff, period=fmt(1 / cutoff, 0) if finite_float(cutoff) else "?",
-        fid_table=table(["set against the real held-out slices", "features", "n", "FID ↓", "KID ↓",
-                         "real vs real FID", "FID ratio ↓", "note"], fid_rows),
+        "realism",
+        n_generated=n_gen,
+        n_masks=realism.get("n_masks", "?"),
+        n_seeds=len(seeds),
+        n_heldout=n_held,
+        n_train=n_train,
+        cutoff=cutoff,
+        period=fmt(1 / cutoff, 0) if finite_float(cutoff) else "?",
+        fid_table=table(
+            [
+                "set against the real held-out slices",
+                "features",
+                "n",
+                "FID ↓",
+                "KID ↓",
+                "real vs real FID",
+                "FID ratio ↓",
+                "note",
+            ],
+            fid_rows,
+        ),
         spectrum_table=table(["set", "n", f"power above {cutoff} cycles/pixel", "over real held-out"], spec_rows)
-        if spec_rows else fill("realism.no_spectrum"),
-        autoencoder_table=table(["n", "recon SSIM ↑", "recon PSNR (dB) ↑", "recon FID (Inception) ↓",
-                                 "FID ratio (Inception)", "FID ratio (in-domain)", "high-frequency ratio"], [ae_row]),
-        verdict=_verdict_text(realism), figure=c.figures("realism.figure"), data_name=c.data_name,
-        split=c.meta.get("split", "?"), profile=c.profile, seeds=", ".join(map(str, seeds)) or "?")
+        if spec_rows
+        else fill("realism.no_spectrum"),
+        autoencoder_table=table(
+            [
+                "n",
+                "recon SSIM ↑",
+                "recon PSNR (dB) ↑",
+                "recon FID (Inception) ↓",
+                "FID ratio (Inception)",
+                "FID ratio (in-domain)",
+                "high-frequency ratio",
+            ],
+            [ae_row],
+        ),
+        verdict=_verdict_text(realism),
+        figure=c.figures("realism.figure"),
+        data_name=c.data_name,
+        split=c.meta.get("split", "?"),
+        profile=c.profile,
+        seeds=", ".join(map(str, seeds)) or "?",
+    )
 
 
 def _legacy_distribution(c: _Ctx) -> str:
@@ -529,21 +755,37 @@ def _legacy_distribution(c: _Ctx) -> str:
         d = dist.get(key)
         if not d:
             continue
-        rows.append((d.get("label", default), fmt(d.get("fid"), 2), _kid(d), fmt(d.get("real_vs_real_fid"), 2),
-                     _kid(d, "real_vs_real_"), d.get("n", "n/a"),
-                     "" if d.get("available", True) else (d.get("reason") or "not available")))
-    return fill("realism.distribution", data_line=c.data_line(),
-                table=table(["features", "FID ↓", "KID ↓", "real vs real FID", "real vs real KID", "n", "note"], rows)
-                if rows else fill("realism.distribution.none"))
+        rows.append(
+            (
+                d.get("label", default),
+                fmt(d.get("fid"), 2),
+                _kid(d),
+                fmt(d.get("real_vs_real_fid"), 2),
+                _kid(d, "real_vs_real_"),
+                d.get("n", "n/a"),
+                "" if d.get("available", True) else (d.get("reason") or "not available"),
+            )
+        )
+    return fill(
+        "realism.distribution",
+        data_line=c.data_line(),
+        table=table(["features", "FID ↓", "KID ↓", "real vs real FID", "real vs real KID", "n", "note"], rows)
+        if rows
+        else fill("realism.distribution.none"),
+    )
 
 
 def _anatomy(c: _Ctx) -> str:
-    ceiling = ((c.m.get("ceiling") or {}).get("dice") or {})
+    ceiling = (c.m.get("ceiling") or {}).get("dice") or {}
     rows = [("real held-out images (ceiling)", *(fmt(ceiling.get(k)) for k in ("LV", "MYO", "RV", "mean_fg")))]
     for name, v in c.m["variants"].items():
         d = v.get("dice") or {}
-        rows.append((f"`{name}`" + (" (main)" if name == c.main else ""),
-                     *(fmt(d.get(k)) for k in ("LV", "MYO", "RV", "mean_fg"))))
+        rows.append(
+            (
+                f"`{name}`" + (" (main)" if name == c.main else ""),
+                *(fmt(d.get(k)) for k in ("LV", "MYO", "RV", "mean_fg")),
+            )
+        )
     return fill("anatomy", table=table(["", "LV ↑", "MYO ↑", "RV ↑", "mean fg ↑"], rows), data_line=c.data_line())
 
 
@@ -551,24 +793,73 @@ def _variants(c: _Ctx) -> str:
     rows = []
     for name, v in c.m["variants"].items():
         s, g = v.get("sampler") or {}, v.get("guidance") or {}
-        rows.append((f"`{name}`" + (" (main)" if name == c.main else ""), v.get("n", "?"), s.get("name", "?"),
-                     s.get("num_inference_steps", "?"), g.get("mode", "?"),
-                     f"{g.get('scale_mask', '?')} / {g.get('scale_edge', '?')}", fmt_ms(v.get("ssim")),
-                     fmt_ms(v.get("psnr"), 2), fmt_ms(v.get("nmse")), fmt((v.get("dice") or {}).get("mean_fg")),
-                     fmt_pct(v.get("saturated")), fmt(v.get("s_per_image"), 3)))
-    subsets = [fill("variants.subset", variant=name, n=v.get("n", "?"), main=c.main,
-                    ssim=fmt_ms(same.get("ssim")), nmse=fmt_ms(same.get("nmse")),
-                    dice=fmt((same.get("dice") or {}).get("mean_fg")))
-               for name, v in c.m["variants"].items() if (same := v.get("main_on_same_slices"))]
-    return fill("variants", device=c.meta.get("device", "?"), subsets="\n\n".join(subsets),
-                table=table(["variant", "n", "sampler", "steps", "condition", "scales mask / edge", "SSIM ↑", "PSNR ↑",
-                             "NMSE ↓", "Dice fg ↑", "saturated", "s / image"], rows),
-                figure=c.figures("variants.figure"), data_line=c.data_line())
+        rows.append(
+            (
+                f"`{name}`" + (" (main)" if name == c.main else ""),
+                v.get("n", "?"),
+                s.get("name", "?"),
+                s.get("num_inference_steps", "?"),
+                g.get("mode", "?"),
+                f"{g.get('scale_mask', '?')} / {g.get('scale_edge', '?')}",
+                fmt_ms(v.get("ssim")),
+                fmt_ms(v.get("psnr"), 2),
+                fmt_ms(v.get("nmse")),
+                fmt((v.get("dice") or {}).get("mean_fg")),
+                fmt_pct(v.get("saturated")),
+                fmt(v.get("s_per_image"), 3),
+            )
+        )
+    subsets = [
+        fill(
+            "variants.subset",
+            variant=name,
+            n=v.get("n", "?"),
+            main=c.main,
+            ssim=fmt_ms(same.get("ssim")),
+            nmse=fmt_ms(same.get("nmse")),
+            dice=fmt((same.get("dice") or {}).get("mean_fg")),
+        )
+        for name, v in c.m["variants"].items()
+        if (same := v.get("main_on_same_slices"))
+    ]
+    return fill(
+        "variants",
+        device=c.meta.get("device", "?"),
+        subsets="\n\n".join(subsets),
+        table=table(
+            [
+                "variant",
+                "n",
+                "sampler",
+                "steps",
+                "condition",
+                "scales mask / edge",
+                "SSIM ↑",
+                "PSNR ↑",
+                "NMSE ↓",
+                "Dice fg ↑",
+                "saturated",
+                "s / image",
+            ],
+            rows,
+        ),
+        figure=c.figures("variants.figure"),
+        data_line=c.data_line(),
+    )
 
 
-ROW_COLUMNS = (("ssim", "SSIM ↑", 3), ("psnr", "PSNR ↑", 2), ("nmse", "NMSE ↓", 3), ("dice_LV", "Dice LV", 3),
-               ("dice_MYO", "Dice MYO", 3), ("dice_RV", "Dice RV", 3), ("dice_fg", "Dice fg ↑", 3),
-               ("saturated", "saturated", None), ("s_per_image", "s / image", 3), ("train_s", "training (s)", 0))
+ROW_COLUMNS = (
+    ("ssim", "SSIM ↑", 3),
+    ("psnr", "PSNR ↑", 2),
+    ("nmse", "NMSE ↓", 3),
+    ("dice_LV", "Dice LV", 3),
+    ("dice_MYO", "Dice MYO", 3),
+    ("dice_RV", "Dice RV", 3),
+    ("dice_fg", "Dice fg ↑", 3),
+    ("saturated", "saturated", None),
+    ("s_per_image", "s / image", 3),
+    ("train_s", "training (s)", 0),
+)
 
 
 def _rows_table(rows: list[dict], first: tuple[str, str] = ("variant", "variant")) -> str:
@@ -599,9 +890,15 @@ def _recipe(c: _Ctx) -> str:
         return fill("recipe", recipe=fill("recipe.missing"))
     rows, meta = c.ablation
     ceil = next((r.get("real_dice_fg") for r in rows if finite_float(r.get("real_dice_fg")) is not None), None)
-    return fill("recipe", recipe=fill(
-        "recipe.measured", table=_rows_table(rows), source=_source_note(meta, c.inputs.get("ablation"), rows),
-        ceiling=fill("recipe.ceiling", dice=fmt(ceil)) if ceil is not None else ""))
+    return fill(
+        "recipe",
+        recipe=fill(
+            "recipe.measured",
+            table=_rows_table(rows),
+            source=_source_note(meta, c.inputs.get("ablation"), rows),
+            ceiling=fill("recipe.ceiling", dice=fmt(ceil)) if ceil is not None else "",
+        ),
+    )
 
 
 def _compute(c: _Ctx) -> str:
@@ -610,9 +907,15 @@ def _compute(c: _Ctx) -> str:
     rows, meta = c.compute
     rows = sorted(rows, key=lambda r: (finite_float(r.get("steps")) or 0, finite_float(r.get("train_s")) or 0))
     first = ("variant", "variant") if any("variant" in r for r in rows) else ("steps", "steps")
-    return fill("compute", compute=fill(
-        "compute.measured", table=_rows_table(rows, first), figure=c.figures("compute.figure"),
-        source=_source_note(meta, c.inputs.get("compute"), rows)))
+    return fill(
+        "compute",
+        compute=fill(
+            "compute.measured",
+            table=_rows_table(rows, first),
+            figure=c.figures("compute.figure"),
+            source=_source_note(meta, c.inputs.get("compute"), rows),
+        ),
+    )
 
 
 def _memorisation(c: _Ctx) -> str:
@@ -626,13 +929,31 @@ def _memorisation(c: _Ctx) -> str:
     if (mem.get("segmenter_features") or {}).get("summary"):
         rows.append(("generated images, segmenter features", mem["segmenter_features"]["summary"]))
     n_train = mem.get("n_train_reference")
-    return fill("memorisation", memorisation=fill(
-        "memorisation.measured", of_n_train=f" (of {n_train})" if n_train is not None else "",
-        reference=mem.get("heldout_reference") or "nearest held-out image",
-        table=table(["", "n", "median", "5th percentile", "minimum", "below 0.5", "below 0.1"],
-                    [(name, r.get("n", "n/a"), fmt(r.get("median")), fmt(r.get("p05")), fmt(r.get("min")),
-                      fmt_pct(r.get("below_0.5")), fmt_pct(r.get("below_0.1"))) for name, r in rows]),
-        figure=c.figures("memorisation.figure"), data_line=c.data_line()))
+    return fill(
+        "memorisation",
+        memorisation=fill(
+            "memorisation.measured",
+            of_n_train=f" (of {n_train})" if n_train is not None else "",
+            reference=mem.get("heldout_reference") or "nearest held-out image",
+            table=table(
+                ["", "n", "median", "5th percentile", "minimum", "below 0.5", "below 0.1"],
+                [
+                    (
+                        name,
+                        r.get("n", "n/a"),
+                        fmt(r.get("median")),
+                        fmt(r.get("p05")),
+                        fmt(r.get("min")),
+                        fmt_pct(r.get("below_0.5")),
+                        fmt_pct(r.get("below_0.1")),
+                    )
+                    for name, r in rows
+                ],
+            ),
+            figure=c.figures("memorisation.figure"),
+            data_line=c.data_line(),
+        ),
+    )
 
 
 def _figures(c: _Ctx) -> str:
@@ -640,8 +961,12 @@ def _figures(c: _Ctx) -> str:
     data = c.figures("figures.data.figures")
     if not (generation or data):
         return fill("figures", figures=fill("figures.none"))
-    return fill("figures", figures=fill("figures.found", generation=generation,
-                                        data=fill("figures.found.data", figures=data) if data else ""))
+    return fill(
+        "figures",
+        figures=fill(
+            "figures.found", generation=generation, data=fill("figures.found.data", figures=data) if data else ""
+        ),
+    )
 
 
 def _challenges(c: _Ctx) -> str:
@@ -651,31 +976,52 @@ def _challenges(c: _Ctx) -> str:
     view = bool(c.cfg.unet.view_embedding) if c.cfg is not None else None
     by_view = (c.m.get("groups") or {}).get("view") or {}
     if len(by_view) > 1:
-        views = fill("challenges.by_view", views="; ".join(f"{k} SSIM {fmt_ms(e.get('ssim'))} (n = {e.get('n', '?')})"
-                                                           for k, e in by_view.items()))
+        views = fill(
+            "challenges.by_view",
+            views="; ".join(f"{k} SSIM {fmt_ms(e.get('ssim'))} (n = {e.get('n', '?')})" for k, e in by_view.items()),
+        )
     else:
         views = fill("challenges.one_view", views=" and ".join(by_view) or "no")
     if mask is not None:
-        mask_only = fill("challenges.mask_only", mask_ssim=fmt_ms(mask.get("ssim")),
-                         mask_dice=fmt((mask.get("dice") or {}).get("mean_fg")), both_ssim=fmt_ms(both.get("ssim")),
-                         both_dice=fmt((both.get("dice") or {}).get("mean_fg")))
+        mask_only = fill(
+            "challenges.mask_only",
+            mask_ssim=fmt_ms(mask.get("ssim")),
+            mask_dice=fmt((mask.get("dice") or {}).get("mean_fg")),
+            both_ssim=fmt_ms(both.get("ssim")),
+            both_dice=fmt((both.get("dice") or {}).get("mean_fg")),
+        )
     else:
         mask_only = fill("challenges.mask_only.missing")
     sampling = ""
     if ddpm is not None and dpm is not None:
+
         def steps(v):
             return (v.get("sampler") or {}).get("num_inference_steps", "?")
 
-        sampling = fill("challenges.sampling", ddpm_steps=steps(ddpm), ddim_steps=steps(both), dpm_steps=steps(dpm),
-                        ddpm_s=fmt(ddpm.get("s_per_image"), 3), ddim_s=fmt(both.get("s_per_image"), 3),
-                        dpm_s=fmt(dpm.get("s_per_image"), 3), ddpm_ssim=fmt_ms(ddpm.get("ssim")),
-                        ddim_ssim=fmt_ms(both.get("ssim")), dpm_ssim=fmt_ms(dpm.get("ssim")),
-                        ddpm_subset=" (DDPM on a subset of the slices, see the sampler table)."
-                        if ddpm.get("main_on_same_slices") else ".")
-    return fill("challenges", view_embedding="on" if view else "off" if view is not None else "setting unknown",
-                by_view=views, mask_only=mask_only, sampling=sampling,
-                compute=fill("challenges.compute" if c.compute is not None else "challenges.compute.missing"),
-                recipe=fill("challenges.recipe" if c.ablation is not None else "challenges.recipe.missing"))
+        sampling = fill(
+            "challenges.sampling",
+            ddpm_steps=steps(ddpm),
+            ddim_steps=steps(both),
+            dpm_steps=steps(dpm),
+            ddpm_s=fmt(ddpm.get("s_per_image"), 3),
+            ddim_s=fmt(both.get("s_per_image"), 3),
+            dpm_s=fmt(dpm.get("s_per_image"), 3),
+            ddpm_ssim=fmt_ms(ddpm.get("ssim")),
+            ddim_ssim=fmt_ms(both.get("ssim")),
+            dpm_ssim=fmt_ms(dpm.get("ssim")),
+            ddpm_subset=" (DDPM on a subset of the slices, see the sampler table)."
+            if ddpm.get("main_on_same_slices")
+            else ".",
+        )
+    return fill(
+        "challenges",
+        view_embedding="on" if view else "off" if view is not None else "setting unknown",
+        by_view=views,
+        mask_only=mask_only,
+        sampling=sampling,
+        compute=fill("challenges.compute" if c.compute is not None else "challenges.compute.missing"),
+        recipe=fill("challenges.recipe" if c.ablation is not None else "challenges.recipe.missing"),
+    )
 
 
 def _spaces(mem: Mapping) -> str:
@@ -687,36 +1033,69 @@ def _spaces(mem: Mapping) -> str:
 
 def _limitations(c: _Ctx) -> str:
     realism = c.m.get("realism") or {}
-    fid = (fill("limitations.realism", n_generated=realism.get("n_generated", "?"),
-                n_seeds=len(realism.get("seeds") or []), n_heldout=realism.get("n_heldout", "?"))
-           if realism else fill("limitations.distribution"))
-    return fill("limitations", phantom=fill("limitations.phantom") if c.phantom else "", n=c.meta.get("n", "?"),
-                fid_sample_size=fid, memorisation_spaces=_spaces(c.m.get("memorisation") or {}))
+    fid = (
+        fill(
+            "limitations.realism",
+            n_generated=realism.get("n_generated", "?"),
+            n_seeds=len(realism.get("seeds") or []),
+            n_heldout=realism.get("n_heldout", "?"),
+        )
+        if realism
+        else fill("limitations.distribution")
+    )
+    return fill(
+        "limitations",
+        phantom=fill("limitations.phantom") if c.phantom else "",
+        n=c.meta.get("n", "?"),
+        fid_sample_size=fid,
+        memorisation_spaces=_spaces(c.m.get("memorisation") or {}),
+    )
 
 
 def _inputs(c: _Ctx) -> str:
     m = c.meta
     rows = [(k, f"`{_shown_path(v)}`") for k, v in c.inputs.items() if v]
-    rows += [("LDM checkpoint", f"`{_shown_path(m.get('ldm_checkpoint', '?'))}` (step {m.get('ldm_step', '?')})"),
-             ("VQ-VAE checkpoint", f"`{_shown_path(m.get('vqvae_checkpoint', '?'))}`"),
-             ("segmenter checkpoint", f"`{_shown_path(m.get('segmenter_checkpoint', '?'))}`"),
-             ("store", f"`{_shown_path(m.get('store', '?'))}`")]
+    rows += [
+        ("LDM checkpoint", f"`{_shown_path(m.get('ldm_checkpoint', '?'))}` (step {m.get('ldm_step', '?')})"),
+        ("VQ-VAE checkpoint", f"`{_shown_path(m.get('vqvae_checkpoint', '?'))}`"),
+        ("segmenter checkpoint", f"`{_shown_path(m.get('segmenter_checkpoint', '?'))}`"),
+        ("store", f"`{_shown_path(m.get('store', '?'))}`"),
+    ]
     return fill("inputs", table=table(["input", "file"], rows))
 
 
 # The builder of each section that reads the inputs; the template gives the order, and fills the
 # sections without a builder (intended use, the "Results" heading) with its fixed text alone.
 SECTIONS: dict[str, Callable[[_Ctx], str]] = {
-    "header": _header, "summary": _summary, "data": _data, "architecture": _architecture, "training": _training,
-    "paired": _paired, "groups": _groups, "realism": _realism, "anatomy": _anatomy, "variants": _variants,
-    "recipe": _recipe, "compute": _compute, "memorisation": _memorisation, "figures": _figures,
-    "challenges": _challenges, "limitations": _limitations, "inputs": _inputs,
+    "header": _header,
+    "summary": _summary,
+    "data": _data,
+    "architecture": _architecture,
+    "training": _training,
+    "paired": _paired,
+    "groups": _groups,
+    "realism": _realism,
+    "anatomy": _anatomy,
+    "variants": _variants,
+    "recipe": _recipe,
+    "compute": _compute,
+    "memorisation": _memorisation,
+    "figures": _figures,
+    "challenges": _challenges,
+    "limitations": _limitations,
+    "inputs": _inputs,
 }
 
 
-def report_sections(metrics: dict, cfg=None, figures_dir: str | Path | None = None, out_dir: str | Path | None = None,
-                    ablation: tuple[list[dict], dict] | None = None, compute: tuple[list[dict], dict] | None = None,
-                    inputs: Mapping[str, str] | None = None) -> dict[str, str]:
+def report_sections(
+    metrics: dict,
+    cfg=None,
+    figures_dir: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    ablation: tuple[list[dict], dict] | None = None,
+    compute: tuple[list[dict], dict] | None = None,
+    inputs: Mapping[str, str] | None = None,
+) -> dict[str, str]:
     """Each section of the report as Markdown, by name (:func:`section_names`, in order), so that a
     notebook can show one beside its figure. ``ablation``/``compute`` are what :func:`read_rows`
     returns; ``figures_dir`` is searched for figures, linked relative to ``out_dir``; ``inputs``
@@ -733,9 +1112,15 @@ def report_sections(metrics: dict, cfg=None, figures_dir: str | Path | None = No
     return {name: (SECTIONS[name](c) if name in SECTIONS else fill(name)).strip() for name in section_names()}
 
 
-def build_report(metrics: dict, cfg=None, figures_dir: str | Path | None = None, out_dir: str | Path | None = None,
-                 ablation: tuple[list[dict], dict] | None = None, compute: tuple[list[dict], dict] | None = None,
-                 inputs: Mapping[str, str] | None = None) -> str:
+def build_report(
+    metrics: dict,
+    cfg=None,
+    figures_dir: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    ablation: tuple[list[dict], dict] | None = None,
+    compute: tuple[list[dict], dict] | None = None,
+    inputs: Mapping[str, str] | None = None,
+) -> str:
     """The Markdown text of the whole report: :func:`report_sections` joined in order."""
     parts = report_sections(metrics, cfg, figures_dir, out_dir, ablation, compute, inputs).values()
     text = "\n\n".join(p for p in parts if p) + "\n"
@@ -769,8 +1154,14 @@ def load_samples(path: str | Path) -> dict:
     return data
 
 
-def draw_figures(metrics: dict, figures_dir: str | Path, samples: dict | None = None, table=None,
-                 compute_rows: list[dict] | None = None, memorisation_ratios=None) -> dict[str, Path]:
+def draw_figures(
+    metrics: dict,
+    figures_dir: str | Path,
+    samples: dict | None = None,
+    table=None,
+    compute_rows: list[dict] | None = None,
+    memorisation_ratios=None,
+) -> dict[str, Path]:
     """Draw and save the evaluation figures the inputs allow; returns ``{role: path}``."""
     from mmldm.viz import report_figures as rf
     from mmldm.viz.plots import plt, save_figure
@@ -785,13 +1176,22 @@ def draw_figures(metrics: dict, figures_dir: str | Path, samples: dict | None = 
             plt.close(fig)
 
     if samples is not None:
-        save("grid", rf.generation_grid(samples["cond"], {f"generated ({metrics['main']})": samples["generated"]},
-                                        samples["real"], samples.get("label"),
-                                        segmentation=samples.get("segmentation")))
+        save(
+            "grid",
+            rf.generation_grid(
+                samples["cond"],
+                {f"generated ({metrics['main']})": samples["generated"]},
+                samples["real"],
+                samples.get("label"),
+                segmentation=samples.get("segmentation"),
+            ),
+        )
         ex = samples.get("examples")
         if isinstance(ex, dict) and isinstance(ex.get("generated"), dict) and len(ex["generated"]) > 1:
-            save("examples", rf.generation_grid(ex["cond"], ex["generated"], ex["real"], overlay=False,
-                                                n=len(ex["real"])))
+            save(
+                "examples",
+                rf.generation_grid(ex["cond"], ex["generated"], ex["real"], overlay=False, n=len(ex["real"])),
+            )
         save("shuffled", rf.shuffled_real_vs_generated(samples["real"], samples["generated"])[0])
     spectrum = (metrics.get("realism") or {}).get("spectrum")
     if spectrum:
@@ -802,20 +1202,33 @@ def draw_figures(metrics: dict, figures_dir: str | Path, samples: dict | None = 
             save("groups", rf.group_boxplots(table))
         except ValueError:
             pass  # no metric or group column: nothing to draw
-    ratios = memorisation_ratios if memorisation_ratios is not None else (metrics.get("memorisation") or {}).get("ratios")
+    ratios = (
+        memorisation_ratios if memorisation_ratios is not None else (metrics.get("memorisation") or {}).get("ratios")
+    )
     if ratios is not None and len(ratios):
         mem = metrics.get("memorisation") or {}
-        save("memorisation", rf.memorisation_histogram(ratios, (mem.get("baseline") or {}).get("ratios"),
-                                                       space=mem.get("space", "pixels")))
+        save(
+            "memorisation",
+            rf.memorisation_histogram(
+                ratios, (mem.get("baseline") or {}).get("ratios"), space=mem.get("space", "pixels")
+            ),
+        )
     if compute_rows:
         save("compute", rf.compute_plot(compute_rows))
     return out
 
 
-def write_report(cfg, metrics_path: str | Path, out_dir: str | Path | None = None,
-                 figures_dir: str | Path | None = None, ablation_path: str | Path | None = None,
-                 compute_path: str | Path | None = None, samples_path: str | Path | None = None,
-                 table_path: str | Path | None = None, draw: bool = True) -> dict[str, Path]:
+def write_report(
+    cfg,
+    metrics_path: str | Path,
+    out_dir: str | Path | None = None,
+    figures_dir: str | Path | None = None,
+    ablation_path: str | Path | None = None,
+    compute_path: str | Path | None = None,
+    samples_path: str | Path | None = None,
+    table_path: str | Path | None = None,
+    draw: bool = True,
+) -> dict[str, Path]:
     """Write ``report.md`` and a copy of ``metrics.json`` into ``out_dir`` (default
     :func:`report_dir`), drawing the evaluation figures into ``figures_dir`` (default the
     profile's) first when ``draw``. ``ablation_path``/``compute_path`` default to
@@ -844,10 +1257,13 @@ def write_report(cfg, metrics_path: str | Path, out_dir: str | Path | None = Non
                 per_image = per_image[per_image["variant"] == metrics["main"]]
         written.update(draw_figures(metrics, figures_dir, samples, per_image, compute[0] if compute else None))
 
-    inputs = {"metrics": str(metrics_path), "ablation": str(ablation_path) if ablation else None,
-              "compute": str(compute_path) if compute else None,
-              "samples": str(samples_path) if samples_path else None,
-              "per-image table": str(table_path) if table_path else None}
+    inputs = {
+        "metrics": str(metrics_path),
+        "ablation": str(ablation_path) if ablation else None,
+        "compute": str(compute_path) if compute else None,
+        "samples": str(samples_path) if samples_path else None,
+        "per-image table": str(table_path) if table_path else None,
+    }
     text = build_report(metrics, cfg, figures_dir, out_dir, ablation, compute, inputs)
     metrics_copy = out_dir / "metrics.json"
     if metrics_copy.resolve() != metrics_path.resolve():

@@ -64,5 +64,13 @@ def smoke_ldm(tmp_path_factory) -> dict:
     overrides = [f"paths.store={store}", f"paths.runs={root / 'runs'}", f"paths.figures={root / 'figures'}"]
     cfg = load_config("smoke", overrides=overrides)
     vq, ldm = train_smoke_ldm(cfg, store, cfg.run_dir, cfg.figures_dir)
-    return {"store": store, "ckpt": cfg.run_dir / "ldm" / "last.pt", "figures": cfg.figures_dir, "overrides": overrides,
-            "cfg": cfg, "run": cfg.run_dir, "vqvae": vq, "ldm": ldm}
+    return {
+        "store": store,
+        "ckpt": cfg.run_dir / "ldm" / "last.pt",
+        "figures": cfg.figures_dir,
+        "overrides": overrides,
+        "cfg": cfg,
+        "run": cfg.run_dir,
+        "vqvae": vq,
+        "ldm": ldm,
+    }

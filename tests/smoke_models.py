@@ -29,8 +29,15 @@ def one_torch_thread():
         torch.set_num_threads(before)
 
 
-def write_tiny_store(path, size: int = 32, subjects: int = 5, per_subject: int = 6, seed: int = 0,
-                     held_out: int = 1, pathologies: tuple[str, ...] = ("",)) -> Path:
+def write_tiny_store(
+    path,
+    size: int = 32,
+    subjects: int = 5,
+    per_subject: int = 6,
+    seed: int = 0,
+    held_out: int = 1,
+    pathologies: tuple[str, ...] = ("",),
+) -> Path:
     """Rings of label 3/2/1 (RV, myocardium, LV) around a jittered centre; the last ``held_out``
     subjects are validation; the view is SA but LA for each subject's last slice; phases alternate
     ED/ES and ``pathologies`` change every two slices."""
@@ -51,11 +58,18 @@ def write_tiny_store(path, size: int = 32, subjects: int = 5, per_subject: int =
     writer.append(np.clip(images, -1, 1).astype(np.float32), labels, edges)
     subject = [f"{s:03d}" for s in range(subjects) for _ in range(per_subject)]
     writer.finish(
-        {"subject": subject, "view": (["SA"] * (per_subject - 1) + ["LA"]) * subjects,
-         "phase": ["ED", "ES"] * (n // 2), "slice_index": list(range(n)), "source": ["phantom"] * n,
-         "split": ["val" if int(s) >= subjects - held_out else "train" for s in subject],
-         "vendor": [""] * n, "centre": [""] * n, "pathology": [pathologies[i // 2 % len(pathologies)] for i in range(n)],
-         "spacing": [(1.0, 1.0)] * n},
+        {
+            "subject": subject,
+            "view": (["SA"] * (per_subject - 1) + ["LA"]) * subjects,
+            "phase": ["ED", "ES"] * (n // 2),
+            "slice_index": list(range(n)),
+            "source": ["phantom"] * n,
+            "split": ["val" if int(s) >= subjects - held_out else "train" for s in subject],
+            "vendor": [""] * n,
+            "centre": [""] * n,
+            "pathology": [pathologies[i // 2 % len(pathologies)] for i in range(n)],
+            "spacing": [(1.0, 1.0)] * n,
+        },
         {"config": f"size: {size}\n", "sources": "[]"},
     )
     return path
@@ -99,8 +113,7 @@ def run_cli(*args, timeout: float = 300):
     """``python -m mmldm ARGS`` in a subprocess; the CompletedProcess (text stdout, stderr, returncode)."""
     import subprocess
 
-    return subprocess.run(cli_command(*args), env=cli_env(), cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(cli_command(*args), env=cli_env(), cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
 def dead_pid() -> int:
@@ -132,8 +145,9 @@ def write_acdc(root, patients: int = 3, size: int = 40, slices: int = 4, seed: i
             label = np.zeros((size, size, slices), np.uint8)
             for acdc_value, frac in ((1, 0.35), (2, 0.25), (3, 0.15)):  # RV outside, LV inside
                 label[r < size * frac] = acdc_value
-            image = (np.array([20.0, 150.0, 60.0, 200.0], np.float32)[label]
-                     + rng.normal(0, 5, label.shape)).astype(np.float32)
+            image = (np.array([20.0, 150.0, 60.0, 200.0], np.float32)[label] + rng.normal(0, 5, label.shape)).astype(
+                np.float32
+            )
             affine = np.diag([1.5, 1.5, 10.0, 1.0])
             nib.save(nib.Nifti1Image(image, affine), str(folder / f"{name}_frame{frame:02d}.nii.gz"))
             nib.save(nib.Nifti1Image(label, affine), str(folder / f"{name}_frame{frame:02d}_gt.nii.gz"))

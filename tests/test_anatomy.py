@@ -15,14 +15,8 @@ from mmldm.evaluate.anatomy import anatomy_dice, dice_per_class
 def test_dice_by_hand():
     # 1 x 4 x 4 maps. LV: pred 4 px, target 2 px, overlap 2 -> 2*2/(4+2) = 2/3.
     # MYO: pred 1 px, target 1 px elsewhere -> 0. RV: identical 3 px -> 1.
-    pred = torch.tensor([[1, 1, 0, 3],
-                         [1, 1, 0, 3],
-                         [0, 0, 2, 3],
-                         [0, 0, 0, 0]]).view(1, 4, 4)
-    target = torch.tensor([[1, 0, 0, 3],
-                           [1, 0, 0, 3],
-                           [0, 0, 0, 3],
-                           [0, 2, 0, 0]]).view(1, 4, 4)
+    pred = torch.tensor([[1, 1, 0, 3], [1, 1, 0, 3], [0, 0, 2, 3], [0, 0, 0, 0]]).view(1, 4, 4)
+    target = torch.tensor([[1, 0, 0, 3], [1, 0, 0, 3], [0, 0, 0, 3], [0, 2, 0, 0]]).view(1, 4, 4)
     assert dice_per_class(pred, target)[0].tolist() == pytest.approx([2 / 3, 0.0, 1.0])
 
 

@@ -34,8 +34,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread
 
 def tiny(bench, **over):
     """One timed call per measurement; nothing run whole unless ``max_full`` says so."""
-    return bench.Settings.quick(**{"repeats": 1, "min_repeats": 1, "budget": 0.0, "max_full": 0.0,
-                                   "train_batch": 2, "sample_batch": 2, **over})
+    return bench.Settings.quick(
+        **{"repeats": 1, "min_repeats": 1, "budget": 0.0, "max_full": 0.0, "train_batch": 2, "sample_batch": 2, **over}
+    )
 
 
 EXPECTED_ROWS = [
@@ -58,9 +59,30 @@ EXPECTED_ROWS = [
 
 def test_cli_prints_the_table_and_writes_json(bench, tmp_path, capsys):
     out_json = tmp_path / "bench.json"
-    bench.main(["--profiles", "smoke", "smoke", "--device", "cpu", "--quick", "--repeats", "1",
-                "--min-repeats", "1", "--budget", "0", "--max-full", "0", "--train-batch", "2",
-                "--sample-batch", "2", "--json", str(out_json)])
+    bench.main(
+        [
+            "--profiles",
+            "smoke",
+            "smoke",
+            "--device",
+            "cpu",
+            "--quick",
+            "--repeats",
+            "1",
+            "--min-repeats",
+            "1",
+            "--budget",
+            "0",
+            "--max-full",
+            "0",
+            "--train-batch",
+            "2",
+            "--sample-batch",
+            "2",
+            "--json",
+            str(out_json),
+        ]
+    )
     text = capsys.readouterr().out
     assert "no GPU found" in text or not torch.cuda.is_available()
 
@@ -80,7 +102,11 @@ def test_cli_prints_the_table_and_writes_json(bench, tmp_path, capsys):
     data = json.loads(out_json.read_text())
     assert len(data["results"]) == 2
     r = data["results"][0]
-    assert r["profile"] == "smoke" and r["device"] == "cpu" and r["latent_shape"] == [load_config("smoke").vqvae.latent_channels, 8, 8]
+    assert (
+        r["profile"] == "smoke"
+        and r["device"] == "cpu"
+        and r["latent_shape"] == [load_config("smoke").vqvae.latent_channels, 8, 8]
+    )
     assert set(r["params"]["unet"]) == set(bench.MODES) and r["params"]["vqvae"] > 0
     assert set(r["train_unet"]) == set(bench.MODES)
     for e in [r["train_vqvae"], *r["train_unet"].values()]:
@@ -96,8 +122,9 @@ def test_short_sampler_runs_whole(bench):
     """A sampler whose estimate is under max_full runs through sample() and is not marked."""
     cfg = bench.load_config("smoke")
     s = tiny(bench, max_full=1e9)
-    out = bench.sampling_times(cfg, 2, torch.device("cpu"), s, samplers=(("dpm_solver", "DPM-Solver", 3),
-                                                                         ("ddpm", "DDPM", 4)))
+    out = bench.sampling_times(
+        cfg, 2, torch.device("cpu"), s, samplers=(("dpm_solver", "DPM-Solver", 3), ("ddpm", "DDPM", 4))
+    )
     for name in ("dpm_solver", "ddpm"):
         assert not out[name]["extrapolated"] and out[name]["n"] == 1 and out[name]["seconds"] > 0
     assert out["dpm_solver"]["label"] == "DPM-Solver-3"
@@ -188,8 +215,9 @@ def test_gpu_check_records_a_failure_and_goes_on(gpu_check, tmp_path, monkeypatc
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(LDMTrainer, "train_step", out_of_memory)
-    data = run_dry(gpu_check, tmp_path / "gpu_check.json", "--profile", "smoke", "--combos", "fp32",
-                   "--stages", "ldm", "sampling")
+    data = run_dry(
+        gpu_check, tmp_path / "gpu_check.json", "--profile", "smoke", "--combos", "fp32", "--stages", "ldm", "sampling"
+    )
     ldm, sampling = data["rows"]
     assert ldm["error"].startswith("out of memory: CUDA out of memory") and "images_per_s" not in ldm
     assert "error" not in sampling and sampling["images_per_s"] > 0

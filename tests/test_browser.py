@@ -68,23 +68,47 @@ def lab(browser_paths, smoke_ldm, tmp_path):
     chromium, driver = browser_paths
     root = tmp_path / "lab"
     root.mkdir()
-    pm.execute_notebook(str(REPO / "notebooks" / "06_interactive.ipynb"), str(root / "06_interactive.ipynb"),
-                        parameters={"profile": "smoke", "overrides": smoke_ldm["overrides"]},
-                        prepare_only=True, kernel_name="python3", progress_bar=False)
+    pm.execute_notebook(
+        str(REPO / "notebooks" / "06_interactive.ipynb"),
+        str(root / "06_interactive.ipynb"),
+        parameters={"profile": "smoke", "overrides": smoke_ldm["overrides"]},
+        prepare_only=True,
+        kernel_name="python3",
+        progress_bar=False,
+    )
     port, token = _free_port(), secrets.token_hex(16)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
-           "JUPYTER_CONFIG_DIR": str(tmp_path / "config"), "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "settings"),
-           "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime")}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO),
+        "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
+        "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "settings"),
+        "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"),
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+    }
     env.pop("MPLBACKEND", None)  # the kernel's own inline backend, so figures show in the page
     news = tmp_path / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     news.parent.mkdir(parents=True)
     news.write_text('{"fetchNews": "false"}')  # no "official Jupyter news?" pop-up (and no network)
     log = open(tmp_path / "lab.log", "w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
-         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--ServerApp.allow_root=True",
-         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
-        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            f"--port={port}",
+            "--ip=127.0.0.1",
+            f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={root}",
+            "--ServerApp.allow_root=True",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        ],
+        cwd=root,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.time() + 60
         while True:
@@ -93,11 +117,17 @@ def lab(browser_paths, smoke_ldm, tmp_path):
                 break
             except OSError:
                 if server.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"JupyterLab did not start: {(tmp_path / 'lab.log').read_text()[-2000:]}")
+                    raise RuntimeError(
+                        f"JupyterLab did not start: {(tmp_path / 'lab.log').read_text()[-2000:]}"
+                    ) from None
                 time.sleep(0.3)
-        yield {"url": f"http://127.0.0.1:{port}/lab/tree/06_interactive.ipynb?token={token}",
-               "figures": smoke_ldm["figures"], "chromium": chromium,
-               "driver": driver, "log": tmp_path / "lab.log"}
+        yield {
+            "url": f"http://127.0.0.1:{port}/lab/tree/06_interactive.ipynb?token={token}",
+            "figures": smoke_ldm["figures"],
+            "chromium": chromium,
+            "driver": driver,
+            "log": tmp_path / "lab.log",
+        }
     finally:
         server.terminate()
         try:
@@ -110,19 +140,26 @@ def lab(browser_paths, smoke_ldm, tmp_path):
 @pytest.mark.slow
 def test_notebook06_in_chromium(lab):
     from selenium import webdriver
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
-    from selenium.common.exceptions import TimeoutException
 
     figure = lab["figures"] / "06_trajectory.png"
     figure.unlink(missing_ok=True)
     options = webdriver.ChromeOptions()
     options.binary_location = lab["chromium"]
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1500,1100", "--no-first-run", "--disable-extensions"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1500,1100",
+        "--no-first-run",
+        "--disable-extensions",
+    ):
         options.add_argument(arg)
     browser = webdriver.Chrome(service=Service(executable_path=lab["driver"]), options=options)
     t_start = time.time()
@@ -131,20 +168,35 @@ def test_notebook06_in_chromium(lab):
         browser.get(lab["url"])
         # The notebook is open and its kernel is up.
         wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Cell")))
-        wait.until(EC.presence_of_element_located(
-            (By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status='idle']")))
+        wait.until(
+            EC.presence_of_element_located(
+                (By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status='idle']")
+            )
+        )
+
         # Run > Run All Cells. On a busy machine the first request can arrive before the kernel's
         # connection is ready and be dropped (every prompt stays "[ ]"): then ask again.
         def started(b):
-            return any(p.text.strip() not in ("", "[ ]:") for p in b.find_elements(
-                By.CSS_SELECTOR, ".jp-NotebookPanel .jp-CodeCell .jp-InputPrompt"))
+            return any(
+                p.text.strip() not in ("", "[ ]:")
+                for p in b.find_elements(By.CSS_SELECTOR, ".jp-NotebookPanel .jp-CodeCell .jp-InputPrompt")
+            )
 
-        for attempt in range(3):
-            menu = next(e for e in browser.find_elements(By.CSS_SELECTOR, ".lm-MenuBar-item")
-                        if e.text.strip() == "Run")
+        for _attempt in range(3):
+            menu = next(
+                e for e in browser.find_elements(By.CSS_SELECTOR, ".lm-MenuBar-item") if e.text.strip() == "Run"
+            )
             menu.click()
-            wait.until(lambda b: next((e for e in b.find_elements(By.CSS_SELECTOR, ".lm-Menu-item")
-                                       if e.text.strip() == "Run All Cells" and e.is_displayed()), False)).click()
+            wait.until(
+                lambda b: next(
+                    (
+                        e
+                        for e in b.find_elements(By.CSS_SELECTOR, ".lm-Menu-item")
+                        if e.text.strip() == "Run All Cells" and e.is_displayed()
+                    ),
+                    False,
+                )
+            ).click()
             try:
                 WebDriverWait(browser, 30).until(started)
                 break
@@ -183,11 +235,17 @@ def test_notebook06_in_chromium(lab):
         tmp = SCREENSHOT.with_name(f".{SCREENSHOT.name}.tmp-{os.getpid()}.png")
         explorer.screenshot(str(tmp))
         os.replace(tmp, SCREENSHOT)
-        errors = [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output[data-mime-type="
-                                                                         "'application/vnd.jupyter.error']")]
+        errors = [
+            e.text
+            for e in browser.find_elements(
+                By.CSS_SELECTOR, ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error']"
+            )
+        ]
         assert not errors, errors
-        print(f"browser test: notebook loaded, ran and answered the slider in {time.time() - t_start:.1f} s; "
-              f"t {before_t} -> {after_t}; screenshot {SCREENSHOT}")
+        print(
+            f"browser test: notebook loaded, ran and answered the slider in {time.time() - t_start:.1f} s; "
+            f"t {before_t} -> {after_t}; screenshot {SCREENSHOT}"
+        )
     except Exception:
         browser.save_screenshot(str(lab["log"].with_name("failure.png")))
         print(f"page screenshot: {lab['log'].with_name('failure.png')}; JupyterLab log: {lab['log']}")

@@ -61,8 +61,9 @@ def store8(tmp_path_factory) -> Path:
 
 
 def train_vqvae_cli(store: Path, out: Path, *extra):
-    return run_cli("train-vqvae", *SMOKE, *SHORT, "--store", store, "--out", out, "--figures", out.parent / "fig",
-                   *extra)
+    return run_cli(
+        "train-vqvae", *SMOKE, *SHORT, "--store", store, "--out", out, "--figures", out.parent / "fig", *extra
+    )
 
 
 # =============================================================================================
@@ -89,8 +90,18 @@ def test_train_ldm_without_resume_refuses_before_touching_anything(smoke_ldm, tm
     run = tmp_path / "ldm"
     shutil.copytree(smoke_ldm["run"] / "ldm", run)
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
-    result = run_cli("train-ldm", *SMOKE, "--store", smoke_ldm["store"], "--vqvae", smoke_ldm["run"] / "vqvae" / LAST,
-                     "--out", run, "--figures", tmp_path / "fig")
+    result = run_cli(
+        "train-ldm",
+        *SMOKE,
+        "--store",
+        smoke_ldm["store"],
+        "--vqvae",
+        smoke_ldm["run"] / "vqvae" / LAST,
+        "--out",
+        run,
+        "--figures",
+        tmp_path / "fig",
+    )
     one_line_error(result, "train-ldm", "already holds a run", "--resume")
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # latents.h5 too
 
@@ -104,8 +115,16 @@ def test_an_output_that_is_one_of_the_inputs_is_refused(case, smoke_ldm, tmp_pat
         write_acdc(tmp_path / "acdc", patients=1)
         shutil.copy(tmp_path / "acdc" / "patient001" / "patient001_frame01_gt.nii.gz", labels)
         victim = labels
-        args = ["generate", "--checkpoint", ldm, "--labels", "acdc", labels, tmp_path / "acdc" / ".." / "in.nii.gz",
-                "--quiet"]
+        args = [
+            "generate",
+            "--checkpoint",
+            ldm,
+            "--labels",
+            "acdc",
+            labels,
+            tmp_path / "acdc" / ".." / "in.nii.gz",
+            "--quiet",
+        ]
         fragments = ["OUTPUT", "input INPUT"]
     elif case == "evaluate":
         victim = store
@@ -126,8 +145,10 @@ def test_an_output_that_is_one_of_the_inputs_is_refused(case, smoke_ldm, tmp_pat
 
 def hold_lock(folder: Path):
     """A process that holds ``folder``'s run lock until killed; returns it once the lock is taken."""
-    code = ("import sys, time\nfrom mmldm.lock import run_lock\n"
-            f"with run_lock({str(folder)!r}, 'test holder'):\n    print('locked', flush=True)\n    time.sleep(600)\n")
+    code = (
+        "import sys, time\nfrom mmldm.lock import run_lock\n"
+        f"with run_lock({str(folder)!r}, 'test holder'):\n    print('locked', flush=True)\n    time.sleep(600)\n"
+    )
     holder = subprocess.Popen([sys.executable, "-c", code], env=cli_env(), stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
     return holder
@@ -141,8 +162,13 @@ def test_a_second_writer_on_a_run_folder_is_refused(store, tmp_path):
         one_line_error(result, "train-vqvae", str(run), f"in use by process {holder.pid}", "test holder")
         assert not (run / LAST).exists() and not (run / "log.csv").exists()
         # The pipeline takes its run folder's lock too.
-        pipeline = subprocess.run([sys.executable, "-m", "mmldm.notebook_runner", "--profile", "smoke", "--set",
-                                   f"paths.runs={run}"], env=cli_env(), cwd=REPO, capture_output=True, text=True)
+        pipeline = subprocess.run(
+            [sys.executable, "-m", "mmldm.notebook_runner", "--profile", "smoke", "--set", f"paths.runs={run}"],
+            env=cli_env(),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
         assert pipeline.returncode == 1 and f"in use by process {holder.pid}" in pipeline.stderr
         assert "Traceback" not in pipeline.stderr
     finally:
@@ -171,10 +197,26 @@ def test_a_lock_file_left_by_a_dead_process_is_taken_over_with_a_warning(store, 
 def test_two_trainers_started_together_on_one_folder(store, tmp_path):
     # The measured failure: both ran, deleted each other's temporaries and interleaved log.csv.
     run = tmp_path / "vqvae"
-    args = ["train-vqvae", *SMOKE, "--store", store, "--out", run, "--figures", tmp_path / "fig",
-            "--set", "train_vqvae.steps=6", "--set", "train_vqvae.log_every=1"]
-    procs = [subprocess.Popen(cli_command(*args), env=cli_env(), cwd=REPO, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    args = [
+        "train-vqvae",
+        *SMOKE,
+        "--store",
+        store,
+        "--out",
+        run,
+        "--figures",
+        tmp_path / "fig",
+        "--set",
+        "train_vqvae.steps=6",
+        "--set",
+        "train_vqvae.log_every=1",
+    ]
+    procs = [
+        subprocess.Popen(
+            cli_command(*args), env=cli_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
     codes = sorted(code for code, _ in results)
     assert codes == [0, 2], results
@@ -212,9 +254,16 @@ def wait_for(predicate, proc, timeout: float = 120, what: str = ""):
 def test_sigterm_during_preprocess_removes_the_temporary_store(tmp_path):
     source = many_patients(tmp_path / "acdc", 150)
     out = tmp_path / "out" / "store.h5"
-    proc = subprocess.Popen(cli_command("preprocess", *SMOKE, "--source", source, "--out", out,
-                                        "--set", "data.val=1", "--set", "data.workers=2"),
-                            env=cli_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cli_command(
+            "preprocess", *SMOKE, "--source", source, "--out", out, "--set", "data.val=1", "--set", "data.workers=2"
+        ),
+        env=cli_env(),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for(lambda: out.parent.exists() and temporaries(out.parent), proc, what="the temporary store")
     assert temporaries(out.parent)[0].name.startswith(".store.h5.tmp-")  # hidden, mmldm.atomic's scheme
     proc.send_signal(signal.SIGTERM)  # as the pool forks its workers: Python swallows the first exception there
@@ -225,18 +274,51 @@ def test_sigterm_during_preprocess_removes_the_temporary_store(tmp_path):
 
 def test_sigterm_during_training_removes_temporaries_and_the_lock(store, tmp_path):
     run = tmp_path / "vqvae"
-    proc = subprocess.Popen(cli_command("train-vqvae", *SMOKE, "--store", store, "--out", run, "--figures",
-                                        tmp_path / "fig", "--set", "train_vqvae.steps=500",
-                                        "--set", "train_vqvae.ckpt_every=1", "--set", "train_vqvae.sample_every=2"),
-                            env=cli_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cli_command(
+            "train-vqvae",
+            *SMOKE,
+            "--store",
+            store,
+            "--out",
+            run,
+            "--figures",
+            tmp_path / "fig",
+            "--set",
+            "train_vqvae.steps=500",
+            "--set",
+            "train_vqvae.ckpt_every=1",
+            "--set",
+            "train_vqvae.sample_every=2",
+        ),
+        env=cli_env(),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for(lambda: (run / "prev.pt").exists(), proc, what="the second checkpoint")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 143
     err = proc.stderr.read()
     assert "mmldm train-vqvae: terminated (SIGTERM)" in err and "Traceback" not in err
     assert temporaries(run) == [] and temporaries(tmp_path / "fig") == [] and not (run / ".lock").exists()
-    assert run_cli("train-vqvae", *SMOKE, "--store", store, "--out", run, "--figures", tmp_path / "fig", "--resume",
-                   "--set", "train_vqvae.steps=3").returncode == 0  # and it resumes from what it saved
+    assert (
+        run_cli(
+            "train-vqvae",
+            *SMOKE,
+            "--store",
+            store,
+            "--out",
+            run,
+            "--figures",
+            tmp_path / "fig",
+            "--resume",
+            "--set",
+            "train_vqvae.steps=3",
+        ).returncode
+        == 0
+    )  # and it resumes from what it saved
 
 
 def test_temporaries_of_dead_processes_are_swept_and_live_ones_kept(store, tmp_path):
@@ -315,11 +397,24 @@ def test_image_sizes_of_store_vqvae_and_ldm_are_checked(smoke_ldm, store8, tmp_p
     ldm, vqvae = smoke_ldm["ckpt"], smoke_ldm["run"] / "vqvae" / LAST
     result = run_cli("train-vqvae", *SMOKE, "--store", store8, "--out", tmp_path / "vq", "--figures", tmp_path)
     one_line_error(result, "train-vqvae", "image sizes disagree", "8 px", "32 px")
-    result = run_cli("train-ldm", *SMOKE, "--store", store8, "--vqvae", vqvae, "--out", tmp_path / "ldm",
-                     "--figures", tmp_path)
+    result = run_cli(
+        "train-ldm", *SMOKE, "--store", store8, "--vqvae", vqvae, "--out", tmp_path / "ldm", "--figures", tmp_path
+    )
     one_line_error(result, "train-ldm", "image sizes disagree", f"store {store8}: 8 px", "VQVAE")
-    result = run_cli("evaluate", *SMOKE, "--checkpoint", ldm, "--store", store8, "--out", tmp_path / "ev" / "m.json",
-                     "--n", "2", "--variants", "ddim50_both")
+    result = run_cli(
+        "evaluate",
+        *SMOKE,
+        "--checkpoint",
+        ldm,
+        "--store",
+        store8,
+        "--out",
+        tmp_path / "ev" / "m.json",
+        "--n",
+        "2",
+        "--variants",
+        "ddim50_both",
+    )
     one_line_error(result, "evaluate", "image sizes disagree", f"store {store8}: 8 px", f"LDM {ldm}: 32 px")
     # generate: an LDM whose config says another size than the VQVAE it names
     state = torch.load(ldm, map_location="cpu", weights_only=True)
@@ -377,22 +472,49 @@ def bad_argument_cases(tmp_path: Path, smoke_ldm: dict) -> dict[str, tuple[list,
         "device unknown": ([*gen, out, "--device", "tpu"], ["--device", "cpu, cuda or cuda:N"]),
         "output under a file": ([*gen, a_file / "out.nii.gz"], ["OUTPUT", "is a file"]),
         "output is a folder": ([*gen, tmp_path], ["OUTPUT", "is a folder"]),
-        "output folder under a file": (["train-vqvae", *SMOKE, "--store", store, "--out", a_file / "run"],
-                                       ["--out", "is a file"]),
+        "output folder under a file": (
+            ["train-vqvae", *SMOKE, "--store", store, "--out", a_file / "run"],
+            ["--out", "is a file"],
+        ),
         "evaluate output under a file": ([*ev, "--out", a_file / "m.json"], ["--out", "is a file"]),
-        "segmenter of another kind": ([*ev, "--out", tmp_path / "ev" / "m.json", "--segmenter", ldm],
-                                      ["'ldm' checkpoint, not a segmenter"]),
-        "set names --set": (["train-vqvae", *SMOKE, "--set", "train_vqvae.steps=many", "--out", tmp_path / "r"],
-                            ["--set train_vqvae.steps=many", "expected an integer"]),
-        "set unknown key": (["train-vqvae", *SMOKE, "--set", "vqvae.codebok_size=8", "--out", tmp_path / "r"],
-                            ["--set vqvae.codebok_size=8", "unknown key"]),
+        "segmenter of another kind": (
+            [*ev, "--out", tmp_path / "ev" / "m.json", "--segmenter", ldm],
+            ["'ldm' checkpoint, not a segmenter"],
+        ),
+        "set names --set": (
+            ["train-vqvae", *SMOKE, "--set", "train_vqvae.steps=many", "--out", tmp_path / "r"],
+            ["--set train_vqvae.steps=many", "expected an integer"],
+        ),
+        "set unknown key": (
+            ["train-vqvae", *SMOKE, "--set", "vqvae.codebok_size=8", "--out", tmp_path / "r"],
+            ["--set vqvae.codebok_size=8", "unknown key"],
+        ),
     }
 
 
-CASES = ["scale nan", "scale inf", "scale -inf", "seed negative", "seed too big", "evaluate seed too big", "n zero",
-         "n negative", "n-ddpm zero", "steps zero", "size below 8", "phantom no subjects", "phantom small",
-         "device unknown", "output under a file", "output is a folder", "output folder under a file",
-         "evaluate output under a file", "segmenter of another kind", "set names --set", "set unknown key"]
+CASES = [
+    "scale nan",
+    "scale inf",
+    "scale -inf",
+    "seed negative",
+    "seed too big",
+    "evaluate seed too big",
+    "n zero",
+    "n negative",
+    "n-ddpm zero",
+    "steps zero",
+    "size below 8",
+    "phantom no subjects",
+    "phantom small",
+    "device unknown",
+    "output under a file",
+    "output is a folder",
+    "output folder under a file",
+    "evaluate output under a file",
+    "segmenter of another kind",
+    "set names --set",
+    "set unknown key",
+]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -408,8 +530,9 @@ def test_bad_arguments_are_one_line_errors_and_write_nothing(case, smoke_ldm, tm
 def test_output_in_a_read_only_folder(smoke_ldm, tmp_path):
     folder = readonly_folder(tmp_path)
     labels = write_acdc(tmp_path / "acdc", patients=1) / "patient001" / "patient001_frame01_gt.nii.gz"
-    result = run_cli("generate", "--checkpoint", smoke_ldm["ckpt"], "--labels", "acdc", labels,
-                     folder / "sub" / "out.nii.gz")
+    result = run_cli(
+        "generate", "--checkpoint", smoke_ldm["ckpt"], "--labels", "acdc", labels, folder / "sub" / "out.nii.gz"
+    )
     one_line_error(result, "generate", "cannot write in", str(folder))
     assert not (folder / "sub").exists()
 
@@ -417,8 +540,17 @@ def test_output_in_a_read_only_folder(smoke_ldm, tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_device_cuda_without_cuda_is_refused(smoke_ldm, tmp_path):
     for device in ("cuda", "cuda:0"):
-        result = run_cli("generate", "--checkpoint", smoke_ldm["ckpt"], "--labels", "acdc", tmp_path / "in.nii.gz",
-                         tmp_path / "out.nii.gz", "--device", device)
+        result = run_cli(
+            "generate",
+            "--checkpoint",
+            smoke_ldm["ckpt"],
+            "--labels",
+            "acdc",
+            tmp_path / "in.nii.gz",
+            tmp_path / "out.nii.gz",
+            "--device",
+            device,
+        )
         one_line_error(result, "generate", "--device", "CUDA is not available")
 
 
@@ -428,8 +560,12 @@ def test_device_accepts_cuda_n(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    for command in (["generate", "--checkpoint", "x", "--labels", "acdc", "a.nii.gz", "b.nii.gz"],
-                    ["evaluate"], ["train-ldm"], ["train-vqvae"]):
+    for command in (
+        ["generate", "--checkpoint", "x", "--labels", "acdc", "a.nii.gz", "b.nii.gz"],
+        ["evaluate"],
+        ["train-ldm"],
+        ["train-vqvae"],
+    ):
         assert build_parser().parse_args([*command, "--device", "cuda:1"]).device == "cuda:1"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train-vqvae", "--device", "cuda:2"])  # only cuda:0 and cuda:1 exist
@@ -442,8 +578,9 @@ def test_resume_after_an_architecture_change_is_refused(store, tmp_path):
     assert train_vqvae_cli(store, run).returncode == 0
     before = (run / LAST).read_bytes()
     result = train_vqvae_cli(store, run, "--resume", "--set", "vqvae.codebook_size=32")
-    one_line_error(result, "train-vqvae", str(run / LAST), "another model", "vqvae.codebook_size: 64 -> 32",
-                   "--replace")
+    one_line_error(
+        result, "train-vqvae", str(run / LAST), "another model", "vqvae.codebook_size: 64 -> 32", "--replace"
+    )
     assert (run / LAST).read_bytes() == before and temporaries(run) == []
 
 
@@ -468,7 +605,7 @@ def calls(text: str, name: str) -> list[str]:
         while depth:
             depth += {"(": 1, ")": -1}.get(text[i], 0)
             i += 1
-        out.append(text[m.end():i - 1])
+        out.append(text[m.end() : i - 1])
     return out
 
 
@@ -504,9 +641,14 @@ def test_saved_samples_load_without_running_code(tmp_path):
     from mmldm import atomic
     from mmldm.report import load_samples
 
-    samples = {"variant": "ddim50_both", "generated": torch.zeros(2, 1, 8, 8), "real": torch.zeros(2, 1, 8, 8),
-               "cond": torch.zeros(2, 5, 8, 8, dtype=torch.uint8), "meta": {"subject": ["001", "002"], "slice": [1, 2]},
-               "examples": {"indices": torch.arange(2), "generated": {"ddim50_both": torch.zeros(2, 1, 8, 8)}}}
+    samples = {
+        "variant": "ddim50_both",
+        "generated": torch.zeros(2, 1, 8, 8),
+        "real": torch.zeros(2, 1, 8, 8),
+        "cond": torch.zeros(2, 5, 8, 8, dtype=torch.uint8),
+        "meta": {"subject": ["001", "002"], "slice": [1, 2]},
+        "examples": {"indices": torch.arange(2), "generated": {"ddim50_both": torch.zeros(2, 1, 8, 8)}},
+    }
     path = atomic.torch_save(samples, tmp_path / "samples.pt")
     assert load_samples(path)["meta"]["subject"] == ["001", "002"]
 
@@ -532,8 +674,24 @@ def test_evaluate_on_an_external_test_set(smoke_ldm, tmp_path):
     (run / "ldm").mkdir(parents=True)
     shutil.copy(smoke_ldm["ckpt"], run / "ldm" / LAST)
     out = tmp_path / "evaluation" / "metrics.json"
-    args = ["evaluate", *SMOKE, "--checkpoint", run / "ldm" / LAST, "--store", test_store, "--split", "test",
-            "--n", "4", "--n-ddpm", "2", "--variants", "ddim50_both", "--out", out]
+    args = [
+        "evaluate",
+        *SMOKE,
+        "--checkpoint",
+        run / "ldm" / LAST,
+        "--store",
+        test_store,
+        "--split",
+        "test",
+        "--n",
+        "4",
+        "--n-ddpm",
+        "2",
+        "--variants",
+        "ddim50_both",
+        "--out",
+        out,
+    ]
     # Without a store to take the training references from, a test store is refused...
     one_line_error(run_cli(*args, "--set", f"paths.store={tmp_path / 'none.h5'}"), "evaluate", "--train-store")
     # ...and with the training store (--train-store, or paths.store) it is evaluated.

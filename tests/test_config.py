@@ -91,10 +91,15 @@ def test_paths_are_per_source_and_profile(acdc_root, mnms2_root):
     b = load_config("laptop", overrides=[f"paths.source={acdc_root}"])
     assert a.store_path != b.store_path and b.store_path.name == "acdc_laptop.h5"
     assert load_config("smoke").store_path != a.store_path
-    for cfg, run in ((a, "phantom_laptop"), (b, "acdc_laptop"),
-                     (load_config("paper", overrides=[f"paths.source={mnms2_root}"]), "mnms2_paper"),
-                     (load_config("smoke"), "phantom_smoke")):
-        assert cfg.run_dir == REPO_ROOT / "runs" / run and cfg.store_path == REPO_ROOT / "data" / "processed" / f"{run}.h5"
+    for cfg, run in (
+        (a, "phantom_laptop"),
+        (b, "acdc_laptop"),
+        (load_config("paper", overrides=[f"paths.source={mnms2_root}"]), "mnms2_paper"),
+        (load_config("smoke"), "phantom_smoke"),
+    ):
+        assert (
+            cfg.run_dir == REPO_ROOT / "runs" / run and cfg.store_path == REPO_ROOT / "data" / "processed" / f"{run}.h5"
+        )
         assert cfg.figures_dir == cfg.run_dir / "figures" and report_dir(cfg) == cfg.run_dir
     # A forced format names the kind without looking at the folder; a folder of no known layout is "data".
     assert load_config("laptop", overrides=["paths.source=/nowhere", "paths.format=mnms"]).run_dir.name == "mnms_laptop"
@@ -110,17 +115,27 @@ def test_paths_are_per_source_and_profile(acdc_root, mnms2_root):
 
 def test_evaluation_section_is_validated(tmp_path):
     cfg = load_config("smoke")
-    assert (cfg.evaluation.n, cfg.evaluation.n_ddpm, cfg.evaluation.realism_n, cfg.evaluation.realism_seeds) == (4, 2, 8, 2)
+    assert (cfg.evaluation.n, cfg.evaluation.n_ddpm, cfg.evaluation.realism_n, cfg.evaluation.realism_seeds) == (
+        4,
+        2,
+        8,
+        2,
+    )
     assert cfg.evaluation.main in cfg.evaluation.variants and len(cfg.evaluation.variants) == 6
     assert load_config("smoke", overrides=["evaluation.n=null"]).evaluation.n is None  # null: every slice
-    for override, message in (("evaluation.variants=[ddim50_both, ddim7]", "ddim7"),
-                              ("evaluation.n=0", r"evaluation\.n"), ("evaluation.realism_seeds=0", "realism_seeds"),
-                              ("evaluation.realism_n=1", "realism_n"), ("evaluation.main=dpm20_both",
-                                                                         "evaluation.main"),
-                              ("evaluation.variants=[]", "empty"), ("evaluation.n_ddpm=-1", "n_ddpm")):
+    for override, message in (
+        ("evaluation.variants=[ddim50_both, ddim7]", "ddim7"),
+        ("evaluation.n=0", r"evaluation\.n"),
+        ("evaluation.realism_seeds=0", "realism_seeds"),
+        ("evaluation.realism_n=1", "realism_n"),
+        ("evaluation.main=dpm20_both", "evaluation.main"),
+        ("evaluation.variants=[]", "empty"),
+        ("evaluation.n_ddpm=-1", "n_ddpm"),
+    ):
         with pytest.raises(ConfigError, match=message):
-            load_config("smoke", overrides=[override, "evaluation.variants=[ddim50_both]"]
-                        if "main" in override else [override])
+            load_config(
+                "smoke", overrides=[override, "evaluation.variants=[ddim50_both]"] if "main" in override else [override]
+            )
     bad = tmp_path / "bad.yaml"
     bad.write_text("base: smoke\nevaluation:\n  seeds: 3\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml.*evaluation.*seeds"):

@@ -38,7 +38,9 @@ def pattern(rng: np.random.Generator) -> np.ndarray:
 def boundary(label: np.ndarray) -> np.ndarray:
     """Pixels whose 4-neighbourhood holds another label (a definition every dihedral map keeps)."""
     cross = ndimage.generate_binary_structure(2, 1)
-    return (ndimage.grey_dilation(label, footprint=cross) != ndimage.grey_erosion(label, footprint=cross)).astype(np.uint8)
+    return (ndimage.grey_dilation(label, footprint=cross) != ndimage.grey_erosion(label, footprint=cross)).astype(
+        np.uint8
+    )
 
 
 @pytest.fixture(scope="module")

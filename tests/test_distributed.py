@@ -27,9 +27,28 @@ pytestmark = pytest.mark.slow
 
 def torchrun(stage: str, store: Path, out: Path, *extra: str) -> dict[int, str]:
     """Run one stage on 2 CPU processes; returns {rank: weights hash} as each rank printed it."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "mmldm", f"train-{stage}", "--config", "smoke", "--device", "cpu", "--store", str(store),
-           "--out", str(out), "--figures", str(out / "figures"), "--quiet", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "mmldm",
+        f"train-{stage}",
+        "--config",
+        "smoke",
+        "--device",
+        "cpu",
+        "--store",
+        str(store),
+        "--out",
+        str(out),
+        "--figures",
+        str(out / "figures"),
+        "--quiet",
+        *extra,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr

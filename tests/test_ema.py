@@ -25,7 +25,7 @@ def test_update_without_warmup_is_the_exponential_average():
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
     ema = EMA(model, decay=0.9, warmup=False)
     expected = {n: p.clone() for n, p in start.items()}
-    for step, value in enumerate([1.0, -2.0, 0.5, 3.0]):
+    for value in [1.0, -2.0, 0.5, 3.0]:
         set_params(model, value)
         ema.update(model)
         for n in expected:

@@ -36,7 +36,19 @@ def test_torch_is_pinned():
 
 
 def test_required_packages_present():
-    need = {"torch", "jupyterlab", "h5py", "nibabel", "matplotlib", "ipywidgets", "papermill",
-            "torchmetrics", "seaborn", "tqdm", "pyyaml", "pytest"}
+    need = {
+        "torch",
+        "jupyterlab",
+        "h5py",
+        "nibabel",
+        "matplotlib",
+        "ipywidgets",
+        "papermill",
+        "torchmetrics",
+        "seaborn",
+        "tqdm",
+        "pyyaml",
+        "pytest",
+    }
     assert need <= set(_pyproject())
     assert any(n.startswith("opencv-python") for n in _pyproject())

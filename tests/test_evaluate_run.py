@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
+from mmldm.checkpoint import LAST
 from mmldm.cli import main as cli_main
 from mmldm.config import load_config
 from mmldm.errors import ConfigError
@@ -25,7 +26,6 @@ from mmldm.evaluate.paired import generate_paired, pick_indices
 from mmldm.evaluate.run import PUBLISHED, VARIANTS, evaluate, evaluation_settings, realism_images, variant_settings
 from mmldm.evaluate.settings import EvaluationConfig
 from mmldm.inference import LatentDiffusion
-from mmldm.checkpoint import LAST
 from smoke_models import train_smoke_ldm, write_tiny_store
 
 SIZE = 32
@@ -49,9 +49,17 @@ def evaluated(trained, tmp_path_factory):
     no segmenter given (one is trained beside the run), the Inception file missing."""
     cfg, store, root = trained
     out = tmp_path_factory.mktemp("eval_out") / "evaluation" / "metrics.json"
-    metrics = evaluate(cfg, root / "ldm" / LAST, store=store, out=out, n=6, n_ddpm=3,
-                       variants=["ddpm1000_both", "ddim50_both"], inception_path=out.parent / "absent.pt",
-                       progress=False)
+    metrics = evaluate(
+        cfg,
+        root / "ldm" / LAST,
+        store=store,
+        out=out,
+        n=6,
+        n_ddpm=3,
+        variants=["ddpm1000_both", "ddim50_both"],
+        inception_path=out.parent / "absent.pt",
+        progress=False,
+    )
     return metrics, out
 
 
@@ -64,7 +72,10 @@ def test_variant_settings_change_only_what_they_name():
     main = variant_settings(cfg.evaluation.main, cfg.sampler, cfg.guidance, 1000)
     assert main == (cfg.sampler, cfg.guidance)  # the laptop profile's main row is its own sampler and guidance
     quick = load_config("quick")
-    assert variant_settings(quick.evaluation.main, quick.sampler, quick.guidance, 1000) == (quick.sampler, quick.guidance)
+    assert variant_settings(quick.evaluation.main, quick.sampler, quick.guidance, 1000) == (
+        quick.sampler,
+        quick.guidance,
+    )
     assert variant_settings("ddpm1000_both", cfg.sampler, cfg.guidance, 1000)[0].num_inference_steps == 1000
     assert variant_settings("ddpm1000_both", cfg.sampler, cfg.guidance, 100)[0].num_inference_steps == 100
     assert variant_settings("dpm20_both", cfg.sampler, cfg.guidance, 1000)[0].name == "dpm_solver"
@@ -84,11 +95,34 @@ def test_metrics_json_schema_and_ranges(evaluated):
     metrics, out = evaluated
     on_disk = json.loads(out.read_text())  # parses; NaN would have been written as null
     assert on_disk == metrics
-    assert set(metrics) >= {"meta", "published", "reconstruction", "ceiling", "variants", "main", "groups",
-                            "realism", "memorisation"}
+    assert set(metrics) >= {
+        "meta",
+        "published",
+        "reconstruction",
+        "ceiling",
+        "variants",
+        "main",
+        "groups",
+        "realism",
+        "memorisation",
+    }
     meta = metrics["meta"]
-    for key in ("profile", "source", "store", "split", "n", "seed", "ldm_checkpoint", "ldm_step", "vqvae_checkpoint",
-                "segmenter_checkpoint", "created", "seconds", "torch", "device"):
+    for key in (
+        "profile",
+        "source",
+        "store",
+        "split",
+        "n",
+        "seed",
+        "ldm_checkpoint",
+        "ldm_step",
+        "vqvae_checkpoint",
+        "segmenter_checkpoint",
+        "created",
+        "seconds",
+        "torch",
+        "device",
+    ):
         assert key in meta, key
     assert meta["profile"] == "smoke" and meta["split"] == "val" and meta["n"] == 6 and meta["source"] == "phantom"
     assert meta["ldm_step"] == load_config("smoke").train_ldm.steps and meta["segmenter_trained"] is True
@@ -116,8 +150,15 @@ def test_metrics_json_schema_and_ranges(evaluated):
     for g in groups["phase"].values():
         assert {"ssim", "psnr", "nmse", "dice_fg"} <= set(g)
 
-    assert meta["evaluation"] == {"n": 6, "n_ddpm": 3, "variants": ["ddpm1000_both", "ddim50_both"],
-                                  "main": "ddim50_both", "realism_n": 8, "realism_seeds": 2, "batch_size": 32}
+    assert meta["evaluation"] == {
+        "n": 6,
+        "n_ddpm": 3,
+        "variants": ["ddpm1000_both", "ddim50_both"],
+        "main": "ddim50_both",
+        "realism_n": 8,
+        "realism_seeds": 2,
+        "batch_size": 32,
+    }
 
     # Realism: the smoke profile asks for 8 images, 2 seeds for each of 4 masks of the 8 held-out slices.
     realism = metrics["realism"]
@@ -129,13 +170,19 @@ def test_metrics_json_schema_and_ranges(evaluated):
     assert inception["available"] is False and "absent.pt" in inception["reason"] and inception["fid"] is None
     assert inception["ratio"] is None and inception["autoencoder"]["fid"] is None
     assert seg["available"] is True and seg["label"] == "in-domain (segmenter features)"
-    assert seg["fid"] >= 0 and seg["real_vs_real_fid"] > 0 and seg["ratio"] == pytest.approx(
-        seg["fid"] / seg["real_vs_real_fid"])
+    assert (
+        seg["fid"] >= 0
+        and seg["real_vs_real_fid"] > 0
+        and seg["ratio"] == pytest.approx(seg["fid"] / seg["real_vs_real_fid"])
+    )
     assert (seg["n"], seg["n_heldout"], seg["n_real_vs_real"]) == (8, 8, 8)
     assert seg["kid_mean"] is not None and seg["kid_std"] >= 0 and seg["kid_subset_size"] == 4
     ae_fid = seg["autoencoder"]
-    assert ae_fid["n"] == 8 and ae_fid["fid"] >= 0 and ae_fid["ratio"] == pytest.approx(
-        ae_fid["fid"] / seg["real_vs_real_fid"])
+    assert (
+        ae_fid["n"] == 8
+        and ae_fid["fid"] >= 0
+        and ae_fid["ratio"] == pytest.approx(ae_fid["fid"] / seg["real_vs_real_fid"])
+    )
     spec = realism["spectrum"]
     assert len(spec["frequency"]) == SIZE // 2 + 1 and spec["frequency"][-1] == 0.5 and spec["cutoff"] == 0.25
     assert set(spec["spectra"]) == {"generated", "heldout", "train", "reconstruction"}
@@ -197,9 +244,29 @@ def test_cli_evaluate_prints_a_table_and_reuses_the_segmenter(evaluated, trained
     cfg, store, root = trained
     (root / "vqvae" / "recon_metrics.json").write_text('{"metrics": {"ssim": {"mean": 0.5}}}')
     out = tmp_path / "m.json"
-    code = cli_main(["evaluate", "--config", "smoke", "--checkpoint", str(root / "ldm" / LAST), "--store", str(store),
-                     "--n", "4", "--variants", "ddim50_both", "ddim50_no_guidance", "--out", str(out),
-                     "--device", "cpu", "--inception", str(tmp_path / "absent.pt"), "--quiet"])
+    code = cli_main(
+        [
+            "evaluate",
+            "--config",
+            "smoke",
+            "--checkpoint",
+            str(root / "ldm" / LAST),
+            "--store",
+            str(store),
+            "--n",
+            "4",
+            "--variants",
+            "ddim50_both",
+            "ddim50_no_guidance",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--inception",
+            str(tmp_path / "absent.pt"),
+            "--quiet",
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0 and "ddim50_no_guidance" in printed and "ceiling" in printed and "real vs real" in printed
     assert "unavailable" in printed  # Inception on CPU is too slow for a unit test (test_fid.py checks it)
@@ -223,8 +290,20 @@ def test_cli_n_takes_a_count_or_all(trained, tmp_path, capsys):
 
 def test_cli_names_a_missing_checkpoint(trained, tmp_path, capsys):
     cfg, store, root = trained
-    code = cli_main(["evaluate", "--config", "smoke", "--checkpoint", str(tmp_path / "nope.pt"), "--store", str(store),
-                     "--out", str(tmp_path / "m.json"), "--quiet"])
+    code = cli_main(
+        [
+            "evaluate",
+            "--config",
+            "smoke",
+            "--checkpoint",
+            str(tmp_path / "nope.pt"),
+            "--store",
+            str(store),
+            "--out",
+            str(tmp_path / "m.json"),
+            "--quiet",
+        ]
+    )
     assert code == 2 and "nope.pt" in capsys.readouterr().err
     assert not (tmp_path / "m.json").exists()
 
@@ -239,8 +318,12 @@ def test_evaluation_settings_take_the_profile_and_let_arguments_override():
     # Variants without the profile's main one: the first given becomes main; repeats count once.
     s = evaluation_settings(cfg, variants=["dpm20_both", "ddim50_mask_only", "dpm20_both"])
     assert s.main == "dpm20_both" and s.variants == ["dpm20_both", "ddim50_mask_only"]
-    for bad in (dict(variants=["ddim7"]), dict(n=0), dict(realism_n=1), dict(main="ddim50_mask_only",
-                                                                           variants=["ddim50_both"])):
+    for bad in (
+        dict(variants=["ddim7"]),
+        dict(n=0),
+        dict(realism_n=1),
+        dict(main="ddim50_mask_only", variants=["ddim50_both"]),
+    ):
         with pytest.raises(ConfigError, match="evaluation"):
             evaluation_settings(cfg, **bad)
 

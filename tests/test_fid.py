@@ -87,7 +87,8 @@ def test_kid_matches_the_unbiased_mmd_and_separates_distributions(gauss):
     large, _ = kid_from_features(gauss, shifted, subsets=20, subset_size=100)
     assert abs(small) < 0.05 < large
     assert kid_from_features(gauss, same, subsets=5, subset_size=50, seed=3) == kid_from_features(
-        gauss, same, subsets=5, subset_size=50, seed=3)  # seeded
+        gauss, same, subsets=5, subset_size=50, seed=3
+    )  # seeded
 
 
 def test_too_few_images_is_an_error(gauss):
@@ -102,8 +103,14 @@ def test_segmenter_features_give_labelled_numbers():
     real = torch.rand(12, 1, 32, 32) * 2 - 1
     assert extract_features(phi, real, batch_size=5).shape == (12, 16)
     same = distribution_metrics(phi, real, real.clone(), SEGMENTER_NAME, kid_subset_size=6, kid_subsets=5)
-    other = distribution_metrics(phi, real, -torch.ones_like(real) + 0.05 * torch.rand_like(real), SEGMENTER_NAME,
-                                 kid_subset_size=6, kid_subsets=5)
+    other = distribution_metrics(
+        phi,
+        real,
+        -torch.ones_like(real) + 0.05 * torch.rand_like(real),
+        SEGMENTER_NAME,
+        kid_subset_size=6,
+        kid_subsets=5,
+    )
     assert same["features"] == SEGMENTER_NAME and same["available"] and same["feature_dim"] == 16
     assert same["fid"] == pytest.approx(0.0, abs=1e-6) and other["fid"] > 1e-3
     assert other["kid_mean"] > same["kid_mean"]

@@ -18,11 +18,24 @@ def test_the_docstring_examples_hold():
     assert result.attempted >= 6 and result.failed == 0
 
 
-@pytest.mark.parametrize("x, expected", [
-    (3, 3.0), (-0.5, -0.5), ("0.25", 0.25), (0, 0.0),
-    (None, None), (float("nan"), None), (float("inf"), None), (-float("inf"), None),
-    (True, None), (False, None), ("abc", None), ([1], None), ({"mean": 1}, None),
-])
+@pytest.mark.parametrize(
+    "x, expected",
+    [
+        (3, 3.0),
+        (-0.5, -0.5),
+        ("0.25", 0.25),
+        (0, 0.0),
+        (None, None),
+        (float("nan"), None),
+        (float("inf"), None),
+        (-float("inf"), None),
+        (True, None),
+        (False, None),
+        ("abc", None),
+        ([1], None),
+        ({"mean": 1}, None),
+    ],
+)
 def test_finite_float_keeps_finite_numbers_only(x, expected):
     assert finite_float(x) == expected
     assert finite_float(x, default=-7.0) == (-7.0 if expected is None else expected)
@@ -67,8 +80,10 @@ def test_fmt_pct_and_fmt_count():
 
 
 def test_no_heavy_imports():
-    code = ("import sys, mmldm.formatting; "
-            "print(sorted(m for m in ('numpy', 'torch', 'matplotlib', 'pandas') if m in sys.modules))")
+    code = (
+        "import sys, mmldm.formatting; "
+        "print(sorted(m for m in ('numpy', 'torch', 'matplotlib', 'pandas') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

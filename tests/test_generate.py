@@ -15,10 +15,10 @@ import pytest
 
 from mmldm.cli import main
 from mmldm.config import load_config
+from mmldm.data.condition import mask_edges
 from mmldm.data.crop import crop_pad, crop_slice, heart_center
 from mmldm.data.readers import acdc
 from mmldm.errors import DataError, MMLDMError
-from mmldm.data.condition import mask_edges
 from mmldm.generate_nifti import (
     FILL,
     LABEL_ORDERS,
@@ -243,9 +243,13 @@ def test_bad_options(models, tmp_path):
     src = save(tmp_path / "labels.nii.gz", acdc_like_labels())
     with pytest.raises(DataError, match="must end in"):
         generate(ldm_ckpt, src, tmp_path / "out.png", labels="acdc", progress=False)
-    for kw, expect in (({"labels": "nope"}, "label order"), ({"labels": "acdc", "view": "XY"}, "view"),
-                       ({"labels": "acdc", "steps": 10_000}, "--steps"), ({"labels": "acdc", "edges": "sobel"}, "edges"),
-                       ({"labels": "acdc", "slices": "9"}, "--slices")):
+    for kw, expect in (
+        ({"labels": "nope"}, "label order"),
+        ({"labels": "acdc", "view": "XY"}, "view"),
+        ({"labels": "acdc", "steps": 10_000}, "--steps"),
+        ({"labels": "acdc", "edges": "sobel"}, "edges"),
+        ({"labels": "acdc", "slices": "9"}, "--slices"),
+    ):
         with pytest.raises(MMLDMError, match=expect):
             generate(ldm_ckpt, src, tmp_path / "out.nii.gz", progress=False, device="cpu", **kw)
 
@@ -254,15 +258,47 @@ def test_cli_end_to_end(models, tmp_path, capsys):
     ldm_ckpt, _ = models
     src = save(tmp_path / "labels.nii.gz", acdc_like_labels())
     out = tmp_path / "synthetic.nii.gz"
-    rc = main(["generate", "--checkpoint", str(ldm_ckpt), "--labels", "acdc", str(src), str(out), "--edges", "none",
-               "--sampler", "ddim", "--steps", "4", "--scale-mask", "2", "--seed", "1", "--device", "cpu", "--quiet"])
+    rc = main(
+        [
+            "generate",
+            "--checkpoint",
+            str(ldm_ckpt),
+            "--labels",
+            "acdc",
+            str(src),
+            str(out),
+            "--edges",
+            "none",
+            "--sampler",
+            "ddim",
+            "--steps",
+            "4",
+            "--scale-mask",
+            "2",
+            "--seed",
+            "1",
+            "--device",
+            "cpu",
+            "--quiet",
+        ]
+    )
     assert rc == 0 and out.is_file()
     assert "generate: wrote" in capsys.readouterr().out
     assert nib.load(str(out)).shape == (40, 48, 3)
 
     bad = save(tmp_path / "bad_gt.nii.gz", np.full((8, 8, 2), 9, np.uint8))
-    rc = main(["generate", "--checkpoint", str(ldm_ckpt), "--labels", "mnms2", str(bad), str(tmp_path / "x.nii.gz"),
-               "--quiet"])
+    rc = main(
+        [
+            "generate",
+            "--checkpoint",
+            str(ldm_ckpt),
+            "--labels",
+            "mnms2",
+            str(bad),
+            str(tmp_path / "x.nii.gz"),
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith(f"mmldm generate: error: {bad}: label values outside")
 
@@ -289,8 +325,22 @@ def test_real_acdc_label_volume(models, acdc_root, tmp_path, capsys):
     ldm_ckpt, _ = models
     src = acdc_root / "patient001" / "patient001_frame01_gt.nii.gz"
     out = tmp_path / "patient001_frame01_synthetic.nii.gz"
-    rc = main(["generate", "--checkpoint", str(ldm_ckpt), "--labels", "acdc", str(src), str(out), "--slices", "3:5",
-               "--device", "cpu", "--quiet"])
+    rc = main(
+        [
+            "generate",
+            "--checkpoint",
+            str(ldm_ckpt),
+            "--labels",
+            "acdc",
+            str(src),
+            str(out),
+            "--slices",
+            "3:5",
+            "--device",
+            "cpu",
+            "--quiet",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     ref, img = nib.load(str(src)), nib.load(str(out))
     assert img.shape == ref.shape == (216, 256, 10) and np.array_equal(img.affine, ref.affine)

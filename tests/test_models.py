@@ -296,8 +296,12 @@ def test_unet_timestep_forms():
 def test_unet_smoke_profile_shape_on_16_and_8_latents(mode):
     """The smoke profile (down [32, 64], mid [64, 32], groups 8) on 16x16 and 8x8 latents."""
     cfg = tiny_unet_config(
-        conditioning=mode, down_channels=[32, 64], mid_channels=[64, 32], conv_out_channels=32,
-        num_heads=4, hint_channels=[16, 32, 64],
+        conditioning=mode,
+        down_channels=[32, 64],
+        mid_channels=[64, 32],
+        conv_out_channels=32,
+        num_heads=4,
+        hint_channels=[16, 32, 64],
     )
     net = UNet(cfg)
     for size in (16, 8):
@@ -307,8 +311,12 @@ def test_unet_smoke_profile_shape_on_16_and_8_latents(mode):
 
 def test_unet_three_levels_partial_downsampling_and_4_channel_latent():
     cfg = tiny_unet_config(
-        latent_channels=4, down_channels=[16, 32, 32], mid_channels=[32, 16], down_sample=[True, False],
-        attn_down=[False, True], conditioning="hint_encoder",
+        latent_channels=4,
+        down_channels=[16, 32, 32],
+        mid_channels=[32, 16],
+        down_sample=[True, False],
+        attn_down=[False, True],
+        conditioning="hint_encoder",
     )
     net = UNet(cfg)
     assert len(net.ups[0].attentions) == 2 and len(net.ups[1].attentions) == 0  # mirrors attn_down

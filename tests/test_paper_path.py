@@ -53,19 +53,53 @@ def paper_overrides(tmp) -> list[str]:
     starts, unet, diffusion, segmenter except epochs and batch) are left as they are."""
     return [
         # Every output in tmp: the phantom, the store, the run folder, the figures and the report.
-        f"paths.phantom_dir={tmp / 'phantom'}", f"paths.store={tmp / 'store.h5'}",
-        f"paths.runs={tmp / 'runs'}", f"paths.figures={tmp / 'figures'}",
-        "paths.phantom_subjects=3", "data.views=[LA]", "data.val=1", "data.workers=0",
+        f"paths.phantom_dir={tmp / 'phantom'}",
+        f"paths.store={tmp / 'store.h5'}",
+        f"paths.runs={tmp / 'runs'}",
+        f"paths.figures={tmp / 'figures'}",
+        "paths.phantom_subjects=3",
+        "data.views=[LA]",
+        "data.val=1",
+        "data.workers=0",
         # One VQ-VAE step, generator and discriminator (the GAN on from step 0).
         "vqvae.adversarial_start=0",
-        *(f"train_vqvae.{k}" for k in ("steps=1", "batch_size=1", "num_workers=0", "in_memory=true",
-                                       "cpu_threads=1", "log_every=1", "sample_every=1", "ckpt_every=1")),
-        *(f"train_ldm.{k}" for k in ("steps=2", "batch_size=2", "num_workers=0", "in_memory=true",
-                                     "cpu_threads=1", "log_every=1", "sample_every=2", "ckpt_every=2")),
-        "segmenter.epochs=1", "segmenter.batch_size=2", "segmenter.cpu_threads=1",
+        *(
+            f"train_vqvae.{k}"
+            for k in (
+                "steps=1",
+                "batch_size=1",
+                "num_workers=0",
+                "in_memory=true",
+                "cpu_threads=1",
+                "log_every=1",
+                "sample_every=1",
+                "ckpt_every=1",
+            )
+        ),
+        *(
+            f"train_ldm.{k}"
+            for k in (
+                "steps=2",
+                "batch_size=2",
+                "num_workers=0",
+                "in_memory=true",
+                "cpu_threads=1",
+                "log_every=1",
+                "sample_every=2",
+                "ckpt_every=2",
+            )
+        ),
+        "segmenter.epochs=1",
+        "segmenter.batch_size=2",
+        "segmenter.cpu_threads=1",
         "sampler.num_inference_steps=2",  # the profile's DDPM, 2 of its 1,000 steps (notebook 04)
-        "evaluation.n=2", "evaluation.n_ddpm=1", f"evaluation.variants=[{MAIN}]", f"evaluation.main={MAIN}",
-        "evaluation.realism_n=2", "evaluation.realism_seeds=1", "evaluation.batch_size=2",
+        "evaluation.n=2",
+        "evaluation.n_ddpm=1",
+        f"evaluation.variants=[{MAIN}]",
+        f"evaluation.main={MAIN}",
+        "evaluation.realism_n=2",
+        "evaluation.realism_seeds=1",
+        "evaluation.batch_size=2",
     ]
 
 
@@ -79,12 +113,19 @@ def pipeline_command(tmp) -> list[str]:
 def tracked_report() -> dict[str, str]:
     """Hash of every git-tracked file under report/, and git's status of report/ (untracked
     files included)."""
-    files = subprocess.run(["git", "ls-files", "-z", "report"], cwd=REPO, capture_output=True, text=True,
-                           check=True).stdout.split("\0")
-    out = {f: hashlib.sha256((REPO / f).read_bytes()).hexdigest() if (REPO / f).exists() else "missing"
-           for f in files if f}
-    out["<git status>"] = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", "report"],
-                                         cwd=REPO, capture_output=True, text=True, check=True).stdout
+    files = subprocess.run(
+        ["git", "ls-files", "-z", "report"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split("\0")
+    out = {
+        f: hashlib.sha256((REPO / f).read_bytes()).hexdigest() if (REPO / f).exists() else "missing" for f in files if f
+    }
+    out["<git status>"] = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=all", "--", "report"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return out
 
 
@@ -92,8 +133,7 @@ def tracked_report() -> dict[str, str]:
 def paper_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("paper")
     report_before = tracked_report()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MPLBACKEND": "Agg",
-           "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"}
     t0, cpu0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(pipeline_command(tmp), cwd=REPO, capture_output=True, text=True, timeout=1800, env=env)
     seconds, cpu1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -119,8 +159,8 @@ def finite(x) -> bool:
 
 def test_paper_pipeline_runs_every_stage_at_paper_size(paper_run, paper_ldm):
     from mmldm.config import load_config, to_dict
-    from mmldm.models import param_count
     from mmldm.inference import load_vqvae
+    from mmldm.models import param_count
 
     proc, tmp = paper_run["proc"], paper_run["tmp"]
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]

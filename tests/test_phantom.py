@@ -16,7 +16,7 @@ from scipy import ndimage
 
 import mmldm.data.phantom.writer as phantom
 from mmldm.data.phantom import CSV_COLUMNS, render_subject, subject_files, write_phantom
-from mmldm.data.phantom.anatomy import DISEASES, sample_anatomy
+from mmldm.data.phantom.heart import DISEASES, sample_anatomy
 from mmldm.data.phantom.shapes import Grid
 from mmldm.data.phantom.short_axis import ShortAxisDrawer
 from mmldm.errors import DataError

@@ -13,8 +13,12 @@ from conftest import REPO
 
 
 def _run(tmp_path, *extra):
-    sets = [f"paths.phantom_dir={tmp_path / 'phantom'}", f"paths.store={tmp_path / 'store.h5'}",
-            f"paths.runs={tmp_path / 'runs'}", f"paths.figures={tmp_path / 'figures'}"]
+    sets = [
+        f"paths.phantom_dir={tmp_path / 'phantom'}",
+        f"paths.store={tmp_path / 'store.h5'}",
+        f"paths.runs={tmp_path / 'runs'}",
+        f"paths.figures={tmp_path / 'figures'}",
+    ]
     cmd = [sys.executable, "-m", "mmldm.notebook_runner", "--profile", "smoke"]
     for s in sets:
         cmd += ["--set", s]
@@ -52,8 +56,15 @@ def test_pipeline_runs_notebooks_and_skips_when_up_to_date(tmp_path):
     assert metrics["meta"]["profile"] == "smoke" and metrics["meta"]["source"] == "phantom"
     report = (tmp_path / "report.md").read_text()
     main = metrics["variants"][metrics["main"]]
-    for text in ("## Summary", "## Intended use", "synthetic phantom", "Bernard et al.", "### Anatomy compliance",
-                 f"SSIM {main['ssim']['mean']:.3f} ± {main['ssim']['std']:.3f}", "## Limitations"):
+    for text in (
+        "## Summary",
+        "## Intended use",
+        "synthetic phantom",
+        "Bernard et al.",
+        "### Anatomy compliance",
+        f"SSIM {main['ssim']['mean']:.3f} ± {main['ssim']['std']:.3f}",
+        "## Limitations",
+    ):
         assert text in report, text
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
     assert "figures/05_generated_vs_real.png" in links and "figures/05_trajectory.png" in links
@@ -94,8 +105,18 @@ def test_run_all_defaults_keep_to_the_run_folder():
         run = REPO / "runs" / f"phantom_{profile}"
         assert cfg.run_dir == run and cfg.figures_dir == run / "figures" and report_dir(cfg) == run
         assert cfg.store_path.parent == REPO / "data" / "processed"
-    checked = subprocess.run(["git", "check-ignore", "runs/phantom_smoke/report.md", "data/processed/phantom_smoke.h5",
-                              "data/raw/phantom6/x"], cwd=REPO, capture_output=True, text=True)
+    checked = subprocess.run(
+        [
+            "git",
+            "check-ignore",
+            "runs/phantom_smoke/report.md",
+            "data/processed/phantom_smoke.h5",
+            "data/raw/phantom6/x",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     if checked.returncode != 128:  # 128: not a git checkout (an unpacked archive)
         assert len(checked.stdout.split()) == 3, checked.stdout
 

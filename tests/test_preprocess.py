@@ -309,8 +309,9 @@ def test_store_is_the_same_with_a_worker_pool(store, raw, tmp_path):
 
 
 def test_keep_unlabelled_and_view_filter(raw, tmp_path):
-    summary = preprocess(raw, tmp_path / "sa.h5", small_cfg(views=("SA",), phases=("ED",), keep_unlabelled=True),
-                         progress=False)
+    summary = preprocess(
+        raw, tmp_path / "sa.h5", small_cfg(views=("SA",), phases=("ED",), keep_unlabelled=True), progress=False
+    )
     assert summary.n_slices == 6 * 5 and summary.dropped_unlabelled == 0
     with open_store(tmp_path / "sa.h5") as f:
         assert set(read_meta(f)["view"]) == {"SA"}

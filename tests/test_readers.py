@@ -85,9 +85,7 @@ def write_mnms_subject(folder: Path, frames: dict[str, int], n_frames: int = 5) 
 def write_acdc_patient(folder: Path, ed: int, es: int, dtype, group: str = "HCM") -> None:
     """One ACDC patient: Info.cfg and two frames whose gt uses ACDC's 1 RV / 3 LV numbering."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "Info.cfg").write_text(
-        f"ED: {ed}\nES: {es}\nGroup: {group}\nHeight: 170.5\nNbFrame: 20\nWeight: 70.0\n"
-    )
+    (folder / "Info.cfg").write_text(f"ED: {ed}\nES: {es}\nGroup: {group}\nHeight: 170.5\nNbFrame: 20\nWeight: 70.0\n")
     for frame, radius in ((ed, 8), (es, 5)):
         label = heart(radius)
         stem = f"{folder.name}_frame{frame:02d}"
@@ -121,7 +119,11 @@ def test_mnms2_release_root_lists_four_cases_per_subject_with_csv_metadata(mnms2
     assert all(c.source == "mnms2" and c.frame is None for c in cases)
     assert not any("CINE" in c.image_path.name or "CINE" in c.label_path.name for c in cases)
     assert cases[0].meta == {
-        "pathology": "NOR", "sex": "M", "age": 54, "vendor": "SIEMENS", "scanner": "Avanto",
+        "pathology": "NOR",
+        "sex": "M",
+        "age": 54,
+        "vendor": "SIEMENS",
+        "scanner": "Avanto",
         "field": 1.5,
     }
     assert cases[-1].meta["pathology"] == "ARR" and cases[-1].meta["field"] == 3.0
@@ -326,9 +328,7 @@ def test_acdc_real_ed_lv_is_larger_than_es_lv(acdc_sample):
 def test_mnms2_real_subject(mnms2_root):
     cases = find_cases(mnms2_root)  # a folder of subject folders, no CSV
     assert detect_format(mnms2_root) == "mnms2"
-    assert [(c.subject, c.view, c.phase) for c in cases] == [
-        ("001", v, p) for v in ("SA", "LA") for p in ("ED", "ES")
-    ]
+    assert [(c.subject, c.view, c.phase) for c in cases] == [("001", v, p) for v in ("SA", "LA") for p in ("ED", "ES")]
     volumes = {(c.view, c.phase): load_case(c) for c in cases}
     for (view, phase), volume in volumes.items():
         assert volume.image.dtype == np.float32 and volume.label.dtype == np.uint8

@@ -40,8 +40,7 @@ def vqvae():
 
 def test_codebook_usage_formulas():
     u = codebook_usage(np.array([5, 5, 0, 0]))
-    assert u == {"codebook_size": 4, "positions": 10, "used": 2, "fraction_used": 0.5,
-                 "perplexity": pytest.approx(2.0)}
+    assert u == {"codebook_size": 4, "positions": 10, "used": 2, "fraction_used": 0.5, "perplexity": pytest.approx(2.0)}
     assert codebook_usage(np.array([0, 7, 0]))["perplexity"] == pytest.approx(1.0)
     assert codebook_usage(np.ones(8, int))["perplexity"] == pytest.approx(8.0)
 
@@ -119,7 +118,10 @@ def test_realism_of_reconstructions_is_streamed_exactly(store, vqvae):
 def test_reconstruction_fid_when_asked_and_available(store, vqvae, tmp_path, monkeypatch):
     missing = reconstruction_report(vqvae, store, fid=True, inception_path=tmp_path / "absent.pt")
     assert missing["realism"]["inception"]["requested"] is True
-    assert missing["realism"]["inception"]["available"] is False and "absent.pt" in missing["realism"]["inception"]["reason"]
+    assert (
+        missing["realism"]["inception"]["available"] is False
+        and "absent.pt" in missing["realism"]["inception"]["reason"]
+    )
     from mmldm.evaluate import reconstruction
 
     monkeypatch.setattr(reconstruction, "load_inception", lambda path=None, device="cpu": (PooledPixels(), ""))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from importlib import resources
 
@@ -12,17 +11,31 @@ import pandas as pd
 import pytest
 import torch
 
+from mmldm import report
 from mmldm.config import load_config
 from mmldm.errors import DataError
-from mmldm import report
-from mmldm.report import (build_report, fill, figure_list, limiting_stage, read_metrics, read_rows, report_dir,
-                          report_sections, section_names, template_blocks, write_report)
+from mmldm.report import (
+    build_report,
+    figure_list,
+    fill,
+    limiting_stage,
+    read_metrics,
+    read_rows,
+    report_dir,
+    report_sections,
+    section_names,
+    template_blocks,
+    write_report,
+)
 from mmldm.viz import report_figures as rf
 
 VARIANTS = {  # name: (sampler, steps, guidance mode)
-    "ddim50_both": ("ddim", 50, "both"), "dpm20_both": ("dpm_solver", 20, "both"),
-    "ddpm1000_both": ("ddpm", 1000, "both"), "ddim50_mask_only": ("ddim", 50, "mask_only"),
-    "ddim50_edges_only": ("ddim", 50, "edges_only"), "ddim50_no_guidance": ("ddim", 50, "none"),
+    "ddim50_both": ("ddim", 50, "both"),
+    "dpm20_both": ("dpm_solver", 20, "both"),
+    "ddpm1000_both": ("ddpm", 1000, "both"),
+    "ddim50_mask_only": ("ddim", 50, "mask_only"),
+    "ddim50_edges_only": ("ddim", 50, "edges_only"),
+    "ddim50_no_guidance": ("ddim", 50, "none"),
 }
 
 
@@ -31,45 +44,98 @@ def synthetic_metrics(n: int = 12) -> dict:
     variants = {}
     for j, (name, (sampler, steps, mode)) in enumerate(VARIANTS.items()):
         variants[name] = {
-            "sampler": {"name": sampler, "num_inference_steps": steps}, "n": n,
+            "sampler": {"name": sampler, "num_inference_steps": steps},
+            "n": n,
             "guidance": {"mode": mode, "scale_mask": 2.0, "scale_edge": 2.0},
-            "s_per_image": 0.1111 * (j + 1), "ssim": {"mean": 0.3011 + j / 100, "std": 0.0517},
-            "psnr": {"mean": 14.37 + j, "std": 1.23}, "nmse": {"mean": 0.4219 + j / 100, "std": 0.0611},
-            "saturated": 0.0, "dice": {"LV": 0.7712, "MYO": 0.6213, "RV": 0.6317, "mean_fg": 0.6741 - j / 100},
+            "s_per_image": 0.1111 * (j + 1),
+            "ssim": {"mean": 0.3011 + j / 100, "std": 0.0517},
+            "psnr": {"mean": 14.37 + j, "std": 1.23},
+            "nmse": {"mean": 0.4219 + j / 100, "std": 0.0611},
+            "saturated": 0.0,
+            "dice": {"LV": 0.7712, "MYO": 0.6213, "RV": 0.6317, "mean_fg": 0.6741 - j / 100},
         }
-    groups = {"view": {"SA": {"n": 10, "ssim": {"mean": 0.5123, "std": 0.01}, "psnr": {"mean": 15.0, "std": 1.0},
-                              "nmse": {"mean": 0.4, "std": 0.1}},
-                       "LA": {"n": 2, "ssim": {"mean": 0.4456, "std": 0.02}, "psnr": {"mean": 13.0, "std": 1.0},
-                              "nmse": {"mean": 0.5, "std": 0.1}}},
-              "phase": {"ED": {"n": 6, "ssim": {"mean": 0.3789, "std": 0.01}, "psnr": {"mean": 15.0, "std": 1.0},
-                               "nmse": {"mean": 0.4, "std": 0.1}}},
-              "pathology": {}}
+    groups = {
+        "view": {
+            "SA": {
+                "n": 10,
+                "ssim": {"mean": 0.5123, "std": 0.01},
+                "psnr": {"mean": 15.0, "std": 1.0},
+                "nmse": {"mean": 0.4, "std": 0.1},
+            },
+            "LA": {
+                "n": 2,
+                "ssim": {"mean": 0.4456, "std": 0.02},
+                "psnr": {"mean": 13.0, "std": 1.0},
+                "nmse": {"mean": 0.5, "std": 0.1},
+            },
+        },
+        "phase": {
+            "ED": {
+                "n": 6,
+                "ssim": {"mean": 0.3789, "std": 0.01},
+                "psnr": {"mean": 15.0, "std": 1.0},
+                "nmse": {"mean": 0.4, "std": 0.1},
+            }
+        },
+        "pathology": {},
+    }
     ratios = list(np.linspace(0.7, 1.2, n))
     variants["ddpm1000_both"]["n"] = 4  # the slow sampler runs on a subset, with the main one beside it
-    variants["ddpm1000_both"]["main_on_same_slices"] = {"n": 4, "ssim": {"mean": 0.2468, "std": 0.01},
-                                                        "nmse": {"mean": 0.5, "std": 0.1}, "dice": {"mean_fg": 0.6}}
+    variants["ddpm1000_both"]["main_on_same_slices"] = {
+        "n": 4,
+        "ssim": {"mean": 0.2468, "std": 0.01},
+        "nmse": {"mean": 0.5, "std": 0.1},
+        "dice": {"mean_fg": 0.6},
+    }
     groups["view"]["SA"]["dice_fg"] = {"mean": 0.6543, "std": 0.05}
     return {
-        "meta": {"profile": "smoke", "ldm_profile": "smoke", "source": "phantom", "n_split": 36, "store": "data/processed/phantom_smoke.h5", "split": "val",
-                 "n": n, "seed": 0, "ldm_checkpoint": "runs/x/ldm/last.pt", "ldm_step": 4321,
-                 "vqvae_checkpoint": "runs/x/vqvae/last.pt", "segmenter_checkpoint": "runs/x/segmenter/segmenter.pt",
-                 "created": "2025-01-01T00:00:00", "seconds": 12.5, "torch": "2.x", "device": "cpu"},
+        "meta": {
+            "profile": "smoke",
+            "ldm_profile": "smoke",
+            "source": "phantom",
+            "n_split": 36,
+            "store": "data/processed/phantom_smoke.h5",
+            "split": "val",
+            "n": n,
+            "seed": 0,
+            "ldm_checkpoint": "runs/x/ldm/last.pt",
+            "ldm_step": 4321,
+            "vqvae_checkpoint": "runs/x/vqvae/last.pt",
+            "segmenter_checkpoint": "runs/x/segmenter/segmenter.pt",
+            "created": "2025-01-01T00:00:00",
+            "seconds": 12.5,
+            "torch": "2.x",
+            "device": "cpu",
+        },
         "published": {"fid": 116.09, "ssim": 0.44, "nmse": 1.14, "source": "the seed study, M&Ms-2 256x256"},
-        "reconstruction": {"split": "val", "n_images": 12, "step": 700,
-                           "metrics": {"ssim": {"mean": 0.7123, "std": 0.05, "n": 12},
-                                       "psnr": {"mean": 24.61, "std": 1.0, "n": 12},
-                                       "nmse": {"mean": 0.0383, "std": 0.01, "n": 12}},
-                           "codebook": {"used": 345, "codebook_size": 1024, "perplexity": 210.7}},
+        "reconstruction": {
+            "split": "val",
+            "n_images": 12,
+            "step": 700,
+            "metrics": {
+                "ssim": {"mean": 0.7123, "std": 0.05, "n": 12},
+                "psnr": {"mean": 24.61, "std": 1.0, "n": 12},
+                "nmse": {"mean": 0.0383, "std": 0.01, "n": 12},
+            },
+            "codebook": {"used": 345, "codebook_size": 1024, "perplexity": 210.7},
+        },
         "ceiling": {"dice": {"LV": 0.8304, "MYO": 0.7516, "RV": 0.7634, "mean_fg": 0.7826}},
-        "variants": variants, "main": "ddim50_both", "groups": groups,
+        "variants": variants,
+        "main": "ddim50_both",
+        "groups": groups,
         "realism": realism_block(),
-        "memorisation": {"ratios": ratios, "space": "pixels", "n_train_reference": 345,
-                         "heldout_reference": "nearest held-out slice of another subject",
-                         "summary": {"n": n, "median": 0.9531, "p05": 0.7277, "min": 0.7001, "below_0.1": 0.0,
-                                     "below_0.5": 0.0},
-                         "baseline": {"ratios": [0.8, 0.9, None], "what": "real held-out slices",
-                                      "summary": {"n": 2, "median": 0.8517, "p05": 0.8, "min": 0.8,
-                                                  "below_0.1": 0.0, "below_0.5": 0.0}}},
+        "memorisation": {
+            "ratios": ratios,
+            "space": "pixels",
+            "n_train_reference": 345,
+            "heldout_reference": "nearest held-out slice of another subject",
+            "summary": {"n": n, "median": 0.9531, "p05": 0.7277, "min": 0.7001, "below_0.1": 0.0, "below_0.5": 0.0},
+            "baseline": {
+                "ratios": [0.8, 0.9, None],
+                "what": "real held-out slices",
+                "summary": {"n": 2, "median": 0.8517, "p05": 0.8, "min": 0.8, "below_0.1": 0.0, "below_0.5": 0.0},
+            },
+        },
     }
 
 
@@ -77,25 +143,64 @@ def realism_block() -> dict:
     """metrics.json's realism block: 24 images (12 masks x 2 seeds) against 36 held-out slices."""
     freqs = [0.0, 0.125, 0.25, 0.375, 0.5]
     return {
-        "variant": "ddim50_both", "n_generated": 24, "n_masks": 12, "seeds": [0, 12], "reused_main": True,
-        "n_heldout": 36, "n_train": 24,
-        "inception": {"label": "standard (Inception-v3 pool3)", "available": True, "reason": "", "fid": 87.65,
-                      "kid_mean": 0.0456, "kid_std": 0.0078, "real_vs_real_fid": 43.21, "ratio": 2.0285, "n": 24,
-                      "n_heldout": 36, "n_real_vs_real": 24,
-                      "autoencoder": {"fid": 61.23, "kid_mean": 0.0321, "kid_std": 0.0045, "ratio": 1.417, "n": 24}},
-        "segmenter": {"label": "in-domain (segmenter features)", "available": True, "reason": "", "fid": 3.4567,
-                      "kid_mean": 0.0123, "kid_std": 0.0021, "real_vs_real_fid": 1.2345, "ratio": 2.8001, "n": 24,
-                      "n_heldout": 36, "n_real_vs_real": 24,
-                      "autoencoder": {"fid": 1.9753, "kid_mean": 0.0067, "kid_std": 0.0011, "ratio": 1.6001, "n": 24}},
-        "spectrum": {"frequency": freqs, "cutoff": 0.25, "window": "hann", "reference": "heldout",
-                     "spectra": {"generated": [0.0, 1.0, 0.1, 0.01, 0.001], "heldout": [0.0, 1.1, 0.2, 0.05, 0.01],
-                                 "train": [0.0, 1.05, 0.19, 0.045, 0.011],
-                                 "reconstruction": [0.0, 1.1, 0.15, 0.02, None]},
-                     "hf_fraction": {"generated": 0.0812, "heldout": 0.1234, "train": 0.1199, "reconstruction": 0.0934},
-                     "hf_ratio": {"generated": 0.658, "train": 0.9716, "reconstruction": 0.7569},
-                     "n": {"generated": 24, "heldout": 36, "train": 24, "reconstruction": 36}},
-        "autoencoder": {"what": "...", "n": 36, "n_train": 24, "ssim": {"mean": 0.8123, "std": 0.031, "n": 36},
-                        "psnr": {"mean": 27.89, "std": 1.1, "n": 36}, "nmse": {"mean": 0.0211, "std": 0.01, "n": 36}},
+        "variant": "ddim50_both",
+        "n_generated": 24,
+        "n_masks": 12,
+        "seeds": [0, 12],
+        "reused_main": True,
+        "n_heldout": 36,
+        "n_train": 24,
+        "inception": {
+            "label": "standard (Inception-v3 pool3)",
+            "available": True,
+            "reason": "",
+            "fid": 87.65,
+            "kid_mean": 0.0456,
+            "kid_std": 0.0078,
+            "real_vs_real_fid": 43.21,
+            "ratio": 2.0285,
+            "n": 24,
+            "n_heldout": 36,
+            "n_real_vs_real": 24,
+            "autoencoder": {"fid": 61.23, "kid_mean": 0.0321, "kid_std": 0.0045, "ratio": 1.417, "n": 24},
+        },
+        "segmenter": {
+            "label": "in-domain (segmenter features)",
+            "available": True,
+            "reason": "",
+            "fid": 3.4567,
+            "kid_mean": 0.0123,
+            "kid_std": 0.0021,
+            "real_vs_real_fid": 1.2345,
+            "ratio": 2.8001,
+            "n": 24,
+            "n_heldout": 36,
+            "n_real_vs_real": 24,
+            "autoencoder": {"fid": 1.9753, "kid_mean": 0.0067, "kid_std": 0.0011, "ratio": 1.6001, "n": 24},
+        },
+        "spectrum": {
+            "frequency": freqs,
+            "cutoff": 0.25,
+            "window": "hann",
+            "reference": "heldout",
+            "spectra": {
+                "generated": [0.0, 1.0, 0.1, 0.01, 0.001],
+                "heldout": [0.0, 1.1, 0.2, 0.05, 0.01],
+                "train": [0.0, 1.05, 0.19, 0.045, 0.011],
+                "reconstruction": [0.0, 1.1, 0.15, 0.02, None],
+            },
+            "hf_fraction": {"generated": 0.0812, "heldout": 0.1234, "train": 0.1199, "reconstruction": 0.0934},
+            "hf_ratio": {"generated": 0.658, "train": 0.9716, "reconstruction": 0.7569},
+            "n": {"generated": 24, "heldout": 36, "train": 24, "reconstruction": 36},
+        },
+        "autoencoder": {
+            "what": "...",
+            "n": 36,
+            "n_train": 24,
+            "ssim": {"mean": 0.8123, "std": 0.031, "n": 36},
+            "psnr": {"mean": 27.89, "std": 1.1, "n": 36},
+            "nmse": {"mean": 0.0211, "std": 0.01, "n": 36},
+        },
     }
 
 
@@ -106,21 +211,35 @@ def samples(n: int = 12, size: int = 16) -> dict:
     label[:, 6:10, 6:10] = 1
     onehot = torch.nn.functional.one_hot(label, 4).permute(0, 3, 1, 2).float()
     edge = (torch.rand(n, 1, size, size, generator=g) > 0.9).float()
-    out = {"generated": torch.rand(n, 1, size, size, generator=g) * 2 - 1,
-           "real": torch.rand(n, 1, size, size, generator=g) * 2 - 1,
-           "label": label.to(torch.uint8), "cond": torch.cat([edge, onehot], 1).to(torch.uint8),
-           "segmentation": label.flip(-1).to(torch.uint8)}
-    out["examples"] = {"real": out["real"][:3], "cond": out["cond"][:3],
-                       "generated": {name: out["generated"][:3] * (j + 1) / 6 for j, name in enumerate(VARIANTS)}}
+    out = {
+        "generated": torch.rand(n, 1, size, size, generator=g) * 2 - 1,
+        "real": torch.rand(n, 1, size, size, generator=g) * 2 - 1,
+        "label": label.to(torch.uint8),
+        "cond": torch.cat([edge, onehot], 1).to(torch.uint8),
+        "segmentation": label.flip(-1).to(torch.uint8),
+    }
+    out["examples"] = {
+        "real": out["real"][:3],
+        "cond": out["cond"][:3],
+        "generated": {name: out["generated"][:3] * (j + 1) / 6 for j, name in enumerate(VARIANTS)},
+    }
     return out
 
 
 def per_image(n: int = 12) -> pd.DataFrame:
     rng = np.random.default_rng(0)
-    return pd.DataFrame({"subject": [f"s{i // 4}" for i in range(n)], "view": ["SA"] * (n - 2) + ["LA"] * 2,
-                         "phase": ["ED", "ES"] * (n // 2), "pathology": ["NOR"] * n,
-                         "ssim": rng.uniform(0.2, 0.5, n), "psnr": rng.uniform(12, 16, n),
-                         "nmse": rng.uniform(0.3, 0.6, n), "dice_fg": rng.uniform(0.5, 0.8, n)})
+    return pd.DataFrame(
+        {
+            "subject": [f"s{i // 4}" for i in range(n)],
+            "view": ["SA"] * (n - 2) + ["LA"] * 2,
+            "phase": ["ED", "ES"] * (n // 2),
+            "pathology": ["NOR"] * n,
+            "ssim": rng.uniform(0.2, 0.5, n),
+            "psnr": rng.uniform(12, 16, n),
+            "nmse": rng.uniform(0.3, 0.6, n),
+            "dice_fg": rng.uniform(0.5, 0.8, n),
+        }
+    )
 
 
 @pytest.fixture
@@ -133,33 +252,98 @@ def inputs(tmp_path):
     return tmp_path
 
 
-SECTIONS = ["# mmldm evaluation report", "## Summary", "## Intended use", "## Data", "## Architecture",
-            "## Training configuration", "## Results", "### Paired fidelity", "### By group",
-            "### Realism", "### Anatomy compliance", "### Samplers and conditions", "### Training recipe",
-            "### Quality against compute", "### Memorisation", "## Figures", "## Challenges", "## Limitations",
-            "## Inputs"]
+SECTIONS = [
+    "# mmldm evaluation report",
+    "## Summary",
+    "## Intended use",
+    "## Data",
+    "## Architecture",
+    "## Training configuration",
+    "## Results",
+    "### Paired fidelity",
+    "### By group",
+    "### Realism",
+    "### Anatomy compliance",
+    "### Samplers and conditions",
+    "### Training recipe",
+    "### Quality against compute",
+    "### Memorisation",
+    "## Figures",
+    "## Challenges",
+    "## Limitations",
+    "## Inputs",
+]
 
 
 def test_every_section_and_table_from_synthetic_metrics(inputs):
     cfg = load_config("smoke")
     out, figs = inputs / "report", inputs / "report" / "figures"
-    written = write_report(cfg, inputs / "eval" / "metrics.json", out_dir=out, figures_dir=figs,
-                           samples_path=inputs / "eval" / "samples.pt", table_path=inputs / "eval" / "per_image.csv")
+    written = write_report(
+        cfg,
+        inputs / "eval" / "metrics.json",
+        out_dir=out,
+        figures_dir=figs,
+        samples_path=inputs / "eval" / "samples.pt",
+        table_path=inputs / "eval" / "per_image.csv",
+    )
     text = (out / "report.md").read_text()
     for heading in SECTIONS:
         assert heading in text, heading
     # Numbers from the JSON, formatted: published beside ours, groups, distribution, Dice, memorisation.
-    for number in ("116.09", "0.440", "1.140", "0.301 ± 0.052", "0.422 ± 0.061", "14.37", "0.512", "0.446",
-                   "0.379", "3.46", "0.0123 ± 0.0021", "1.23", "0.830", "0.783", "0.674", "0.953", "0.728",
-                   "0.712", "24.61", "345 of 1024", "4321", "0.111", "0.667", "0.654 ± 0.050", "0.247 ± 0.010",
-                   "0.852", "(of 345)"):
+    for number in (
+        "116.09",
+        "0.440",
+        "1.140",
+        "0.301 ± 0.052",
+        "0.422 ± 0.061",
+        "14.37",
+        "0.512",
+        "0.446",
+        "0.379",
+        "3.46",
+        "0.0123 ± 0.0021",
+        "1.23",
+        "0.830",
+        "0.783",
+        "0.674",
+        "0.953",
+        "0.728",
+        "0.712",
+        "24.61",
+        "345 of 1024",
+        "4321",
+        "0.111",
+        "0.667",
+        "0.654 ± 0.050",
+        "0.247 ± 0.010",
+        "0.852",
+        "(of 345)",
+    ):
         assert number in text, number
     # Realism: FID beside its baseline and ratio, the autoencoder's ceiling, texture, all at their n.
-    for number in ("87.65", "0.0456 ± 0.0078", "43.21", "2.03", "61.23", "1.42", "2.80", "1.60", "1.98",
-                   "8.1 %", "12.3 %", "0.658", "0.972", "0.757", "0.812 ± 0.031", "27.89 ± 1.10",
-                   "n = 24", "12 held-out masks", "24 generated / 36 held-out / 24 training"):
+    for number in (
+        "87.65",
+        "0.0456 ± 0.0078",
+        "43.21",
+        "2.03",
+        "61.23",
+        "1.42",
+        "2.80",
+        "1.60",
+        "1.98",
+        "8.1 %",
+        "12.3 %",
+        "0.658",
+        "0.972",
+        "0.757",
+        "0.812 ± 0.031",
+        "27.89 ± 1.10",
+        "n = 24",
+        "12 held-out masks",
+        "24 generated / 36 held-out / 24 training",
+    ):
         assert number in text, number
-    realism = text[text.index("### Realism"):text.index("### Anatomy")]
+    realism = text[text.index("### Realism") : text.index("### Anatomy")]
     assert "**The diffusion model limits realism**" in realism and "41%" in realism  # (1.417-1)/(2.0285-1)
     assert "From the Inception FID ratios" in realism
     assert "Realism (24 generated images against 36 real held-out slices)" in text  # the summary
@@ -208,7 +392,9 @@ def test_the_template_holds_the_prose_and_the_code_uses_every_block():
             if len(chunk.strip()) >= 40:
                 assert chunk.strip() not in source, (name, chunk)
     # The evaluation figures the template links are the ones mmldm.viz.report_figures saves.
-    listed = [f for b in blocks if b.endswith((".figure", ".figures")) for f, _ in figure_list(b, profile="x", main="m")]
+    listed = [
+        f for b in blocks if b.endswith((".figure", ".figures")) for f, _ in figure_list(b, profile="x", main="m")
+    ]
     assert {f for f in listed if f.startswith("05_")} <= set(rf.FIGURES.values())
     assert len(listed) == len(set(listed)) and "vqvae_loss_x.png" in listed
 
@@ -244,20 +430,63 @@ def test_optional_ablation_and_compute_tables(inputs):
     out = inputs / "report"
     out.mkdir()
     # benchmarks/convergence.py's format: {variant spec: row}, NaN where not measured.
-    (out / "ablation.json").write_text(json.dumps({
-        "seed@ddpm1000": {"variant": "seed@ddpm1000", "sampler": "ddpm1000", "steps": 1000, "ssim": 0.1198,
-                          "nmse": 1.6557, "dice_fg": 0.3954, "train_s": 860.7, "real_dice_fg": 0.7815,
-                          "source": "acdc"},
-        "ours_x0_lr1e-3": {"ssim": 0.3981, "nmse": 0.4193, "dice_fg": 0.6777, "train_s": float("nan"),
-                           "source": "acdc"}}))
-    (out / "compute.json").write_text(json.dumps({
-        "ours": {"variant": "ours", "steps": 1000, "train_s": 600.0, "ssim": 0.3913, "nmse": 0.43, "dice_fg": 0.66},
-        "ours*2": {"variant": "ours*2", "steps": 2000, "train_s": 1200.0, "ssim": 0.4127, "nmse": 0.41,
-                   "dice_fg": 0.69},
-        "ours*4": {"variant": "ours*4", "steps": 4000, "train_s": 2400.0, "ssim": 0.4391, "nmse": 0.39,
-                   "dice_fg": 0.71}}))
-    written = write_report(load_config("smoke"), inputs / "eval" / "metrics.json", out_dir=out,
-                           figures_dir=out / "figures")
+    (out / "ablation.json").write_text(
+        json.dumps(
+            {
+                "seed@ddpm1000": {
+                    "variant": "seed@ddpm1000",
+                    "sampler": "ddpm1000",
+                    "steps": 1000,
+                    "ssim": 0.1198,
+                    "nmse": 1.6557,
+                    "dice_fg": 0.3954,
+                    "train_s": 860.7,
+                    "real_dice_fg": 0.7815,
+                    "source": "acdc",
+                },
+                "ours_x0_lr1e-3": {
+                    "ssim": 0.3981,
+                    "nmse": 0.4193,
+                    "dice_fg": 0.6777,
+                    "train_s": float("nan"),
+                    "source": "acdc",
+                },
+            }
+        )
+    )
+    (out / "compute.json").write_text(
+        json.dumps(
+            {
+                "ours": {
+                    "variant": "ours",
+                    "steps": 1000,
+                    "train_s": 600.0,
+                    "ssim": 0.3913,
+                    "nmse": 0.43,
+                    "dice_fg": 0.66,
+                },
+                "ours*2": {
+                    "variant": "ours*2",
+                    "steps": 2000,
+                    "train_s": 1200.0,
+                    "ssim": 0.4127,
+                    "nmse": 0.41,
+                    "dice_fg": 0.69,
+                },
+                "ours*4": {
+                    "variant": "ours*4",
+                    "steps": 4000,
+                    "train_s": 2400.0,
+                    "ssim": 0.4391,
+                    "nmse": 0.39,
+                    "dice_fg": 0.71,
+                },
+            }
+        )
+    )
+    written = write_report(
+        load_config("smoke"), inputs / "eval" / "metrics.json", out_dir=out, figures_dir=out / "figures"
+    )
     text = written["report"].read_text()
     for number in ("0.120", "1.656", "0.395", "0.398", "0.678", "861", "0.391", "0.413", "0.439", "4000"):
         assert number in text, number
@@ -312,10 +541,24 @@ def test_a_metrics_file_from_before_the_realism_block_still_reports():
     m = synthetic_metrics()
     del m["realism"]
     m["distribution"] = {
-        "inception": {"fid": None, "kid_mean": None, "kid_std": None, "real_vs_real_fid": None, "n": 12,
-                      "available": False, "reason": "no Inception weights file found"},
-        "segmenter": {"fid": 3.9876, "kid_mean": 0.0123, "kid_std": 0.0021, "real_vs_real_fid": 1.2345, "n": 12,
-                      "label": "in-domain (segmenter features)"}}
+        "inception": {
+            "fid": None,
+            "kid_mean": None,
+            "kid_std": None,
+            "real_vs_real_fid": None,
+            "n": 12,
+            "available": False,
+            "reason": "no Inception weights file found",
+        },
+        "segmenter": {
+            "fid": 3.9876,
+            "kid_mean": 0.0123,
+            "kid_std": 0.0021,
+            "real_vs_real_fid": 1.2345,
+            "n": 12,
+            "label": "in-domain (segmenter features)",
+        },
+    }
     text = build_report(m)
     assert "### Distribution: FID and KID" in text and "3.99" in text and "no Inception weights file found" in text
     assert "in-domain FID on segmenter features 3.99" in text and "### Realism" not in text
@@ -340,10 +583,18 @@ def test_smoke_report_goes_into_the_run_folder_not_the_committed_report():
 
 def test_figures_draw(tmp_path):
     m, s = synthetic_metrics(), samples()
-    for fig in (rf.generation_grid(s["cond"], {"generated": s["generated"]}, s["real"], s["label"]),
-                rf.variant_bars(m), rf.group_boxplots(per_image()), rf.memorisation_histogram(m["memorisation"]["ratios"]),
-                rf.compute_plot([{"steps": 10, "train_s": 5.0, "ssim": 0.1, "nmse": 0.9, "dice_fg": 0.2},
-                                 {"steps": 20, "train_s": 9.0, "ssim": 0.2, "nmse": 0.8, "dice_fg": 0.3}])):
+    for fig in (
+        rf.generation_grid(s["cond"], {"generated": s["generated"]}, s["real"], s["label"]),
+        rf.variant_bars(m),
+        rf.group_boxplots(per_image()),
+        rf.memorisation_histogram(m["memorisation"]["ratios"]),
+        rf.compute_plot(
+            [
+                {"steps": 10, "train_s": 5.0, "ssim": 0.1, "nmse": 0.9, "dice_fg": 0.2},
+                {"steps": 20, "train_s": 9.0, "ssim": 0.2, "nmse": 0.8, "dice_fg": 0.3},
+            ]
+        ),
+    ):
         assert fig.axes
         rf.plt.close(fig)
     fig = rf.radial_spectra(m["realism"]["spectrum"])

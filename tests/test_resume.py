@@ -42,8 +42,22 @@ def env() -> dict:
 
 def command(stage: str, store: Path, out: Path, figures: Path, extra: list[str]) -> list[str]:
     sets = [s.format(stage=stage) for s in COMMON] + extra
-    return [sys.executable, "-m", "mmldm", f"train-{stage}", "--config", "smoke", "--store", str(store),
-            "--out", str(out), "--figures", str(figures), "--quiet", *sets]
+    return [
+        sys.executable,
+        "-m",
+        "mmldm",
+        f"train-{stage}",
+        "--config",
+        "smoke",
+        "--store",
+        str(store),
+        "--out",
+        str(out),
+        "--figures",
+        str(figures),
+        "--quiet",
+        *sets,
+    ]
 
 
 def flatten(obj, prefix=""):
@@ -90,12 +104,23 @@ def kill_after_second_checkpoint(cmd: list[str], out: Path, timeout: float = 300
 
 def run_interrupted_and_reference(stage: str, store: Path, tmp: Path, extra: list[str]) -> tuple[dict, dict, Path]:
     ref_out, cut_out = tmp / "reference" / stage, tmp / "interrupted" / stage
-    reference = subprocess.Popen(command(stage, store, ref_out, tmp / "fig_ref", extra), env=env(), cwd=REPO,
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    reference = subprocess.Popen(
+        command(stage, store, ref_out, tmp / "fig_ref", extra),
+        env=env(),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     killed_at = kill_after_second_checkpoint(command(stage, store, cut_out, tmp / "fig_cut", extra), cut_out)
     assert 3 <= killed_at < STEPS
-    resumed = subprocess.run(command(stage, store, cut_out, tmp / "fig_cut", extra) + ["--resume"], env=env(),
-                             cwd=REPO, capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        command(stage, store, cut_out, tmp / "fig_cut", extra) + ["--resume"],
+        env=env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     out, _ = reference.communicate(timeout=600)
     assert reference.returncode == 0, out.decode()
@@ -122,8 +147,14 @@ def test_vqvae_resume_is_exact(store, tmp_path):
 
 
 def test_ldm_resume_is_exact(store, tmp_path):
-    vqvae = subprocess.run(command("vqvae", store, tmp_path / "vqvae", tmp_path / "fig", []), env=env(), cwd=REPO,
-                           capture_output=True, text=True, timeout=600)
+    vqvae = subprocess.run(
+        command("vqvae", store, tmp_path / "vqvae", tmp_path / "fig", []),
+        env=env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert vqvae.returncode == 0, vqvae.stdout + vqvae.stderr
     extra = LDM_SET + [f"--vqvae={tmp_path / 'vqvae' / LAST}"]
     a, b, _ = run_interrupted_and_reference("ldm", store, tmp_path, extra)
@@ -134,8 +165,20 @@ def test_truncated_checkpoint_is_named_and_resume_uses_the_previous(store, tmp_p
     from mmldm.cli import main
 
     run = tmp_path / "vqvae"
-    args = ["train-vqvae", "--config", "smoke", "--store", str(store), "--out", str(run), "--figures",
-            str(tmp_path), "--quiet", "--set=train_vqvae.steps=6", "--set=train_vqvae.ckpt_every=3"]
+    args = [
+        "train-vqvae",
+        "--config",
+        "smoke",
+        "--store",
+        str(store),
+        "--out",
+        str(run),
+        "--figures",
+        str(tmp_path),
+        "--quiet",
+        "--set=train_vqvae.steps=6",
+        "--set=train_vqvae.ckpt_every=3",
+    ]
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -143,8 +186,23 @@ def test_truncated_checkpoint_is_named_and_resume_uses_the_previous(store, tmp_p
         data = (run / LAST).read_bytes()
         (run / LAST).write_bytes(data[: len(data) // 3])
         # Loading it (here as the LDM's VQVAE) is a one-line error naming both files.
-        assert main(["train-ldm", "--config", "smoke", "--store", str(store), "--vqvae", str(run / LAST),
-                     "--out", str(tmp_path / "ldm"), "--quiet"]) == 2
+        assert (
+            main(
+                [
+                    "train-ldm",
+                    "--config",
+                    "smoke",
+                    "--store",
+                    str(store),
+                    "--vqvae",
+                    str(run / LAST),
+                    "--out",
+                    str(tmp_path / "ldm"),
+                    "--quiet",
+                ]
+            )
+            == 2
+        )
         err = capsys.readouterr().err
         assert str(run / LAST) in err and "truncated or corrupt" in err and str(run / PREVIOUS) in err
         assert (run / PREVIOUS).exists() and load_checkpoint(run / PREVIOUS)["step"] == 3

@@ -15,8 +15,6 @@ sampling with it must return samples with mean mu and std s, whatever the sample
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
@@ -62,8 +60,13 @@ def make_peer(diffusers, kind, schedule, prediction, n, **extra):
         peer = diffusers.DDIMScheduler(clip_sample=False, set_alpha_to_one=True, **common, **extra)
     else:
         peer = diffusers.DPMSolverMultistepScheduler(
-            algorithm_type="dpmsolver++", solver_order=2, solver_type="midpoint", lower_order_final=True,
-            final_sigmas_type="zero", **common, **extra,
+            algorithm_type="dpmsolver++",
+            solver_order=2,
+            solver_type="midpoint",
+            lower_order_final=True,
+            final_sigmas_type="zero",
+            **common,
+            **extra,
         )
     peer.set_timesteps(n)
     return peer
@@ -84,12 +87,13 @@ def compare_steps(ours, peer, kind, eta=0.0, model=fake_model, shape=(2, 3, 4, 4
         if kind == "ddpm":  # diffusers' DDPM draws its own noise: give it a generator seeded alike
             theirs = peer.step(out, t, x, generator=torch.Generator().manual_seed(1000 + i)).prev_sample
         elif kind == "ddim":
-            theirs = peer.step(out, t, x, eta=eta, variance_noise=noise if eta > 0 else None,
-                               use_clipped_model_output=True).prev_sample
+            theirs = peer.step(
+                out, t, x, eta=eta, variance_noise=noise if eta > 0 else None, use_clipped_model_output=True
+            ).prev_sample
         else:
             theirs = peer.step(out, t, x).prev_sample
         mine = ours.step(out, i, x, noise=noise).prev_sample
-        torch.testing.assert_close(mine, theirs, **TOL, msg=lambda m: f"step {i} (t={t}): {m}")
+        torch.testing.assert_close(mine, theirs, **TOL, msg=lambda m, i=i, t=t: f"step {i} (t={t}): {m}")
         x = mine
     return len(ours.timesteps)
 
@@ -106,7 +110,12 @@ def test_same_alphas_cumprod(diffusers, schedule):
 @pytest.mark.parametrize("kind", ["ddpm", "ddim", "dpm"])
 def test_steps_match_diffusers(diffusers, kind, schedule, prediction):
     n = 20
-    assert compare_steps(make_ours(kind, schedule, prediction, n), make_peer(diffusers, kind, schedule, prediction, n), kind) == n
+    assert (
+        compare_steps(
+            make_ours(kind, schedule, prediction, n), make_peer(diffusers, kind, schedule, prediction, n), kind
+        )
+        == n
+    )
 
 
 @pytest.mark.parametrize("prediction", ["epsilon", "v"])
@@ -125,7 +134,10 @@ def test_leading_spacing_with_offset_matches_diffusers(diffusers, kind):
 
 def test_paper_setting_1000_step_ddpm_matches_diffusers(diffusers):
     ours = make_ours("ddpm", "scaled_linear", "epsilon", 1000)
-    assert compare_steps(ours, make_peer(diffusers, "ddpm", "scaled_linear", "epsilon", 1000), "ddpm", shape=(1, 1, 2, 2)) == 1000
+    assert (
+        compare_steps(ours, make_peer(diffusers, "ddpm", "scaled_linear", "epsilon", 1000), "ddpm", shape=(1, 1, 2, 2))
+        == 1000
+    )
 
 
 @pytest.mark.parametrize("kind", ["ddpm", "ddim"])
@@ -141,8 +153,16 @@ def test_clipped_x0_matches_diffusers(diffusers, kind):
 @pytest.mark.parametrize("kind", ["ddpm", "ddim", "dpm"])
 def test_dynamic_thresholding_matches_diffusers(diffusers, kind):
     ours = make_ours(kind, "scaled_linear", "epsilon", 20, dynamic_threshold=0.9, dynamic_threshold_max=1.5)
-    peer = make_peer(diffusers, kind, "scaled_linear", "epsilon", 20,
-                     thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=1.5)
+    peer = make_peer(
+        diffusers,
+        kind,
+        "scaled_linear",
+        "epsilon",
+        20,
+        thresholding=True,
+        dynamic_thresholding_ratio=0.9,
+        sample_max_value=1.5,
+    )
     compare_steps(ours, peer, kind)
 
 
@@ -205,8 +225,15 @@ def test_deterministic_samplers_converge_to_gaussian_data(schedule):
     sched = NoiseSchedule(1000, schedule)
     model_fn = gaussian_denoiser(sched, "epsilon")
     errors = {}
-    for name, steps in [("ddim", 10), ("ddim", 50), ("ddim", 200), ("ddim", 1000),
-                        ("dpm_solver", 10), ("dpm_solver", 50), ("dpm_solver", 200)]:
+    for name, steps in [
+        ("ddim", 10),
+        ("ddim", 50),
+        ("ddim", 200),
+        ("ddim", 1000),
+        ("dpm_solver", 10),
+        ("dpm_solver", 50),
+        ("dpm_solver", 200),
+    ]:
         mean, std = affine_map(make_sampler(SamplerConfig(name=name, num_inference_steps=steps), sched), model_fn)
         assert mean == pytest.approx(MU, abs=0.01), (name, steps)
         errors[name, steps] = abs(std - STD)
@@ -227,7 +254,9 @@ def test_prediction_types_give_the_same_deterministic_sample(name, steps):
     results = []
     for prediction_type in ("epsilon", "v", "sample"):
         sampler = make_sampler(SamplerConfig(name=name, num_inference_steps=steps), sched, prediction_type)
-        results.append(sample(gaussian_denoiser(sched, prediction_type), sampler, x_T.shape, None, x_T=x_T, dtype=torch.float64))
+        results.append(
+            sample(gaussian_denoiser(sched, prediction_type), sampler, x_T.shape, None, x_T=x_T, dtype=torch.float64)
+        )
     torch.testing.assert_close(results[1], results[0], rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(results[2], results[0], rtol=1e-9, atol=1e-9)
 
@@ -247,8 +276,13 @@ def test_callback_is_called_once_per_step(name, steps):
     sched = NoiseSchedule()
     sampler = make_sampler(SamplerConfig(name=name, num_inference_steps=steps), sched)
     calls = []
-    x = sample(gaussian_denoiser(sched, "epsilon"), sampler, (2, 1, 4, 4), torch.Generator().manual_seed(0),
-               callback=lambda i, t, x_t, x0: calls.append((i, t, x_t.shape, x0.shape)))
+    x = sample(
+        gaussian_denoiser(sched, "epsilon"),
+        sampler,
+        (2, 1, 4, 4),
+        torch.Generator().manual_seed(0),
+        callback=lambda i, t, x_t, x0: calls.append((i, t, x_t.shape, x0.shape)),
+    )
     assert [c[0] for c in calls] == list(range(steps))
     assert [c[1] for c in calls] == sampler.timesteps.tolist()
     assert all(c[2] == x.shape and c[3] == x.shape for c in calls)

@@ -103,8 +103,12 @@ def test_conversions_invert_each_other(name):
 def test_min_snr_weight_values():
     snr = torch.tensor([0.1, 1.0, 5.0, 20.0], dtype=torch.float64)
     gamma = 5.0
-    torch.testing.assert_close(min_snr_weight(snr, gamma, "epsilon"), torch.tensor([1, 1, 1, 0.25], dtype=torch.float64))
-    torch.testing.assert_close(min_snr_weight(snr, gamma, "v"), torch.tensor([0.1 / 1.1, 0.5, 5 / 6, 5 / 21], dtype=torch.float64))
+    torch.testing.assert_close(
+        min_snr_weight(snr, gamma, "epsilon"), torch.tensor([1, 1, 1, 0.25], dtype=torch.float64)
+    )
+    torch.testing.assert_close(
+        min_snr_weight(snr, gamma, "v"), torch.tensor([0.1 / 1.1, 0.5, 5 / 6, 5 / 21], dtype=torch.float64)
+    )
     torch.testing.assert_close(min_snr_weight(snr, gamma, "sample"), torch.tensor([0.1, 1, 5, 5], dtype=torch.float64))
 
 

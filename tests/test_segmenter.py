@@ -12,11 +12,17 @@ import pytest
 import torch
 
 from mmldm.config import load_config
-from mmldm.evaluate.anatomy import anatomy_dice
 from mmldm.data.dataset import CardiacSliceDataset
 from mmldm.data.store import StoreWriter
-from mmldm.models.segmenter import Segmenter, SegmenterConfig, segmentation_loss, soft_dice_loss
-from mmldm.models.segmenter import CHECKPOINT_NAME, load_segmenter
+from mmldm.evaluate.anatomy import anatomy_dice
+from mmldm.models.segmenter import (
+    CHECKPOINT_NAME,
+    Segmenter,
+    SegmenterConfig,
+    load_segmenter,
+    segmentation_loss,
+    soft_dice_loss,
+)
 from mmldm.train.segmenter import train_segmenter
 
 SIZE = 32
@@ -48,11 +54,21 @@ def store(tmp_path_factory):
     writer.append(images, labels, np.zeros_like(labels))
     n = len(labels)
     subjects = [f"{i // 4:03d}" for i in range(n)]  # 8 subjects of 4 slices; the last 2 held out
-    writer.finish({
-        "subject": subjects, "view": ["SA"] * n, "phase": ["ED", "ES"] * (n // 2), "slice_index": list(range(n)),
-        "source": ["phantom"] * n, "split": ["val" if s in ("006", "007") else "train" for s in subjects],
-        "vendor": [""] * n, "centre": [""] * n, "pathology": [""] * n, "spacing": [(1.0, 1.0)] * n,
-    }, {"config": "size: 32\n", "sources": "[]"})
+    writer.finish(
+        {
+            "subject": subjects,
+            "view": ["SA"] * n,
+            "phase": ["ED", "ES"] * (n // 2),
+            "slice_index": list(range(n)),
+            "source": ["phantom"] * n,
+            "split": ["val" if s in ("006", "007") else "train" for s in subjects],
+            "vendor": [""] * n,
+            "centre": [""] * n,
+            "pathology": [""] * n,
+            "spacing": [(1.0, 1.0)] * n,
+        },
+        {"config": "size: 32\n", "sources": "[]"},
+    )
     return path
 
 

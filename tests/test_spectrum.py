@@ -122,8 +122,9 @@ def test_edge_cases_are_errors_or_nan():
 
 def test_compare_spectra_gives_json_ready_lists():
     real = noise(n=16, size=16, seed=5)
-    out = compare_spectra({"generated": blur(real), "heldout": real, "train": noise(n=8, size=16, seed=6)},
-                          reference="heldout")
+    out = compare_spectra(
+        {"generated": blur(real), "heldout": real, "train": noise(n=8, size=16, seed=6)}, reference="heldout"
+    )
     assert len(out["frequency"]) == 9 and all(len(s) == 9 for s in out["spectra"].values())
     assert all(isinstance(v, float) for v in out["spectra"]["generated"])
     assert set(out["hf_ratio"]) == {"generated", "train"} and out["n"] == {"generated": 16, "heldout": 16, "train": 8}

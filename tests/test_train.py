@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
+from mmldm.checkpoint import LAST, PREVIOUS, load_checkpoint, weights_hash
 from mmldm.config import load_config
 from mmldm.data.dataset import CardiacSliceDataset
-from mmldm.errors import ConfigError
-from mmldm.checkpoint import LAST, PREVIOUS, load_checkpoint, weights_hash
-from mmldm.train.distributed import Dist
 from mmldm.diffusion.latent_norm import denormalize, latent_stats, normalize
+from mmldm.errors import ConfigError
+from mmldm.train.distributed import Dist
 from mmldm.train.latents import LatentDataset, cache_key, ensure_cache
 from mmldm.train.log import CSVLog, read_log
 from mmldm.train.loop import ResumableSampler
@@ -98,7 +98,7 @@ def test_sampler_resumes_mid_epoch_and_shards_across_ranks():
     data = list(range(23))
     full = take(iter(ResumableSampler(data, 4, Dist(), seed=1)), 4 * 12)  # 5 batches per epoch: ~2.4 epochs
     later = take(iter(ResumableSampler(data, 4, Dist(), seed=1, start_batch=7)), 4 * 5)
-    assert later == full[4 * 7:]
+    assert later == full[4 * 7 :]
     # Each epoch is a fresh permutation of distinct items (the 3 left over are dropped).
     epoch0, epoch1 = full[:20], full[20:40]
     assert len(set(epoch0)) == 20 and len(set(epoch1)) == 20 and epoch0 != epoch1
@@ -227,8 +227,12 @@ def test_ldm_samples_from_its_checkpoint(trained, store, one_thread):
     assert not torch.equal(images, model.sample(item["cond"][None], item["view"][None], seed=1))
     # encode/decode are each other's inverse up to the VQ-VAE's reconstruction (same shape, range)
     z = model.encode(item["image"][None])
-    assert z.shape == (1, model.config.unet.latent_channels, 32 // model.vqvae.config.downsample_factor,
-                       32 // model.vqvae.config.downsample_factor)
+    assert z.shape == (
+        1,
+        model.config.unet.latent_channels,
+        32 // model.vqvae.config.downsample_factor,
+        32 // model.vqvae.config.downsample_factor,
+    )
     assert model.decode(z).shape == (1, 1, 32, 32)
 
 
@@ -236,8 +240,9 @@ def test_ldm_refuses_a_vqvae_of_another_shape(trained, store, tmp_path):
     from mmldm.train.ldm import train_ldm
 
     _, root, _, _ = trained
-    cfg = load_config("smoke", overrides=["vqvae.down_sample=[true, false]", "unet.cond_downsample=2",
-                                         "unet.hint_channels=[8, 16]"])
+    cfg = load_config(
+        "smoke", overrides=["vqvae.down_sample=[true, false]", "unet.cond_downsample=2", "unet.hint_channels=[8, 16]"]
+    )
     with pytest.raises(ConfigError, match="cond_downsample"):
         train_ldm(cfg, store, root / "vqvae" / LAST, tmp_path / "ldm", progress=False, figures_dir=tmp_path)
 
@@ -258,9 +263,16 @@ def test_gradient_accumulation_matches_one_big_batch(store, tmp_path, one_thread
 
     grads = []
     for accum in (1, 2):
-        cfg = load_config("smoke", overrides=[f"train_vqvae.grad_accum={accum}", "vqvae.ema=false",
-                                              "vqvae.restart_after=0", "vqvae.adversarial_start=100",
-                                              "train_vqvae.grad_clip=null"])  # clipping would hide a scale error
+        cfg = load_config(
+            "smoke",
+            overrides=[
+                f"train_vqvae.grad_accum={accum}",
+                "vqvae.ema=false",
+                "vqvae.restart_after=0",
+                "vqvae.adversarial_start=100",
+                "train_vqvae.grad_clip=null",
+            ],
+        )  # clipping would hide a scale error
         trainer = VQVAETrainer(cfg, store, tmp_path / f"accum{accum}", tmp_path, progress=False)
         trainer.train_step()
         grads.append({n: p.grad.clone() for n, p in trainer.model.named_parameters()})
@@ -275,9 +287,18 @@ def test_ldm_without_cache_and_with_gpu_options_on_the_cpu(trained, store, tmp_p
     from mmldm.train.ldm import train_ldm
 
     _, root, _, _ = trained
-    cfg = load_config("smoke", overrides=["train_ldm.steps=3", "train_ldm.cache_latents=false", "train_ldm.amp=true",
-                                          "train_ldm.channels_last=true", "train_ldm.compile=true",
-                                          "train_ldm.latent_norm=none", "train_ldm.ema=false"])
+    cfg = load_config(
+        "smoke",
+        overrides=[
+            "train_ldm.steps=3",
+            "train_ldm.cache_latents=false",
+            "train_ldm.amp=true",
+            "train_ldm.channels_last=true",
+            "train_ldm.compile=true",
+            "train_ldm.latent_norm=none",
+            "train_ldm.ema=false",
+        ],
+    )
     result = train_ldm(cfg, store, root / "vqvae" / LAST, tmp_path / "ldm", progress=False, figures_dir=tmp_path)
     assert result["step"] == 3 and result["latent_cache"] is None and not (tmp_path / "ldm" / "latents.h5").exists()
     assert result["latent_stats"]["mean"] == [0.0] * cfg.unet.latent_channels

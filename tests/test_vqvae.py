@@ -107,7 +107,7 @@ def test_ema_codebook_moves_to_cluster_means_and_is_not_a_parameter():
     assert param_count(vq) == 0 and "codebook" in vq.state_dict()
     before = vq.codebook.clone()
     target = vq.codebook[1].clone() + 0.5  # every vector near code 1 -> code 1 should move there
-    z = (target.view(1, 2, 1, 1) + 0.01 * torch.randn(1, 2, 4, 4))
+    z = target.view(1, 2, 1, 1) + 0.01 * torch.randn(1, 2, 4, 4)
     vq.train()
     for _ in range(100):
         z_q, info = vq(z)

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from mmldm.data.edges import canny_edges
-from mmldm.inference import LatentDiffusion
 from mmldm.errors import DataError, MMLDMError
+from mmldm.inference import LatentDiffusion
 from mmldm.viz.widgets import (
     Explorer,
     build_ui,

@@ -56,8 +56,14 @@ def mask_edges(label: np.ndarray, data_cfg) -> np.ndarray:
     """Canny edges (uint8 {0, 1}) of a label map (H, W): the map drawn with :data:`MASK_LEVELS`
     and run through preprocessing's Canny with ``data_cfg``'s settings (sigma, kernel, thresholds)."""
     pseudo = MASK_LEVELS[np.asarray(label, np.intp)]
-    return canny_edges(pseudo, data_cfg.canny_sigma, data_cfg.canny_kernel, data_cfg.canny_low,
-                       data_cfg.canny_high, data_cfg.canny_blur)
+    return canny_edges(
+        pseudo,
+        data_cfg.canny_sigma,
+        data_cfg.canny_kernel,
+        data_cfg.canny_low,
+        data_cfg.canny_high,
+        data_cfg.canny_blur,
+    )
 
 
 def condition_from_mask(label: np.ndarray, data_cfg, edges: str = "auto") -> torch.Tensor:

@@ -37,7 +37,8 @@ level 1, see store.py), about 0.15 ms on this machine. Conversions pick the fast
 numpy, written straight into the float32 ``cond`` buffer (~35 us vs ~150 us in torch).
 ``in_memory=True`` reads the filtered arrays once instead: about 256 kB per 256 x 256 slice
 (float16 image + two uint8 maps), e.g. 1.8 GB for the ~7,000 labelled slices of 360 M&Ms-2-size
-subjects, read in 5-20 s; DataLoader workers share it copy-on-write (Linux fork). benchmarks/data_pipeline.py measures all of these.
+subjects, read in 5-20 s; DataLoader workers share it copy-on-write (Linux fork).
+benchmarks/data_pipeline.py measures all of these.
 
 Augmentation (``augment=True``, off by default): a random dihedral transform, i.e. one of the 4
 rotations by 90 degrees, optionally mirrored, applied identically to image, edges and labels (an
@@ -62,6 +63,7 @@ from mmldm.data.schema import VIEWS
 from mmldm.data.store import open_store, read_meta
 from mmldm.errors import DataError
 
+
 def expand_batch(batch: dict, device: torch.device | str | None = None) -> dict:
     """Compact items (``expand=False``), one or collated, -> the documented float tensors.
 
@@ -71,8 +73,14 @@ def expand_batch(batch: dict, device: torch.device | str | None = None) -> dict:
     label = batch["label"].to(device, non_blocking=True).long()
     cond = build_condition(label, batch["edge"].to(device, non_blocking=True))
     image = batch["image"].to(device, non_blocking=True).float()
-    return {**batch, "image": image, "label": label, "edge": cond[..., :1, :, :],
-            "onehot": cond[..., 1:, :, :], "cond": cond}
+    return {
+        **batch,
+        "image": image,
+        "label": label,
+        "edge": cond[..., :1, :, :],
+        "onehot": cond[..., 1:, :, :],
+        "cond": cond,
+    }
 
 
 def _runs(indices: np.ndarray) -> list[tuple[int, int, int]]:
@@ -199,6 +207,11 @@ class CardiacSliceDataset(Dataset):
             return item
         cond = build_condition(label, edge)  # data/condition.py: one float32 buffer, no torch ops
         # torch converts float16 -> float32 ~10x faster than numpy does
-        item.update(image=image.float().contiguous()[None], edge=cond[0:1], onehot=cond[1:], cond=cond,
-                    label=torch.from_numpy(np.ascontiguousarray(label)).long())
+        item.update(
+            image=image.float().contiguous()[None],
+            edge=cond[0:1],
+            onehot=cond[1:],
+            cond=cond,
+            label=torch.from_numpy(np.ascontiguousarray(label)).long(),
+        )
         return item

@@ -19,8 +19,16 @@ from mmldm.data.schema import LABELS, Case, Slice, Volume
 
 def case_table(cases: list[Case]) -> pd.DataFrame:
     """One row per case: subject, view, phase, source and every metadata key the reader gave."""
-    rows = [{"subject": c.subject, "view": c.view, "phase": c.phase, "source": c.source,
-             **{k: v for k, v in c.meta.items() if np.isscalar(v) or v is None}} for c in cases]
+    rows = [
+        {
+            "subject": c.subject,
+            "view": c.view,
+            "phase": c.phase,
+            "source": c.source,
+            **{k: v for k, v in c.meta.items() if np.isscalar(v) or v is None},
+        }
+        for c in cases
+    ]
     return pd.DataFrame(rows)
 
 
@@ -43,10 +51,18 @@ def slice_table(volumes: list[Volume]) -> pd.DataFrame:
         for z in range(vol.image.shape[2]):
             lab = vol.label[:, :, z]
             img = vol.image[:, :, z]
-            row = {"subject": vol.case.subject, "view": vol.case.view, "phase": vol.case.phase,
-                   "source": vol.case.source, "slice": z, "slices": vol.image.shape[2],
-                   "pathology": vol.case.meta.get("pathology"), "vendor": vol.case.meta.get("vendor"),
-                   "p1": float(np.percentile(img, 1)), "p99": float(np.percentile(img, 99))}
+            row = {
+                "subject": vol.case.subject,
+                "view": vol.case.view,
+                "phase": vol.case.phase,
+                "source": vol.case.source,
+                "slice": z,
+                "slices": vol.image.shape[2],
+                "pathology": vol.case.meta.get("pathology"),
+                "vendor": vol.case.meta.get("vendor"),
+                "p1": float(np.percentile(img, 1)),
+                "p99": float(np.percentile(img, 99)),
+            }
             for k, name in LABELS.items():
                 if k:
                     row[f"{name}_mm2"] = float((lab == k).sum()) * pixel_mm2
@@ -103,11 +119,20 @@ def store_layout(path: str | Path) -> pd.DataFrame:
 
     rows = []
     with h5py.File(path, "r") as f:
+
         def visit(name, obj):
             if isinstance(obj, h5py.Dataset):
-                rows.append({"dataset": name, "shape": obj.shape, "dtype": str(obj.dtype),
-                             "chunks": obj.chunks, "filter": obj.compression or "none",
-                             "stored_MB": round(obj.id.get_storage_size() / 1e6, 2)})
+                rows.append(
+                    {
+                        "dataset": name,
+                        "shape": obj.shape,
+                        "dtype": str(obj.dtype),
+                        "chunks": obj.chunks,
+                        "filter": obj.compression or "none",
+                        "stored_MB": round(obj.id.get_storage_size() / 1e6, 2),
+                    }
+                )
+
         f.visititems(visit)
     return pd.DataFrame(rows)
 

@@ -138,13 +138,10 @@ def load_pair(
     if image.shape != label.shape:
         raise DataError(
             label_path,
-            f"label shape {label.shape} does not match image shape {image.shape} "
-            f"of {Path(image_path).name}",
+            f"label shape {label.shape} does not match image shape {image.shape} of {Path(image_path).name}",
         )
     if frame is not None:
         if not 0 <= frame < image.shape[3]:
-            raise DataError(
-                image_path, f"frame {frame} is out of range: the cine has {image.shape[3]} frames"
-            )
+            raise DataError(image_path, f"frame {frame} is out of range: the cine has {image.shape[3]} frames")
         image, label = image[..., frame], label[..., frame]
     return as_image(image_path, image), as_label(label_path, label, remap), spacing

@@ -50,7 +50,6 @@ from typing import Literal
 
 import numpy as np
 import yaml
-from mmldm.progress import tqdm
 
 from mmldm import atomic
 from mmldm.data.crop import crop_volume
@@ -59,10 +58,11 @@ from mmldm.data.normalize import normalize
 from mmldm.data.readers import find_cases, load_case
 from mmldm.data.schema import PHASES, VIEWS, Case
 from mmldm.data.split import split_subjects
-
-SPLIT_NAMES = ("train", "val", "test")  # "test": every subject of an external test set (split=)
 from mmldm.data.store import StoreWriter
 from mmldm.errors import DataError, check_terminated
+from mmldm.progress import tqdm
+
+SPLIT_NAMES = ("train", "val", "test")  # "test": every subject of an external test set (split=)
 
 
 @dataclass
@@ -132,9 +132,11 @@ class Summary:
         return sum(self.slices.values())
 
     def __str__(self) -> str:
-        lines = [f"wrote {self.out}: {self.n_slices} slices from {self.cases} cases, "
-                 f"{sum(self.subjects.values())} subjects in {self.seconds:.1f} s "
-                 f"({self.n_slices / max(self.seconds, 1e-9):.0f} slices/s)"]
+        lines = [
+            f"wrote {self.out}: {self.n_slices} slices from {self.cases} cases, "
+            f"{sum(self.subjects.values())} subjects in {self.seconds:.1f} s "
+            f"({self.n_slices / max(self.seconds, 1e-9):.0f} slices/s)"
+        ]
         lines.append("  subjects: " + ", ".join(f"{s} {n}" for s, n in sorted(self.subjects.items())))
         splits = [s for s in SPLIT_NAMES if s in self.subjects]
         lines.append(f"  {'view':<5}{'phase':<7}" + "".join(f"{s:>7}" for s in splits))
@@ -224,13 +226,16 @@ def preprocess(
     cases = [c for c in find_cases(source, format, skipped=listing) if c.view in cfg.views and c.phase in cfg.phases]
     if listing and not skip_bad:
         first, more = listing[0], len(listing) - 1
-        raise DataError(first.path, f"{first.problem} (skip_bad leaves such files out"
-                                    f"{f'; {more} more such problem(s)' if more else ''})")
+        raise DataError(
+            first.path,
+            f"{first.problem} (skip_bad leaves such files out{f'; {more} more such problem(s)' if more else ''})",
+        )
     if not cases:
         raise DataError(source, f"no cases with views {cfg.views} and phases {cfg.phases}")
     if out.exists() and any(os.path.samefile(out, f) for c in cases for f in (c.image_path, c.label_path)):
-        raise DataError(out, "is one of the dataset's own files: the store would be written over it; "
-                             "choose another output")
+        raise DataError(
+            out, "is one of the dataset's own files: the store would be written over it; choose another output"
+        )
     workers = min(cfg.workers if cfg.workers is not None else (os.cpu_count() or 1), len(cases))
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -243,8 +248,11 @@ def preprocess(
         skipped, sources, dropped, written = [str(e) for e in listing], [], 0, 0
         work = partial(_work, cfg=cfg)
         with ExitStack() as stack:  # the pool starts before tqdm's monitor thread, and always ends
-            pool = (stack.enter_context(multiprocessing.get_context().Pool(workers, initializer=_worker_signals))
-                    if workers > 1 else None)
+            pool = (
+                stack.enter_context(multiprocessing.get_context().Pool(workers, initializer=_worker_signals))
+                if workers > 1
+                else None
+            )
             results = pool.imap(work, enumerate(cases), chunksize=1) if pool else map(work, enumerate(cases))
             bar = stack.enter_context(tqdm(total=len(cases), unit="case", desc="preprocess", disable=not progress))
             for result in results:
@@ -265,7 +273,9 @@ def preprocess(
                 sources += [str(case.image_path), str(case.label_path)]
                 written += 1
         if not rows:
-            raise DataError(source, "no labelled slices to write" + (f"; {len(skipped)} files skipped" if skipped else ""))
+            raise DataError(
+                source, "no labelled slices to write" + (f"; {len(skipped)} files skipped" if skipped else "")
+            )
 
         if split is not None:
             splits = {c.subject: split for c, _, _ in rows}
@@ -273,8 +283,9 @@ def preprocess(
             try:
                 splits = split_subjects([c.subject for c, _, _ in rows], cfg.val, cfg.split_seed)
             except ValueError as e:
-                raise DataError(source, f"{e} (lower val in the data config, or preprocess a test set with "
-                                        "--split test)") from None
+                raise DataError(
+                    source, f"{e} (lower val in the data config, or preprocess a test set with --split test)"
+                ) from None
         meta = {
             "subject": [c.subject for c, _, _ in rows],
             "view": [c.view for c, _, _ in rows],
@@ -287,13 +298,16 @@ def preprocess(
             "pathology": [str(c.meta.get("pathology", "")) for c, _, _ in rows],
             "spacing": [s for _, _, s in rows],
         }
-        writer.finish(meta, {
-            "config": yaml.safe_dump(cfg.to_dict(), sort_keys=False),
-            "sources": json.dumps(sources),
-            "source_root": str(source),
-            "skipped": json.dumps(skipped),
-            "pixel_mm": cfg.fov_mm / cfg.size,
-        })
+        writer.finish(
+            meta,
+            {
+                "config": yaml.safe_dump(cfg.to_dict(), sort_keys=False),
+                "sources": json.dumps(sources),
+                "source_root": str(source),
+                "skipped": json.dumps(skipped),
+                "pixel_mm": cfg.fov_mm / cfg.size,
+            },
+        )
         check_terminated()  # never publish the store of a run that was told to stop
         os.replace(tmp, out)
     except BaseException:

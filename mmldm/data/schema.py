@@ -10,9 +10,9 @@ cuts them into :class:`Slice` objects afterwards.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -53,7 +53,7 @@ class Volume:
     label: np.ndarray  # uint8 (H, W, Z), canonical order 0 BG, 1 LV, 2 MYO, 3 RV
     spacing: tuple[float, float, float]  # mm along H, W, Z
 
-    def slices(self) -> Iterator["Slice"]:
+    def slices(self) -> Iterator[Slice]:
         for z in range(self.image.shape[2]):
             yield Slice(
                 image=self.image[:, :, z],

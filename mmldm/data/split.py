@@ -15,7 +15,7 @@ fraction of the subjects when < 1 (``0.1``: round(0.1 * n), at least 1 when ther
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 

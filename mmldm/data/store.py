@@ -86,15 +86,25 @@ class StoreWriter:
     be known in advance. The caller owns atomicity (preprocess writes to a temporary name).
     """
 
-    def __init__(self, path: str | Path, size: int, image_dtype: str = "float16",
-                 compression: str = "gzip", image_compression: str = "none"):
+    def __init__(
+        self,
+        path: str | Path,
+        size: int,
+        image_dtype: str = "float16",
+        compression: str = "gzip",
+        image_compression: str = "none",
+    ):
         self.file = h5py.File(path, "w")
         self.n = 0
         shape, chunk = (0, size, size), (1, size, size)
-        for name, dtype, filt in (("image", image_dtype, image_compression), ("label", "uint8", compression),
-                                  ("edge", "uint8", compression)):
-            self.file.create_dataset(name, shape=shape, maxshape=(None, size, size), dtype=dtype,
-                                     chunks=chunk, **_filter(filt))
+        for name, dtype, filt in (
+            ("image", image_dtype, image_compression),
+            ("label", "uint8", compression),
+            ("edge", "uint8", compression),
+        ):
+            self.file.create_dataset(
+                name, shape=shape, maxshape=(None, size, size), dtype=dtype, chunks=chunk, **_filter(filt)
+            )
 
     def append(self, image: np.ndarray, label: np.ndarray, edge: np.ndarray) -> None:
         """Add ``n`` slices: image (n, H, W) in [-1, 1], label and edge (n, H, W) uint8."""

@@ -23,8 +23,9 @@ with x_t (diffusers' DDIM ``use_clipped_model_output=True``, GLIDE's choice).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal, NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor

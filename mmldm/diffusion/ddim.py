@@ -58,7 +58,9 @@ class DDIMSampler(Sampler):
         x0_hat, eps_hat = self.predict_x0_eps(model_output, x_t, t)
 
         # 3. sigma_t(eta), eq. 16
-        sigma = self.eta * math.sqrt((1.0 - alpha_bar_prev) / (1.0 - alpha_bar_t) * (1.0 - alpha_bar_t / alpha_bar_prev))
+        sigma = self.eta * math.sqrt(
+            (1.0 - alpha_bar_prev) / (1.0 - alpha_bar_t) * (1.0 - alpha_bar_t / alpha_bar_prev)
+        )
 
         # 4. "direction pointing to x_t" of eq. 12
         direction = math.sqrt(max(1.0 - alpha_bar_prev - sigma**2, 0.0)) * eps_hat

@@ -11,7 +11,8 @@ and "2M" approximates x0_hat(lambda) linearly from the current and the previous 
 estimates (multistep: one model call per step, like DDIM). With h_i = lambda_{t_i} -
 lambda_{t_{i-1}}, Algorithm 2 reads
 
-    first step:  x_{t_1} = (sigma_{t_1} / sigma_{t_0}) x_{t_0} - alpha_{t_1} (e^{-h_1} - 1) x0_hat_0      (DPM-Solver++(1) = DDIM)
+    first step:  x_{t_1} = (sigma_{t_1} / sigma_{t_0}) x_{t_0} - alpha_{t_1} (e^{-h_1} - 1) x0_hat_0
+                 (DPM-Solver++(1) = DDIM)
     then:        r_i = h_{i-1} / h_i
                  D_i = (1 + 1/(2 r_i)) x0_hat_{i-1} - 1/(2 r_i) x0_hat_{i-2}
                  x_{t_i} = (sigma_{t_i} / sigma_{t_{i-1}}) x_{t_{i-1}} - alpha_{t_i} (e^{-h_i} - 1) D_i

@@ -36,8 +36,9 @@ estimate at fixed x_t), so the samplers need not know guidance is applied.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor, nn

@@ -3,10 +3,10 @@
 The quantised latents of a small VQVAE are not centred or unit-scaled (codebook vectors drift
 wherever the encoder put them), while the diffusion forward process assumes data of about unit
 variance: with latents of std 3 the noise at t = T no longer drowns the signal, and with std 0.3
-most of the schedule is spent on pure noise. Standardising each channel with the training latents' mean and std, and un-standardising
-samples before decoding, is the fix of Rombach et al. 2022 (their ``scale_factor``, one number
-for all channels), applied per channel (``latent_norm: channel``; ``none`` keeps the raw
-latents). The stats travel in the LDM checkpoint::
+most of the schedule is spent on pure noise. Standardising each channel with the training
+latents' mean and std, and un-standardising samples before decoding, is the fix of Rombach et al.
+2022 (their ``scale_factor``, one number for all channels), applied per channel
+(``latent_norm: channel``; ``none`` keeps the raw latents). The stats travel in the LDM checkpoint::
 
     stats = latent_stats(training_latents)       {"mode", "mean": [C], "std": [C], "min", "max"}
     z_unet = normalize(z, stats)                  (z - mean) / std        what the UNet trains on
@@ -30,8 +30,13 @@ def latent_stats(latents: torch.Tensor, mode: str = "channel") -> dict:
     else:
         raise ValueError(f"latent_norm must be 'none' or 'channel', got {mode!r}")
     normed = (latents.double() - mean.view(1, c, 1, 1)) / std.view(1, c, 1, 1)
-    return {"mode": mode, "mean": mean.float().tolist(), "std": std.float().tolist(),
-            "min": float(normed.min()), "max": float(normed.max())}
+    return {
+        "mode": mode,
+        "mean": mean.float().tolist(),
+        "std": std.float().tolist(),
+        "min": float(normed.min()),
+        "max": float(normed.max()),
+    }
 
 
 def normalize(z: torch.Tensor, stats: dict) -> torch.Tensor:

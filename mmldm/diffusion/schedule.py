@@ -158,7 +158,7 @@ class NoiseSchedule:
         self.snr = self.alphas_cumprod / (1.0 - self.alphas_cumprod)
 
     @classmethod
-    def from_config(cls, cfg: DiffusionConfig) -> "NoiseSchedule":
+    def from_config(cls, cfg: DiffusionConfig) -> NoiseSchedule:
         return cls(cfg.num_train_timesteps, cfg.beta_schedule, cfg.beta_start, cfg.beta_end, cfg.cosine_s, cfg.max_beta)
 
     def __len__(self) -> int:

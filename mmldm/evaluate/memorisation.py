@@ -32,8 +32,9 @@ from mmldm.evaluate.fid import SegmenterFeatures, extract_features
 from mmldm.models.segmenter import Segmenter
 
 
-def nearest_neighbours(queries: torch.Tensor, reference: torch.Tensor,
-                       chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+def nearest_neighbours(
+    queries: torch.Tensor, reference: torch.Tensor, chunk: int = 1024
+) -> tuple[torch.Tensor, torch.Tensor]:
     """For each query, the L2 distance to its nearest reference item and that item's index.
 
     ``queries`` (Q, ...) and ``reference`` (R, ...) are flattened to vectors (pixels or features).
@@ -60,8 +61,14 @@ def nearest_neighbours(queries: torch.Tensor, reference: torch.Tensor,
     return exact, index
 
 
-def memorisation_ratios(generated: torch.Tensor, train: torch.Tensor, heldout: torch.Tensor,
-                        chunk: int = 1024, query_groups=None, heldout_groups=None) -> dict[str, np.ndarray]:
+def memorisation_ratios(
+    generated: torch.Tensor,
+    train: torch.Tensor,
+    heldout: torch.Tensor,
+    chunk: int = 1024,
+    query_groups=None,
+    heldout_groups=None,
+) -> dict[str, np.ndarray]:
     """Nearest training and held-out neighbours of every generated item, and the ratio.
 
     Inputs are (N, ...) tensors in one space (images -> pixel space, features -> feature space).
@@ -81,17 +88,25 @@ def memorisation_ratios(generated: torch.Tensor, train: torch.Tensor, heldout: t
         d_held, i_held = _nearest_in_other_groups(generated, heldout, query_groups, heldout_groups, chunk)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = d_train.numpy() / d_held.numpy()
-    return {"d_train": d_train.numpy(), "index_train": i_train.numpy(), "d_heldout": d_held.numpy(),
-            "index_heldout": i_held.numpy(), "ratio": ratio}
+    return {
+        "d_train": d_train.numpy(),
+        "index_train": i_train.numpy(),
+        "d_heldout": d_held.numpy(),
+        "index_heldout": i_held.numpy(),
+        "ratio": ratio,
+    }
 
 
-def _nearest_in_other_groups(queries: torch.Tensor, heldout: torch.Tensor, query_groups, heldout_groups,
-                             chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _nearest_in_other_groups(
+    queries: torch.Tensor, heldout: torch.Tensor, query_groups, heldout_groups, chunk: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`nearest_neighbours` of each query among the held-out items of the other groups."""
     qg, hg = np.asarray(query_groups), np.asarray(heldout_groups)
     if len(qg) != len(queries) or len(hg) != len(heldout):
-        raise ValueError(f"{len(qg)} query groups for {len(queries)} queries, "
-                         f"{len(hg)} held-out groups for {len(heldout)} held-out items")
+        raise ValueError(
+            f"{len(qg)} query groups for {len(queries)} queries, "
+            f"{len(hg)} held-out groups for {len(heldout)} held-out items"
+        )
     dist = torch.full((len(queries),), torch.nan, dtype=torch.float64)
     index = torch.full((len(queries),), -1, dtype=torch.long)
     for group in np.unique(qg):
@@ -104,9 +119,16 @@ def _nearest_in_other_groups(queries: torch.Tensor, heldout: torch.Tensor, query
     return dist, index
 
 
-def memorisation_check(generated: torch.Tensor, train: torch.Tensor, heldout: torch.Tensor,
-                       segmenter: Segmenter | None = None, chunk: int = 1024, batch_size: int = 64,
-                       query_groups=None, heldout_groups=None) -> dict[str, dict]:
+def memorisation_check(
+    generated: torch.Tensor,
+    train: torch.Tensor,
+    heldout: torch.Tensor,
+    segmenter: Segmenter | None = None,
+    chunk: int = 1024,
+    batch_size: int = 64,
+    query_groups=None,
+    heldout_groups=None,
+) -> dict[str, dict]:
     """:func:`memorisation_ratios` in pixel space and, with a segmenter, in its feature space.
 
     Images are (N, 1, H, W) in [-1, 1]. Returns ``{"pixels": {...}, "segmenter features": {...}}``.

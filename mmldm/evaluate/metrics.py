@@ -22,7 +22,7 @@ phase or pathology: :func:`metric_table` joins them with the slices' metadata an
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -39,8 +39,9 @@ def to_unit_range(images: torch.Tensor) -> torch.Tensor:
 
 def _check_pair(generated: torch.Tensor, real: torch.Tensor) -> None:
     if generated.shape != real.shape or generated.ndim != 4:
-        raise ValueError(f"expected two (N, C, H, W) batches of the same shape, got "
-                         f"{tuple(generated.shape)} and {tuple(real.shape)}")
+        raise ValueError(
+            f"expected two (N, C, H, W) batches of the same shape, got {tuple(generated.shape)} and {tuple(real.shape)}"
+        )
 
 
 def nmse(generated: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
@@ -79,8 +80,9 @@ def metric_table(values: Mapping[str, np.ndarray], meta: Mapping[str, Iterable] 
     return pd.concat([table, metrics], axis=1) if len(table) else metrics
 
 
-def summarise(table: pd.DataFrame, metrics: Iterable[str] | None = None, by: str | Iterable[str] | None = None,
-              digits: int = 3) -> pd.DataFrame:
+def summarise(
+    table: pd.DataFrame, metrics: Iterable[str] | None = None, by: str | Iterable[str] | None = None, digits: int = 3
+) -> pd.DataFrame:
     """Mean +- std of each metric, overall or per group; one row per (group, metric).
 
     Columns: the ``by`` columns, ``metric``, ``n`` (images with a value: NaN, e.g. a Dice left
@@ -96,6 +98,8 @@ def summarise(table: pd.DataFrame, metrics: Iterable[str] | None = None, by: str
     grouped = long.groupby(by + ["metric"], observed=True, sort=True)["value"]
     out = grouped.agg(n="count", mean="mean", std="std").reset_index()
     out["metric"] = out["metric"].astype(str)
-    out["text"] = [f"{m:.{digits}f} ± {s:.{digits}f}" if np.isfinite(s) else f"{m:.{digits}f}"
-                   for m, s in zip(out["mean"], out["std"])]
+    out["text"] = [
+        f"{m:.{digits}f} ± {s:.{digits}f}" if np.isfinite(s) else f"{m:.{digits}f}"
+        for m, s in zip(out["mean"], out["std"])
+    ]
     return out

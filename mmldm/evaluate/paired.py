@@ -21,13 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from mmldm.progress import tqdm
 
 from mmldm.data.dataset import CardiacSliceDataset
-from mmldm.diffusion.guidance import GuidanceConfig
 from mmldm.diffusion.base_sampler import SamplerConfig
+from mmldm.diffusion.guidance import GuidanceConfig
 from mmldm.errors import check_terminated
 from mmldm.inference import LatentDiffusion
+from mmldm.progress import tqdm
 
 
 def pick_indices(n_total: int, n: int | None) -> np.ndarray:
@@ -37,10 +37,18 @@ def pick_indices(n_total: int, n: int | None) -> np.ndarray:
     return np.unique(np.linspace(0, n_total - 1, n).round().astype(int))
 
 
-def generate_paired(ldm: LatentDiffusion, store_path: str | Path, split: str = "val", n: int | None = None,
-                    sampler: SamplerConfig | None = None, guidance: GuidanceConfig | None = None,
-                    seed: int = 0, batch_size: int = 32, progress: bool = True,
-                    indices: np.ndarray | None = None) -> dict:
+def generate_paired(
+    ldm: LatentDiffusion,
+    store_path: str | Path,
+    split: str = "val",
+    n: int | None = None,
+    sampler: SamplerConfig | None = None,
+    guidance: GuidanceConfig | None = None,
+    seed: int = 0,
+    batch_size: int = 32,
+    progress: bool = True,
+    indices: np.ndarray | None = None,
+) -> dict:
     """Generate one image per chosen slice of ``split`` from that slice's conditions.
 
     ``ldm`` is the loaded model (it samples on its own device). ``sampler``/``guidance`` default
@@ -62,11 +70,12 @@ def generate_paired(ldm: LatentDiffusion, store_path: str | Path, split: str = "
             raise ValueError(f"{store_path}: indices must be positions in the {len(ds)} {split!r} slices")
     gen, real, label, cond_all = [], [], [], []
     seconds = 0.0
-    bar = tqdm(range(0, len(idx), batch_size), desc=f"generating {len(idx)} {split} slices",
-               disable=not progress, leave=False)
+    bar = tqdm(
+        range(0, len(idx), batch_size), desc=f"generating {len(idx)} {split} slices", disable=not progress, leave=False
+    )
     for start in bar:
         check_terminated()
-        items = [ds[int(i)] for i in idx[start:start + batch_size]]
+        items = [ds[int(i)] for i in idx[start : start + batch_size]]
         cond = torch.stack([it["cond"] for it in items])
         view = torch.stack([torch.as_tensor(it["view"]) for it in items])
         t0 = time.perf_counter()
@@ -77,10 +86,17 @@ def generate_paired(ldm: LatentDiffusion, store_path: str | Path, split: str = "
         label.append(torch.stack([it["label"] for it in items]))
         cond_all.append(cond)
     meta = {k: np.asarray(v)[idx] for k, v in ds.meta.items()}
-    return {"generated": torch.cat(gen), "real": torch.cat(real), "label": torch.cat(label),
-            "cond": torch.cat(cond_all), "meta": meta, "indices": idx,
-            "seconds_per_image": seconds / len(idx), "sampler": dataclasses.asdict(sampler),
-            "guidance": dataclasses.asdict(guidance)}
+    return {
+        "generated": torch.cat(gen),
+        "real": torch.cat(real),
+        "label": torch.cat(label),
+        "cond": torch.cat(cond_all),
+        "meta": meta,
+        "indices": idx,
+        "seconds_per_image": seconds / len(idx),
+        "sampler": dataclasses.asdict(sampler),
+        "guidance": dataclasses.asdict(guidance),
+    }
 
 
 def saturated_fraction(images: torch.Tensor, level: float = 0.9) -> float:

@@ -85,8 +85,9 @@ def reconstruct(vqvae: VQVAE, images: torch.Tensor) -> tuple[torch.Tensor, torch
 
 
 @torch.no_grad()
-def reconstruct_images(vqvae: VQVAE, images: torch.Tensor, batch_size: int = 64,
-                       device: torch.device | str | None = None) -> torch.Tensor:
+def reconstruct_images(
+    vqvae: VQVAE, images: torch.Tensor, batch_size: int = 64, device: torch.device | str | None = None
+) -> torch.Tensor:
     """:func:`reconstruct` over a whole set (N, 1, H, W), ``batch_size`` at a time, on ``device``
     (default: the model's); returns CPU float32 reconstructions. The model's training mode is
     restored afterwards."""
@@ -94,17 +95,27 @@ def reconstruct_images(vqvae: VQVAE, images: torch.Tensor, batch_size: int = 64,
     was_training = vqvae.training
     vqvae.to(device).eval()
     try:
-        out = [reconstruct(vqvae, images[i : i + batch_size].to(device))[0].float().cpu()
-               for i in range(0, len(images), batch_size)]
+        out = [
+            reconstruct(vqvae, images[i : i + batch_size].to(device))[0].float().cpu()
+            for i in range(0, len(images), batch_size)
+        ]
     finally:
         vqvae.train(was_training)
     return torch.cat(out)
 
 
 @torch.no_grad()
-def reconstruction_report(vqvae: VQVAE, store_path: str | Path, split: str = "val", batch_size: int = 64,
-                          device: torch.device | str = "cpu", n_examples: int = 8, fid: bool = False,
-                          inception_path: str | Path | None = None, cutoff: float = CUTOFF) -> dict:
+def reconstruction_report(
+    vqvae: VQVAE,
+    store_path: str | Path,
+    split: str = "val",
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    n_examples: int = 8,
+    fid: bool = False,
+    inception_path: str | Path | None = None,
+    cutoff: float = CUTOFF,
+) -> dict:
     """Reconstruct every slice of ``split`` in the store; per-image metrics, codebook usage and
     the realism of the reconstructions (high-frequency ratio above ``cutoff`` cycles/pixel; with
     ``fid``, Inception FID / KID against the same real slices, when the Inception file is found
@@ -160,8 +171,10 @@ def reconstruction_report(vqvae: VQVAE, store_path: str | Path, split: str = "va
         ds.close()
     metrics = {name: np.concatenate(v) for name, v in values.items()}
     counts_np = counts.numpy()
-    realism = {"spectrum": _spectrum_summary(power, n, cutoff),
-               "inception": _inception_summary(fid, inception, reason, features, n)}
+    realism = {
+        "spectrum": _spectrum_summary(power, n, cutoff),
+        "inception": _inception_summary(fid, inception, reason, features, n),
+    }
     return {
         "split": split,
         "n_images": n,
@@ -183,15 +196,27 @@ def _inception(fid: bool, path, device):
 def _spectrum_summary(power: dict, n: int, cutoff: float) -> dict:
     real = high_frequency_fraction(power["real"] / n, cutoff)
     recon = high_frequency_fraction(power["reconstruction"] / n, cutoff)
-    return {"cutoff": cutoff, "real_fraction": real, "reconstruction_fraction": recon,
-            "hf_ratio": recon / real if real > 0 else None, "n": n}
+    return {
+        "cutoff": cutoff,
+        "real_fraction": real,
+        "reconstruction_fraction": recon,
+        "hf_ratio": recon / real if real > 0 else None,
+        "n": n,
+    }
 
 
 def _inception_summary(requested: bool, inception, reason: str, features: dict, n: int) -> dict:
-    out = {"what": "reconstructions of the split's slices against the same real slices (the same "
-                   "images in both sets: not comparable with a generated-vs-real FID)",
-           "requested": requested, "available": inception is not None, "reason": reason or "",
-           "fid": None, "kid_mean": None, "kid_std": None, "n": n}
+    out = {
+        "what": "reconstructions of the split's slices against the same real slices (the same "
+        "images in both sets: not comparable with a generated-vs-real FID)",
+        "requested": requested,
+        "available": inception is not None,
+        "reason": reason or "",
+        "fid": None,
+        "kid_mean": None,
+        "kid_std": None,
+        "n": n,
+    }
     if inception is None:
         return out
     real, recon = torch.cat(features["real"]), torch.cat(features["reconstruction"])
@@ -209,11 +234,23 @@ def recon_summary(report: dict, **extra) -> dict:
     reconstruction FID when it was asked for; NaN written as null), plus any ``extra`` keys
     (e.g. profile, step, checkpoint)."""
     table = summarise(report["table"], PAIRED_METRICS)
-    metrics = {row.metric: {"mean": float(row.mean), "std": float(row.std) if math.isfinite(row.std) else None,
-                            "n": int(row.n)} for row in table.itertuples()}
-    return {**extra, "split": report["split"], "n_images": report["n_images"], "metrics": metrics,
-            "codebook": report["codebook"], "latent_shape": list(report["latent_shape"] or []),
-            "realism": _finite(report.get("realism"))}
+    metrics = {
+        row.metric: {
+            "mean": float(row.mean),
+            "std": float(row.std) if math.isfinite(row.std) else None,
+            "n": int(row.n),
+        }
+        for row in table.itertuples()
+    }
+    return {
+        **extra,
+        "split": report["split"],
+        "n_images": report["n_images"],
+        "metrics": metrics,
+        "codebook": report["codebook"],
+        "latent_shape": list(report["latent_shape"] or []),
+        "realism": _finite(report.get("realism")),
+    }
 
 
 def _finite(obj):

@@ -119,7 +119,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from mmldm.progress import tqdm
 
 from mmldm import atomic
 from mmldm.data.dataset import CardiacSliceDataset
@@ -135,14 +134,15 @@ from mmldm.evaluate.fid import (
     kid_from_features,
     load_inception,
 )
-from mmldm.evaluate.paired import generate_paired, pick_indices, saturated_fraction
 from mmldm.evaluate.memorisation import memorisation_check, memorisation_ratios, ratio_summary
 from mmldm.evaluate.metrics import PAIRED_METRICS, metric_table, paired_metrics, summarise
+from mmldm.evaluate.paired import generate_paired, pick_indices, saturated_fraction
 from mmldm.evaluate.reconstruction import reconstruct_images
 from mmldm.evaluate.settings import MAIN, VARIANTS, EvaluationConfig, Variant  # noqa: F401 (re-exported)
 from mmldm.evaluate.spectrum import compare_spectra
 from mmldm.formatting import fmt
 from mmldm.inference import LatentDiffusion
+from mmldm.progress import tqdm
 
 PUBLISHED = {"fid": 116.09, "ssim": 0.44, "nmse": 1.14, "source": "the seed study, M&Ms-2 at 256x256"}
 SEGMENTER_LABEL = "in-domain (segmenter features)"
@@ -176,8 +176,11 @@ def mean_std(values) -> dict:
     """``{"mean", "std", "n"}`` over the finite values (std with ddof 1; None when undefined)."""
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v)]
-    return {"mean": float(v.mean()) if v.size else None, "std": float(v.std(ddof=1)) if v.size > 1 else None,
-            "n": int(v.size)}
+    return {
+        "mean": float(v.mean()) if v.size else None,
+        "std": float(v.std(ddof=1)) if v.size > 1 else None,
+        "n": int(v.size),
+    }
 
 
 def dice_means(per_image: dict) -> dict:
@@ -227,25 +230,50 @@ def load_images(store: Path, split: str, positions=None) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
-def evaluate_variant(ldm: LatentDiffusion, store: str | Path, sampler=None, guidance=None, segmenter=None, n: int | None = None,
-                     indices=None, split: str = "val", seed: int = 0, batch_size: int = 32, device: str = "cpu",
-                     progress: bool = True) -> dict:
+def evaluate_variant(
+    ldm: LatentDiffusion,
+    store: str | Path,
+    sampler=None,
+    guidance=None,
+    segmenter=None,
+    n: int | None = None,
+    indices=None,
+    split: str = "val",
+    seed: int = 0,
+    batch_size: int = 32,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict:
     """Generate the chosen held-out slices with one sampler / guidance and score them.
 
     Returns ``{"summary": the variant's metrics.json entry, "result": generate_paired's output,
     "per_image": {"ssim", "psnr", "nmse", "dice_LV", "dice_MYO", "dice_RV", "dice_fg"} arrays}``
     (no Dice without a segmenter). benchmarks/convergence.py scores its runs with this.
     """
-    res = generate_paired(ldm, store, split=split, n=n, indices=indices, sampler=sampler, guidance=guidance,
-                          seed=seed, batch_size=batch_size, progress=progress)
+    res = generate_paired(
+        ldm,
+        store,
+        split=split,
+        n=n,
+        indices=indices,
+        sampler=sampler,
+        guidance=guidance,
+        seed=seed,
+        batch_size=batch_size,
+        progress=progress,
+    )
     per_image = paired_metrics(res["generated"], res["real"])
     if segmenter is not None:
         per_image.update(anatomy_dice(segmenter, res["generated"], res["label"]))
-    summary = {"sampler": res["sampler"], "guidance": res["guidance"], "n": len(res["indices"]),
-               "s_per_image": res["seconds_per_image"],
-               **{m: mean_std(per_image[m]) for m in PAIRED_METRICS},
-               "saturated": saturated_fraction(res["generated"]),
-               "dice": dice_means(per_image) if segmenter is not None else None}
+    summary = {
+        "sampler": res["sampler"],
+        "guidance": res["guidance"],
+        "n": len(res["indices"]),
+        "s_per_image": res["seconds_per_image"],
+        **{m: mean_std(per_image[m]) for m in PAIRED_METRICS},
+        "saturated": saturated_fraction(res["generated"]),
+        "dice": dice_means(per_image) if segmenter is not None else None,
+    }
     return {"summary": summary, "result": res, "per_image": per_image}
 
 
@@ -253,9 +281,12 @@ def _subset_summary(main: dict, positions: np.ndarray) -> dict:
     """The main variant's numbers restricted to the slices at ``positions`` (split positions)."""
     rows = np.searchsorted(main["result"]["indices"], positions)
     per = {k: v[rows] for k, v in main["per_image"].items()}
-    return {"n": len(rows), **{m: mean_std(per[m]) for m in PAIRED_METRICS},
-            "dice": dice_means(per) if "dice_fg" in per else None,
-            "saturated": saturated_fraction(main["result"]["generated"][torch.from_numpy(rows)])}
+    return {
+        "n": len(rows),
+        **{m: mean_std(per[m]) for m in PAIRED_METRICS},
+        "dice": dice_means(per) if "dice_fg" in per else None,
+        "saturated": saturated_fraction(main["result"]["generated"][torch.from_numpy(rows)]),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,8 +315,11 @@ def group_summaries(per_image: dict, meta: dict, by=GROUP_COLUMNS) -> dict:
         out[col] = {str(g): {"n": int(counts[g])} for g in sorted(counts.index)}
         for row in rows.itertuples():
             group = str(getattr(row, col))
-            out[col][group][row.metric] = {"mean": float(row.mean),
-                                           "std": float(row.std) if np.isfinite(row.std) else None, "n": int(row.n)}
+            out[col][group][row.metric] = {
+                "mean": float(row.mean),
+                "std": float(row.std) if np.isfinite(row.std) else None,
+                "n": int(row.n),
+            }
     return out
 
 
@@ -299,9 +333,18 @@ def _ratio(value, baseline):
     return value / baseline if value is not None and baseline is not None and baseline > 0 else None
 
 
-def fid_block(extractor, reason: str, held: torch.Tensor, generated: torch.Tensor, train: torch.Tensor,
-              features: str, label: str, reconstructed: torch.Tensor | None = None, seed: int = 0,
-              batch_size: int = 32) -> dict:
+def fid_block(
+    extractor,
+    reason: str,
+    held: torch.Tensor,
+    generated: torch.Tensor,
+    train: torch.Tensor,
+    features: str,
+    label: str,
+    reconstructed: torch.Tensor | None = None,
+    seed: int = 0,
+    batch_size: int = 32,
+) -> dict:
     """FID / KID of ``generated`` against ``held`` (real held-out) in one feature space, beside the
     real-vs-real baseline (``train``, real training slices, against ``held``) and their ratio::
 
@@ -311,10 +354,24 @@ def fid_block(extractor, reason: str, held: torch.Tensor, generated: torch.Tenso
     ceiling, ``autoencoder: {"fid", "kid_mean", "kid_std", "ratio", "n"}`` = FID(reconstructed,
     held) over the same baseline. Features are extracted once per set. When ``extractor`` is None
     (Inception file missing) every number is None and ``reason`` says why."""
-    out = {"features": features, "label": label, "available": extractor is not None, "reason": reason or "",
-           "fid": None, "kid_mean": None, "kid_std": None, "real_vs_real_fid": None,
-           "real_vs_real_kid_mean": None, "real_vs_real_kid_std": None, "ratio": None, "n": len(generated),
-           "n_heldout": len(held), "n_real_vs_real": len(train), "feature_dim": None, "kid_subset_size": None}
+    out = {
+        "features": features,
+        "label": label,
+        "available": extractor is not None,
+        "reason": reason or "",
+        "fid": None,
+        "kid_mean": None,
+        "kid_std": None,
+        "real_vs_real_fid": None,
+        "real_vs_real_kid_mean": None,
+        "real_vs_real_kid_std": None,
+        "ratio": None,
+        "n": len(generated),
+        "n_heldout": len(held),
+        "n_real_vs_real": len(train),
+        "feature_dim": None,
+        "kid_subset_size": None,
+    }
     if reconstructed is not None:
         out["autoencoder"] = {"fid": None, "kid_mean": None, "kid_std": None, "ratio": None, "n": len(reconstructed)}
     if extractor is None:
@@ -342,9 +399,22 @@ def fid_block(extractor, reason: str, held: torch.Tensor, generated: torch.Tenso
     return out
 
 
-def realism_images(ldm: LatentDiffusion, store: Path, main_result: dict, settings: EvaluationConfig, sampler, guidance,
-                   n_split: int, n_train_split: int, split: str = "val", seed: int = 0, batch_size: int = 32,
-                   device: str = "cpu", progress: bool = True, train_store: Path | None = None) -> dict:
+def realism_images(
+    ldm: LatentDiffusion,
+    store: Path,
+    main_result: dict,
+    settings: EvaluationConfig,
+    sampler,
+    guidance,
+    n_split: int,
+    n_train_split: int,
+    split: str = "val",
+    seed: int = 0,
+    batch_size: int = 32,
+    device: str = "cpu",
+    progress: bool = True,
+    train_store: Path | None = None,
+) -> dict:
     """The image sets the realism block compares, all (N, 1, H, W) in [-1, 1] on the CPU
     (``train``: from ``train_store``'s train split, default ``store``'s)::
 
@@ -366,21 +436,35 @@ def realism_images(ldm: LatentDiffusion, store: Path, main_result: dict, setting
             generated.append(main_result["generated"])
             reused = True
             continue
-        res = generate_paired(ldm, store, split=split, indices=masks, sampler=sampler, guidance=guidance, seed=s,
-                              batch_size=batch_size, progress=progress)
+        res = generate_paired(
+            ldm,
+            store,
+            split=split,
+            indices=masks,
+            sampler=sampler,
+            guidance=guidance,
+            seed=s,
+            batch_size=batch_size,
+            progress=progress,
+        )
         generated.append(res["generated"])
     generated = torch.cat(generated).float().cpu()
     heldout = load_images(store, split, pick_indices(n_split, settings.realism_n))
     train = load_images(train_store or store, "train", pick_indices(n_train_split, len(generated)))
     vqvae = ldm.vqvae
-    return {"generated": generated, "heldout": heldout, "train": train,
-            "reconstructed_train": reconstruct_images(vqvae, train, batch_size, device),
-            "reconstructed_heldout": reconstruct_images(vqvae, heldout, batch_size, device),
-            "masks": masks, "seeds": seeds, "reused_main": reused}
+    return {
+        "generated": generated,
+        "heldout": heldout,
+        "train": train,
+        "reconstructed_train": reconstruct_images(vqvae, train, batch_size, device),
+        "reconstructed_heldout": reconstruct_images(vqvae, heldout, batch_size, device),
+        "masks": masks,
+        "seeds": seeds,
+        "reused_main": reused,
+    }
 
 
-def realism_block(sets: dict, segmenter, inception, inception_reason: str, seed: int = 0,
-                  batch_size: int = 32) -> dict:
+def realism_block(sets: dict, segmenter, inception, inception_reason: str, seed: int = 0, batch_size: int = 32) -> dict:
     """The metrics.json ``realism`` block from :func:`realism_images`' sets: FID / KID with the
     baseline and the autoencoder's ceiling in both feature spaces (:func:`fid_block`), the mean
     radial power spectra and high-frequency fractions (:func:`mmldm.evaluate.spectrum.compare_spectra`,
@@ -389,25 +473,51 @@ def realism_block(sets: dict, segmenter, inception, inception_reason: str, seed:
     rec_held = sets["reconstructed_heldout"]
     recon_paired = paired_metrics(rec_held, held)
     return {
-        "n_generated": len(gen), "n_masks": len(sets["masks"]), "seeds": sets["seeds"],
-        "reused_main": sets["reused_main"], "n_heldout": len(held), "n_train": len(train),
-        "inception": fid_block(inception, inception_reason, held, gen, train, INCEPTION_NAME, INCEPTION_LABEL,
-                               rec_train, seed, batch_size),
-        "segmenter": fid_block(SegmenterFeatures(segmenter), "", held, gen, train, SEGMENTER_NAME, SEGMENTER_LABEL,
-                               rec_train, seed, batch_size),
-        "spectrum": compare_spectra({"generated": gen, "heldout": held, "train": train, "reconstruction": rec_held},
-                                    reference="heldout"),
-        "autoencoder": {"what": "the VQ-VAE's reconstructions: paired metrics and spectrum ('reconstruction') on "
-                                "the held-out slices, FID / KID ('autoencoder' in each feature space) of the "
-                                "training slices' reconstructions against the held-out slices",
-                        "n": len(held), "n_train": len(rec_train),
-                        **{m: mean_std(recon_paired[m]) for m in PAIRED_METRICS}},
+        "n_generated": len(gen),
+        "n_masks": len(sets["masks"]),
+        "seeds": sets["seeds"],
+        "reused_main": sets["reused_main"],
+        "n_heldout": len(held),
+        "n_train": len(train),
+        "inception": fid_block(
+            inception, inception_reason, held, gen, train, INCEPTION_NAME, INCEPTION_LABEL, rec_train, seed, batch_size
+        ),
+        "segmenter": fid_block(
+            SegmenterFeatures(segmenter),
+            "",
+            held,
+            gen,
+            train,
+            SEGMENTER_NAME,
+            SEGMENTER_LABEL,
+            rec_train,
+            seed,
+            batch_size,
+        ),
+        "spectrum": compare_spectra(
+            {"generated": gen, "heldout": held, "train": train, "reconstruction": rec_held}, reference="heldout"
+        ),
+        "autoencoder": {
+            "what": "the VQ-VAE's reconstructions: paired metrics and spectrum ('reconstruction') on "
+            "the held-out slices, FID / KID ('autoencoder' in each feature space) of the "
+            "training slices' reconstructions against the held-out slices",
+            "n": len(held),
+            "n_train": len(rec_train),
+            **{m: mean_std(recon_paired[m]) for m in PAIRED_METRICS},
+        },
     }
 
 
-def memorisation_block(generated: torch.Tensor, real: torch.Tensor, subjects: np.ndarray, positions: np.ndarray,
-                       train: torch.Tensor, heldout: torch.Tensor, heldout_subjects: np.ndarray,
-                       segmenter=None) -> tuple[dict, np.ndarray]:
+def memorisation_block(
+    generated: torch.Tensor,
+    real: torch.Tensor,
+    subjects: np.ndarray,
+    positions: np.ndarray,
+    train: torch.Tensor,
+    heldout: torch.Tensor,
+    heldout_subjects: np.ndarray,
+    segmenter=None,
+) -> tuple[dict, np.ndarray]:
     """Copy ratios of the generated images and, as the baseline, of their real held-out slices.
 
     ``generated`` / ``real`` are paired, made from / taken at split ``positions`` of subjects
@@ -422,10 +532,18 @@ def memorisation_block(generated: torch.Tensor, real: torch.Tensor, subjects: np
     checks = memorisation_check(generated, train, heldout, segmenter=segmenter, **groups)
     baseline = memorisation_ratios(real, train, heldout, **groups)["ratio"]
     pixels = checks["pixels"]["ratio"]
-    out = {"ratios": np.round(pixels, 4), "summary": ratio_summary(pixels), "space": "pixels",
-           "heldout_reference": what, "n_train_reference": len(train),
-           "baseline": {"ratios": np.round(baseline, 4), "summary": ratio_summary(baseline),
-                        "what": "the real held-out slices, queried the same way"}}
+    out = {
+        "ratios": np.round(pixels, 4),
+        "summary": ratio_summary(pixels),
+        "space": "pixels",
+        "heldout_reference": what,
+        "n_train_reference": len(train),
+        "baseline": {
+            "ratios": np.round(baseline, 4),
+            "summary": ratio_summary(baseline),
+            "what": "the real held-out slices, queried the same way",
+        },
+    }
     if "segmenter features" in checks:
         feats = checks["segmenter features"]["ratio"]
         out["segmenter_features"] = {"ratios": np.round(feats, 4), "summary": ratio_summary(feats)}
@@ -441,8 +559,14 @@ def _segmenter_config_dict(seg_cfg) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(seg_cfg).items()}
 
 
-def get_segmenter(cfg, store: str | Path, checkpoint: str | Path | None, folder: str | Path, device: str = "cpu",
-                  progress: bool = True):
+def get_segmenter(
+    cfg,
+    store: str | Path,
+    checkpoint: str | Path | None,
+    folder: str | Path,
+    device: str = "cpu",
+    progress: bool = True,
+):
     """``(segmenter, checkpoint path, trained_now)``: the checkpoint given, else ``folder/segmenter.pt``
     if it was trained on ``store`` (not older than it) with ``cfg.segmenter``, else a new one."""
     from mmldm.models.segmenter import CHECKPOINT_NAME, load_segmenter
@@ -470,17 +594,27 @@ def get_segmenter(cfg, store: str | Path, checkpoint: str | Path | None, folder:
 # ---------------------------------------------------------------------------------------------
 
 
-def evaluation_settings(cfg, n: int | str | None = None, n_ddpm: int | None = None, variants=None,
-                        main: str | None = None, batch_size: int | None = None, realism_n: int | None = None,
-                        realism_seeds: int | None = None) -> EvaluationConfig:
+def evaluation_settings(
+    cfg,
+    n: int | str | None = None,
+    n_ddpm: int | None = None,
+    variants=None,
+    main: str | None = None,
+    batch_size: int | None = None,
+    realism_n: int | None = None,
+    realism_seeds: int | None = None,
+) -> EvaluationConfig:
     """The profile's ``evaluation`` section with the arguments that are not None put over it.
 
     ``n="all"`` asks for every slice of the split (``n=None`` keeps the profile's). Variants given
     twice count once; when ``variants`` is given without ``main`` and leaves out the profile's
     main variant, the first one given is the main one. Invalid values are a ConfigError."""
     base = getattr(cfg, "evaluation", None) or EvaluationConfig()
-    changes = {k: v for k, v in dict(n_ddpm=n_ddpm, batch_size=batch_size, realism_n=realism_n,
-                                     realism_seeds=realism_seeds).items() if v is not None}
+    changes = {
+        k: v
+        for k, v in dict(n_ddpm=n_ddpm, batch_size=batch_size, realism_n=realism_n, realism_seeds=realism_seeds).items()
+        if v is not None
+    }
     if n is not None:
         changes["n"] = None if n == "all" else n
     if variants is not None:
@@ -495,12 +629,27 @@ def evaluation_settings(cfg, n: int | str | None = None, n_ddpm: int | None = No
         raise ConfigError(f"evaluation settings: {e}") from None
 
 
-def evaluate(cfg, ldm_ckpt: str | Path, segmenter_ckpt: str | Path | None = None, store: str | Path | None = None,
-             out: str | Path | None = None, n: int | str | None = None, n_ddpm: int | None = None,
-             variants=None, main: str | None = None, split: str = "val", seed: int = 0, batch_size: int | None = None,
-             device: str = "cpu", inception_path: str | Path | None = None, n_train_reference: int | None = None,
-             realism_n: int | None = None, realism_seeds: int | None = None, progress: bool = True,
-             train_store: str | Path | None = None) -> dict:
+def evaluate(
+    cfg,
+    ldm_ckpt: str | Path,
+    segmenter_ckpt: str | Path | None = None,
+    store: str | Path | None = None,
+    out: str | Path | None = None,
+    n: int | str | None = None,
+    n_ddpm: int | None = None,
+    variants=None,
+    main: str | None = None,
+    split: str = "val",
+    seed: int = 0,
+    batch_size: int | None = None,
+    device: str = "cpu",
+    inception_path: str | Path | None = None,
+    n_train_reference: int | None = None,
+    realism_n: int | None = None,
+    realism_seeds: int | None = None,
+    progress: bool = True,
+    train_store: str | Path | None = None,
+) -> dict:
     """Evaluate the LDM checkpoint ``ldm_ckpt`` on ``split`` of the store; write and return the metrics.
 
     ``cfg`` is the profile: its sampler and guidance define the variants (:func:`variant_settings`),
@@ -563,8 +712,19 @@ def evaluate(cfg, ldm_ckpt: str | Path, segmenter_ckpt: str | Path | None = None
         idx = positions
         if VARIANTS[name].subset and n_ddpm < len(positions):
             idx = positions[pick_indices(len(positions), n_ddpm)]
-        runs[name] = evaluate_variant(ldm, store, sampler, guidance, seg, indices=idx, split=split, seed=seed,
-                                      batch_size=batch_size, device=device, progress=progress)
+        runs[name] = evaluate_variant(
+            ldm,
+            store,
+            sampler,
+            guidance,
+            seg,
+            indices=idx,
+            split=split,
+            seed=seed,
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
+        )
         if len(idx) < len(positions):
             runs[name]["summary"]["main_on_same_slices"] = _subset_summary(runs[main], idx)
     timing["variants"] = time.perf_counter() - t0
@@ -581,23 +741,49 @@ def evaluate(cfg, ldm_ckpt: str | Path, segmenter_ckpt: str | Path | None = None
     # 4. Realism: FID / KID beside the real-vs-real baseline, spectrum, the autoencoder's ceiling.
     t0 = time.perf_counter()
     sampler, guidance = variant_settings(main, cfg.sampler, cfg.guidance, ldm_cfg.diffusion.num_train_timesteps)
-    sets = realism_images(ldm, store, res, settings, sampler, guidance, n_split, n_train_split, split, seed,
-                          batch_size, device, progress, train_store=train_store)
+    sets = realism_images(
+        ldm,
+        store,
+        res,
+        settings,
+        sampler,
+        guidance,
+        n_split,
+        n_train_split,
+        split,
+        seed,
+        batch_size,
+        device,
+        progress,
+        train_store=train_store,
+    )
     timing["realism_generation"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     inception, reason = load_inception(inception_path, device)
-    realism = {"variant": main, "sampler": res["sampler"], "guidance": res["guidance"],
-               **realism_block(sets, seg, inception, reason, seed, batch_size)}
+    realism = {
+        "variant": main,
+        "sampler": res["sampler"],
+        "guidance": res["guidance"],
+        **realism_block(sets, seg, inception, reason, seed, batch_size),
+    }
     del inception, sets
     timing["realism_metrics"] = time.perf_counter() - t0
 
     # 5. Memorisation.
     t0 = time.perf_counter()
-    train_ref = load_images(train_store, "train", None if n_train_reference is None
-                            else pick_indices(n_train_split, n_train_reference))
-    memorisation, ratios = memorisation_block(res["generated"], res["real"], np.asarray(res["meta"]["subject"]),
-                                              res["indices"], train_ref, load_images(store, split),
-                                              np.asarray(held_meta["subject"]), seg)
+    train_ref = load_images(
+        train_store, "train", None if n_train_reference is None else pick_indices(n_train_split, n_train_reference)
+    )
+    memorisation, ratios = memorisation_block(
+        res["generated"],
+        res["real"],
+        np.asarray(res["meta"]["subject"]),
+        res["indices"],
+        train_ref,
+        load_images(store, split),
+        np.asarray(held_meta["subject"]),
+        seg,
+    )
     timing["memorisation"] = time.perf_counter() - t0
 
     # Files: samples.pt, per_image.csv, metrics.json (last, so its presence means all are written).
@@ -608,15 +794,30 @@ def evaluate(cfg, ldm_ckpt: str | Path, segmenter_ckpt: str | Path | None = None
     sources = sorted({str(s) for s in np.asarray(held_meta["source"]).tolist()}) if "source" in held_meta else []
     recon = _reconstruction_metrics(Path(vq_ref["path"]))
     metrics = {
-        "meta": {"profile": cfg.profile, "ldm_profile": ldm_cfg.profile, "source": "+".join(sources),
-                 "store": str(store), "train_store": str(train_store), "split": split, "n": len(positions),
-                 "n_split": n_split, "seed": seed,
-                 "ldm_checkpoint": str(ldm_ckpt), "ldm_step": ldm.step, "vqvae_checkpoint": vq_ref["path"],
-                 "segmenter_checkpoint": str(seg_path), "segmenter_trained": seg_trained,
-                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                 "seconds": time.perf_counter() - t_start, "timing": timing, "torch": torch.__version__,
-                 "python": platform.python_version(), "device": str(device), "files": files,
-                 "evaluation": dataclasses.asdict(settings)},
+        "meta": {
+            "profile": cfg.profile,
+            "ldm_profile": ldm_cfg.profile,
+            "source": "+".join(sources),
+            "store": str(store),
+            "train_store": str(train_store),
+            "split": split,
+            "n": len(positions),
+            "n_split": n_split,
+            "seed": seed,
+            "ldm_checkpoint": str(ldm_ckpt),
+            "ldm_step": ldm.step,
+            "vqvae_checkpoint": vq_ref["path"],
+            "segmenter_checkpoint": str(seg_path),
+            "segmenter_trained": seg_trained,
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "seconds": time.perf_counter() - t_start,
+            "timing": timing,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "device": str(device),
+            "files": files,
+            "evaluation": dataclasses.asdict(settings),
+        },
         "published": PUBLISHED,
         "reconstruction": recon,
         "ceiling": ceiling,
@@ -650,8 +851,10 @@ def _reference_store(store: Path, train_store: str | Path | None, cfg) -> Path:
     default = Path(cfg.store_path)
     if default.is_file() and _has_train_split(default):
         return default
-    raise DataError(store, "has no 'train' split to compare with (a test store?): pass --train-store, the store "
-                           "the model was trained on")
+    raise DataError(
+        store,
+        "has no 'train' split to compare with (a test store?): pass --train-store, the store the model was trained on",
+    )
 
 
 def _reconstruction_metrics(vqvae_ckpt: Path) -> dict | None:
@@ -672,14 +875,19 @@ def _write_samples(path: Path, runs: dict, main: str, segmenter) -> Path:
 
     samples = {
         "variant": main,
-        "generated": res["generated"].float(), "real": res["real"].float(),
-        "label": res["label"].to(torch.uint8), "cond": res["cond"].round().to(torch.uint8),
+        "generated": res["generated"].float(),
+        "real": res["real"].float(),
+        "label": res["label"].to(torch.uint8),
+        "cond": res["cond"].round().to(torch.uint8),
         "segmentation": segment(segmenter, res["generated"]).to(torch.uint8),
         "indices": torch.from_numpy(np.asarray(res["indices"])),
         "meta": {k: np.asarray(v).tolist() for k, v in res["meta"].items()},
-        "examples": {"indices": torch.from_numpy(shown), "real": res["real"][torch.from_numpy(rows)].float(),
-                     "cond": res["cond"][torch.from_numpy(rows)].round().to(torch.uint8),
-                     "generated": {name: at(r, shown).float() for name, r in runs.items()}},
+        "examples": {
+            "indices": torch.from_numpy(shown),
+            "real": res["real"][torch.from_numpy(rows)].float(),
+            "cond": res["cond"][torch.from_numpy(rows)].round().to(torch.uint8),
+            "generated": {name: at(r, shown).float() for name, r in runs.items()},
+        },
     }
     return atomic.torch_save(samples, path)
 
@@ -708,33 +916,47 @@ def format_table(metrics: dict) -> str:
     lines = [f"{'variant':<20} {'n':>4} {'SSIM':>6} {'PSNR':>6} {'NMSE':>6} {'Dice':>6} {'sat':>5} {'s/img':>7}"]
     for name, v in metrics["variants"].items():
         dice = (v.get("dice") or {}).get("mean_fg")
-        lines.append(f"{name:<20} {v['n']:>4} {f(v['ssim']['mean']):>6} {f(v['psnr']['mean'], 2):>6} "
-                     f"{f(v['nmse']['mean']):>6} {f(dice):>6} {f(v['saturated'], 2):>5} {f(v['s_per_image']):>7}")
+        lines.append(
+            f"{name:<20} {v['n']:>4} {f(v['ssim']['mean']):>6} {f(v['psnr']['mean'], 2):>6} "
+            f"{f(v['nmse']['mean']):>6} {f(dice):>6} {f(v['saturated'], 2):>5} {f(v['s_per_image']):>7}"
+        )
     ceil = metrics["ceiling"]["dice"]
-    lines.append(f"ceiling (segmenter on real held-out): Dice {f(ceil['mean_fg'])} "
-                 f"(LV {f(ceil['LV'])}, MYO {f(ceil['MYO'])}, RV {f(ceil['RV'])})")
+    lines.append(
+        f"ceiling (segmenter on real held-out): Dice {f(ceil['mean_fg'])} "
+        f"(LV {f(ceil['LV'])}, MYO {f(ceil['MYO'])}, RV {f(ceil['RV'])})"
+    )
     realism = metrics["realism"]
-    lines.append(f"realism: {realism['n_generated']} generated ({realism['n_masks']} masks x "
-                 f"{len(realism['seeds'])} seeds) vs {realism['n_heldout']} real held-out, baseline "
-                 f"{realism['n_train']} real training slices")
+    lines.append(
+        f"realism: {realism['n_generated']} generated ({realism['n_masks']} masks x "
+        f"{len(realism['seeds'])} seeds) vs {realism['n_heldout']} real held-out, baseline "
+        f"{realism['n_train']} real training slices"
+    )
     for d in (realism["inception"], realism["segmenter"]):
         if d["available"]:
             ae = d.get("autoencoder") or {}
-            lines.append(f"  FID {d['label']}: {f(d['fid'], 2)} (real vs real {f(d['real_vs_real_fid'], 2)}, "
-                         f"ratio {f(d['ratio'], 2)}; VQ-VAE reconstructions {f(ae.get('fid'), 2)}, ratio "
-                         f"{f(ae.get('ratio'), 2)}), KID {f(d['kid_mean'], 4)} ± {f(d['kid_std'], 4)}")
+            lines.append(
+                f"  FID {d['label']}: {f(d['fid'], 2)} (real vs real {f(d['real_vs_real_fid'], 2)}, "
+                f"ratio {f(d['ratio'], 2)}; VQ-VAE reconstructions {f(ae.get('fid'), 2)}, ratio "
+                f"{f(ae.get('ratio'), 2)}), KID {f(d['kid_mean'], 4)} ± {f(d['kid_std'], 4)}"
+            )
         else:
             lines.append(f"  FID {d['label']}: unavailable ({d['reason']})")
     spec, ae = realism["spectrum"], realism["autoencoder"]
     hf = spec["hf_ratio"]
-    lines.append(f"  high-frequency power (> {spec['cutoff']} cycles/pixel) over real held-out: generated "
-                 f"{f(hf.get('generated'), 2)}, real train {f(hf.get('train'), 2)}, "
-                 f"VQ-VAE reconstructions {f(hf.get('reconstruction'), 2)}")
-    lines.append(f"  VQ-VAE reconstruction of {ae['n']} held-out slices: SSIM {f(ae['ssim']['mean'])}, "
-                 f"PSNR {f(ae['psnr']['mean'], 2)}")
+    lines.append(
+        f"  high-frequency power (> {spec['cutoff']} cycles/pixel) over real held-out: generated "
+        f"{f(hf.get('generated'), 2)}, real train {f(hf.get('train'), 2)}, "
+        f"VQ-VAE reconstructions {f(hf.get('reconstruction'), 2)}"
+    )
+    lines.append(
+        f"  VQ-VAE reconstruction of {ae['n']} held-out slices: SSIM {f(ae['ssim']['mean'])}, "
+        f"PSNR {f(ae['psnr']['mean'], 2)}"
+    )
     mem = metrics["memorisation"]
-    lines.append(f"memorisation ratio (pixels): median {f(mem['summary']['median'])}, min {f(mem['summary']['min'])} "
-                 f"(real held-out baseline: median {f(mem['baseline']['summary']['median'])})")
+    lines.append(
+        f"memorisation ratio (pixels): median {f(mem['summary']['median'])}, min {f(mem['summary']['min'])} "
+        f"(real held-out baseline: median {f(mem['baseline']['summary']['median'])})"
+    )
     pub = metrics["published"]
     lines.append(f"published ({pub['source']}): FID {pub['fid']}, SSIM {pub['ssim']}, NMSE {pub['nmse']}")
     return "\n".join(lines)

@@ -74,8 +74,9 @@ class EvaluationConfig:
             raise ValueError(f"evaluation.realism_n must be at least 2 (FID needs two images), not {self.realism_n}")
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown:
-            raise ValueError(f"unknown evaluation variant(s) {', '.join(map(repr, unknown))}; "
-                             f"choose from {', '.join(VARIANTS)}")
+            raise ValueError(
+                f"unknown evaluation variant(s) {', '.join(map(repr, unknown))}; choose from {', '.join(VARIANTS)}"
+            )
         if not self.variants:
             raise ValueError("evaluation.variants is empty")
         if len(set(self.variants)) != len(self.variants):

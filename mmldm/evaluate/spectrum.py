@@ -45,7 +45,7 @@ the CPU; images are (N, 1, H, W) (or (N, H, W)) tensors.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -83,8 +83,10 @@ def frequency_grid(height: int, width: int) -> torch.Tensor:
 
 def hann_window_2d(height: int, width: int) -> torch.Tensor:
     """The separable 2-D Hann window ``h_H[i] h_W[j]`` (symmetric: zero on the border)."""
-    return (torch.hann_window(height, periodic=False, dtype=torch.float64)[:, None]
-            * torch.hann_window(width, periodic=False, dtype=torch.float64)[None, :])
+    return (
+        torch.hann_window(height, periodic=False, dtype=torch.float64)[:, None]
+        * torch.hann_window(width, periodic=False, dtype=torch.float64)[None, :]
+    )
 
 
 def power_spectrum(images: torch.Tensor, window: bool = True) -> torch.Tensor:
@@ -135,8 +137,9 @@ def mean_power_spectrum(images: torch.Tensor, window: bool = True, batch_size: i
     return total / len(x)
 
 
-def mean_radial_spectrum(images: torch.Tensor, window: bool = True,
-                         batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def mean_radial_spectrum(
+    images: torch.Tensor, window: bool = True, batch_size: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
     """The radial average of a set's mean spectrum: (frequencies (R,), spectrum (R,))."""
     return radial_average(mean_power_spectrum(images, window, batch_size))
 
@@ -152,8 +155,9 @@ def high_frequency_fraction(power: torch.Tensor, cutoff: float = CUTOFF) -> floa
     return float(p[f > cutoff].sum()) / total if total > 0 else float("nan")
 
 
-def high_frequency_ratio(generated: torch.Tensor, real: torch.Tensor, cutoff: float = CUTOFF,
-                         window: bool = True) -> dict:
+def high_frequency_ratio(
+    generated: torch.Tensor, real: torch.Tensor, cutoff: float = CUTOFF, window: bool = True
+) -> dict:
     """``HF(generated) / HF(real)`` with both fractions and set sizes::
 
         {"cutoff", "window", "generated_fraction", "real_fraction", "ratio", "n_generated", "n_real"}
@@ -165,12 +169,20 @@ def high_frequency_ratio(generated: torch.Tensor, real: torch.Tensor, cutoff: fl
         raise ValueError(f"image sizes differ: {tuple(generated.shape[-2:])} and {tuple(real.shape[-2:])}")
     g = high_frequency_fraction(mean_power_spectrum(generated, window), cutoff)
     r = high_frequency_fraction(mean_power_spectrum(real, window), cutoff)
-    return {"cutoff": cutoff, "window": "hann" if window else "none", "generated_fraction": g, "real_fraction": r,
-            "ratio": g / r if r > 0 else float("nan"), "n_generated": len(generated), "n_real": len(real)}
+    return {
+        "cutoff": cutoff,
+        "window": "hann" if window else "none",
+        "generated_fraction": g,
+        "real_fraction": r,
+        "ratio": g / r if r > 0 else float("nan"),
+        "n_generated": len(generated),
+        "n_real": len(real),
+    }
 
 
-def compare_spectra(sets: Mapping[str, torch.Tensor], reference: str, cutoff: float = CUTOFF,
-                    window: bool = True) -> dict:
+def compare_spectra(
+    sets: Mapping[str, torch.Tensor], reference: str, cutoff: float = CUTOFF, window: bool = True
+) -> dict:
     """Mean radial spectra and high-frequency fractions of several sets of same-size images,
     each fraction also over the ``reference`` set's (``hf_ratio``); JSON-ready lists::
 
@@ -191,8 +203,13 @@ def compare_spectra(sets: Mapping[str, torch.Tensor], reference: str, cutoff: fl
     spectra = {}
     for name, p in mean_power.items():
         freqs, spectra[name] = radial_average(p)
-    return {"frequency": freqs.tolist(), "cutoff": cutoff, "window": "hann" if window else "none",
-            "reference": reference, "spectra": {k: v.tolist() for k, v in spectra.items()},
-            "hf_fraction": fractions,
-            "hf_ratio": {k: (v / ref if ref > 0 else float("nan")) for k, v in fractions.items() if k != reference},
-            "n": {k: len(v) for k, v in sets.items()}}
+    return {
+        "frequency": freqs.tolist(),
+        "cutoff": cutoff,
+        "window": "hann" if window else "none",
+        "reference": reference,
+        "spectra": {k: v.tolist() for k, v in spectra.items()},
+        "hf_fraction": fractions,
+        "hf_ratio": {k: (v / ref if ref > 0 else float("nan")) for k, v in fractions.items() if k != reference},
+        "n": {k: len(v) for k, v in sets.items()},
+    }

@@ -28,14 +28,12 @@ flattens the pixels with a view, which is free for channels-last inputs.
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mmldm.models.spade import SPADE
-
 
 # ---------------------------------------------------------------------------------------------
 # 1. Parameter counts
@@ -60,8 +58,15 @@ def param_table(module: nn.Module) -> dict[str, int]:
 # ---------------------------------------------------------------------------------------------
 
 
-def check_levels(down_channels, mid_channels, down_sample, attn_down, norm_groups: int, num_heads: int,
-                 more_channels: tuple[int, ...] = ()) -> None:
+def check_levels(
+    down_channels,
+    mid_channels,
+    down_sample,
+    attn_down,
+    norm_groups: int,
+    num_heads: int,
+    more_channels: tuple[int, ...] = (),
+) -> None:
     """Validate the level lists shared by the VQVAE and UNet configs (ValueError with the reason).
 
     One ``down_sample`` and ``attn_down`` entry per DownBlock (``len(down_channels) - 1``), a
@@ -134,9 +139,9 @@ class ResBlock(nn.Module):
         out_channels: int,
         *,
         groups: int = 32,
-        time_dim: Optional[int] = None,
+        time_dim: int | None = None,
         dropout: float = 0.0,
-        spade_channels: Optional[int] = None,
+        spade_channels: int | None = None,
         spade_hidden: int = 128,
     ):
         super().__init__()
@@ -155,7 +160,7 @@ class ResBlock(nn.Module):
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.shortcut = nn.Conv2d(in_channels, out_channels, 1)
 
-    def _norm(self, norm: nn.Module, h: torch.Tensor, cond: Optional[torch.Tensor]) -> torch.Tensor:
+    def _norm(self, norm: nn.Module, h: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         if self.spade:
             if cond is None:
                 raise ValueError("this ResBlock uses SPADE and needs the condition map (got None)")
@@ -163,7 +168,7 @@ class ResBlock(nn.Module):
         return norm(h)
 
     def forward(
-        self, x: torch.Tensor, temb: Optional[torch.Tensor] = None, cond: Optional[torch.Tensor] = None
+        self, x: torch.Tensor, temb: torch.Tensor | None = None, cond: torch.Tensor | None = None
     ) -> torch.Tensor:
         h = self.conv1(F.silu(self._norm(self.norm1, x, cond)))
         if self.time_proj is not None:
@@ -263,9 +268,9 @@ class DownBlock(nn.Module):
         attention: bool,
         num_heads: int,
         groups: int = 32,
-        time_dim: Optional[int] = None,
+        time_dim: int | None = None,
         dropout: float = 0.0,
-        spade_channels: Optional[int] = None,
+        spade_channels: int | None = None,
         spade_hidden: int = 128,
     ):
         super().__init__()
@@ -300,9 +305,9 @@ class MidBlock(nn.Module):
         num_layers: int,
         num_heads: int,
         groups: int = 32,
-        time_dim: Optional[int] = None,
+        time_dim: int | None = None,
         dropout: float = 0.0,
-        spade_channels: Optional[int] = None,
+        spade_channels: int | None = None,
         spade_hidden: int = 128,
     ):
         super().__init__()
@@ -339,9 +344,9 @@ class UpBlock(nn.Module):
         num_heads: int,
         skip_channels: int = 0,
         groups: int = 32,
-        time_dim: Optional[int] = None,
+        time_dim: int | None = None,
         dropout: float = 0.0,
-        spade_channels: Optional[int] = None,
+        spade_channels: int | None = None,
         spade_hidden: int = 128,
     ):
         super().__init__()

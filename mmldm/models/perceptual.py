@@ -141,7 +141,7 @@ def load_feature_network(path: str | Path) -> nn.Module:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-        raise ConfigError(f"perceptual_weights: {path} is neither TorchScript nor a state dict ({e}); {hint}")
+        raise ConfigError(f"perceptual_weights: {path} is neither TorchScript nor a state dict ({e}); {hint}") from None
     if not isinstance(state, dict):
         raise ConfigError(f"perceptual_weights: {path} holds a {type(state).__name__}, not a state dict; {hint}")
     state = {k: v for k, v in state.items() if k.startswith("features.")}
@@ -168,7 +168,7 @@ class PerceptualLoss(nn.Module):
             p.requires_grad_(False)
         self.train(False)
 
-    def train(self, mode: bool = True) -> "PerceptualLoss":
+    def train(self, mode: bool = True) -> PerceptualLoss:
         # The features stay in eval mode (frozen BatchNorm statistics, no dropout) whatever mode
         # the trainer sets; an exported (.pt2) program keeps the mode it was exported in.
         self.training = mode

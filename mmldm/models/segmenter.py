@@ -98,8 +98,10 @@ class Segmenter(nn.Module):
             raise ValueError(f"segmenter expects images (N, {self.stem.in_channels}, H, W), got {tuple(x.shape)}")
         f = self.cfg.downsampling
         if x.shape[-2] % f or x.shape[-1] % f:
-            raise ValueError(f"segmenter: image size {tuple(x.shape[-2:])} must be divisible by {f} "
-                             f"(2^(len(channels) - 1) for channels {list(self.cfg.channels)})")
+            raise ValueError(
+                f"segmenter: image size {tuple(x.shape[-2:])} must be divisible by {f} "
+                f"(2^(len(channels) - 1) for channels {list(self.cfg.channels)})"
+            )
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Image -> (bottleneck (N, c_{L-1}, H/2^(L-1), W/2^(L-1)), skips at levels 0 .. L-2)."""
@@ -145,8 +147,9 @@ def soft_dice_loss(logits: torch.Tensor, labels: torch.Tensor, eps: float = 1.0)
     return 1 - dice.mean()
 
 
-def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, ce_weight: float = 1.0,
-                      dice_weight: float = 1.0) -> torch.Tensor:
+def segmentation_loss(
+    logits: torch.Tensor, labels: torch.Tensor, ce_weight: float = 1.0, dice_weight: float = 1.0
+) -> torch.Tensor:
     """``ce_weight * CE(logits, labels) + dice_weight * soft_dice_loss(logits, labels)``.
 
     Cross-entropy gives every pixel a gradient from the start; the Dice term weighs each class
@@ -164,9 +167,9 @@ def load_segmenter(path: str | Path, device: torch.device | str = "cpu") -> Segm
     A file that is not such a checkpoint (another kind of mmldm checkpoint, a truncated file,
     weights of another shape) is a :class:`~mmldm.checkpoint.CheckpointError` naming it.
     """
+    from mmldm.checkpoint import CheckpointError
     from mmldm.config import from_dict
     from mmldm.errors import ConfigError
-    from mmldm.checkpoint import CheckpointError
 
     path = Path(path)
     if not path.is_file():
@@ -176,14 +179,21 @@ def load_segmenter(path: str | Path, device: torch.device | str = "cpu") -> Segm
     except Exception as e:  # noqa: BLE001 - zip, pickle and EOF errors all mean "not a whole checkpoint"
         raise CheckpointError(path, f"cannot be read as a segmenter checkpoint ({type(e).__name__})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") == "mmldm-checkpoint" or not {"model", "config"} <= set(ckpt):
-        kind = f"an mmldm {ckpt.get('stage')!r} checkpoint" if isinstance(ckpt, dict) and "stage" in ckpt else \
-            "another kind of file"
-        raise CheckpointError(path, f"is {kind}, not a segmenter (evaluate trains one into <run>/segmenter/"
-                                    f"{CHECKPOINT_NAME}; leave --segmenter out to train one)")
+        kind = (
+            f"an mmldm {ckpt.get('stage')!r} checkpoint"
+            if isinstance(ckpt, dict) and "stage" in ckpt
+            else "another kind of file"
+        )
+        raise CheckpointError(
+            path,
+            f"is {kind}, not a segmenter (evaluate trains one into <run>/segmenter/"
+            f"{CHECKPOINT_NAME}; leave --segmenter out to train one)",
+        )
     try:
         model = Segmenter(from_dict(SegmenterConfig, ckpt["config"], where=f"{path}: config"))
         model.load_state_dict(ckpt["model"])
     except (ConfigError, RuntimeError, TypeError) as e:
-        raise CheckpointError(path, f"does not hold a segmenter this code can rebuild "
-                                    f"({str(e).splitlines()[0][:200]})") from None
+        raise CheckpointError(
+            path, f"does not hold a segmenter this code can rebuild ({str(e).splitlines()[0][:200]})"
+        ) from None
     return model.to(device).eval()

@@ -32,7 +32,7 @@ ignores ``cond``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -71,8 +71,15 @@ class UNetConfig:
     view_embedding: bool = False  # add a learned SA/LA embedding to the time embedding
 
     def __post_init__(self):
-        check_levels(self.down_channels, self.mid_channels, self.down_sample, self.attn_down, self.norm_groups,
-                     self.num_heads, more_channels=(self.conv_out_channels,))
+        check_levels(
+            self.down_channels,
+            self.mid_channels,
+            self.down_sample,
+            self.attn_down,
+            self.norm_groups,
+            self.num_heads,
+            more_channels=(self.conv_out_channels,),
+        )
         if self.time_emb_dim % 2:
             raise ValueError(f"time_emb_dim must be even, got {self.time_emb_dim}")
         if self.conditioning == "hint_encoder":
@@ -108,7 +115,7 @@ class UNet(nn.Module):
 
         # Condition at the input (concat modes only).
         extra = 0
-        self.cond_encoder: Optional[nn.Module] = None
+        self.cond_encoder: nn.Module | None = None
         if cfg.conditioning == "concat_nearest":
             self.cond_encoder = NearestConcat(cfg.cond_channels, cfg.cond_out_channels)
             extra = cfg.cond_out_channels
@@ -122,8 +129,12 @@ class UNet(nn.Module):
         # Encoder: DownBlock i maps ch[i] -> ch[i+1] and then (maybe) halves the resolution.
         self.downs = nn.ModuleList(
             DownBlock(
-                ch[i], ch[i + 1], num_layers=cfg.num_down_layers, downsample=cfg.down_sample[i],
-                attention=cfg.attn_down[i], **common,
+                ch[i],
+                ch[i + 1],
+                num_layers=cfg.num_down_layers,
+                downsample=cfg.down_sample[i],
+                attention=cfg.attn_down[i],
+                **common,
             )
             for i in range(len(ch) - 1)
         )
@@ -139,8 +150,13 @@ class UNet(nn.Module):
             out = ch[i - 1] if i > 0 else cfg.conv_out_channels
             self.ups.append(
                 UpBlock(
-                    x_channels, out, skip_channels=ch[i], num_layers=cfg.num_up_layers,
-                    upsample=cfg.down_sample[i], attention=cfg.attn_down[i], **common,
+                    x_channels,
+                    out,
+                    skip_channels=ch[i],
+                    num_layers=cfg.num_up_layers,
+                    upsample=cfg.down_sample[i],
+                    attention=cfg.attn_down[i],
+                    **common,
                 )
             )
             x_channels = out
@@ -151,8 +167,8 @@ class UNet(nn.Module):
         self,
         x: torch.Tensor,
         t: torch.Tensor | float,
-        cond: Optional[torch.Tensor] = None,
-        view: Optional[torch.Tensor] = None,
+        cond: torch.Tensor | None = None,
+        view: torch.Tensor | None = None,
     ) -> torch.Tensor:
         cfg = self.config
         b, _, h, w = x.shape
@@ -180,7 +196,7 @@ class UNet(nn.Module):
             else:
                 pyramid = ConditionPyramid(cond)
 
-        def cond_at(ref: torch.Tensor) -> Optional[torch.Tensor]:
+        def cond_at(ref: torch.Tensor) -> torch.Tensor | None:
             return pyramid.at(ref.shape[-2:]) if pyramid is not None else None
 
         # 3. Down, mid, up. SPADE's condition is taken at each block's working resolution.

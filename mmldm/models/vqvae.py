@@ -30,7 +30,7 @@ latent back onto the codebook first (``requantize``; the seed decodes the raw sa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -68,7 +68,7 @@ class VQVAEConfig:
     recon_loss: Literal["l2", "l1"] = "l2"
     codebook_loss_weight: float = 1.0
     commitment_loss_weight: float = 0.2  # beta
-    perceptual_weights: Optional[str] = None  # "random", or a local TorchScript / VGG16 state dict; None: no term
+    perceptual_weights: str | None = None  # "random", or a local TorchScript / VGG16 state dict; None: no term
     perceptual_loss_weight: float = 1.0
     disc_channels: list[int] = field(default_factory=lambda: [64, 128, 256])
     # Optimiser steps before the GAN terms switch on. The seed's disc_start is 15,000 *batches of
@@ -82,11 +82,14 @@ class VQVAEConfig:
     adversarial_adaptive: bool = False
 
     def __post_init__(self):
-        check_levels(self.down_channels, self.mid_channels, self.down_sample, self.attn_down, self.norm_groups,
-                     self.num_heads)
+        check_levels(
+            self.down_channels, self.mid_channels, self.down_sample, self.attn_down, self.norm_groups, self.num_heads
+        )
         if self.mid_channels[-1] != self.down_channels[-1]:
-            raise ValueError(f"mid_channels {self.mid_channels} must end at down_channels[-1] = "
-                             f"{self.down_channels[-1]} (the decoder starts from that width)")
+            raise ValueError(
+                f"mid_channels {self.mid_channels} must end at down_channels[-1] = "
+                f"{self.down_channels[-1]} (the decoder starts from that width)"
+            )
 
     @property
     def downsample_factor(self) -> int:
@@ -108,8 +111,13 @@ class Encoder(nn.Module):
         self.conv_in = nn.Conv2d(cfg.image_channels, ch[0], 3, padding=1)
         self.downs = nn.ModuleList(
             DownBlock(
-                ch[i], ch[i + 1], num_layers=cfg.num_down_layers, downsample=cfg.down_sample[i],
-                attention=cfg.attn_down[i], num_heads=cfg.num_heads, groups=cfg.norm_groups,
+                ch[i],
+                ch[i + 1],
+                num_layers=cfg.num_down_layers,
+                downsample=cfg.down_sample[i],
+                attention=cfg.attn_down[i],
+                num_heads=cfg.num_heads,
+                groups=cfg.norm_groups,
             )
             for i in range(len(ch) - 1)
         )
@@ -142,8 +150,13 @@ class Decoder(nn.Module):
         )
         self.ups = nn.ModuleList(
             UpBlock(
-                ch[i], ch[i - 1], num_layers=cfg.num_up_layers, upsample=cfg.down_sample[i - 1],
-                attention=cfg.attn_down[i - 1], num_heads=cfg.num_heads, groups=cfg.norm_groups,
+                ch[i],
+                ch[i - 1],
+                num_layers=cfg.num_up_layers,
+                upsample=cfg.down_sample[i - 1],
+                attention=cfg.attn_down[i - 1],
+                num_heads=cfg.num_heads,
+                groups=cfg.norm_groups,
             )
             for i in reversed(range(1, len(ch)))
         )
@@ -170,7 +183,11 @@ class VQVAE(nn.Module):
         self.config = cfg = config
         self.encoder = Encoder(cfg)
         self.quantizer = VectorQuantizer(
-            cfg.codebook_size, cfg.latent_channels, ema=cfg.ema, decay=cfg.ema_decay, eps=cfg.ema_eps,
+            cfg.codebook_size,
+            cfg.latent_channels,
+            ema=cfg.ema,
+            decay=cfg.ema_decay,
+            eps=cfg.ema_eps,
             restart_after=cfg.restart_after,
         )
         self.decoder = Decoder(cfg)
@@ -199,7 +216,7 @@ class VQVAE(nn.Module):
         return self.quantizer.quantize_exact(self.encode(x))[0]
 
     @torch.no_grad()
-    def decode_latent(self, z: torch.Tensor, requantize: Optional[bool] = None) -> torch.Tensor:
+    def decode_latent(self, z: torch.Tensor, requantize: bool | None = None) -> torch.Tensor:
         """A (sampled) latent -> image. With ``requantize`` (default: the config's), the latent
         is first snapped onto its nearest codebook vectors, as the decoder was trained on those."""
         if self.config.requantize if requantize is None else requantize:
@@ -216,7 +233,7 @@ def build_discriminator(cfg: VQVAEConfig) -> PatchDiscriminator:
     return PatchDiscriminator(cfg.image_channels, cfg.disc_channels)
 
 
-def build_perceptual_loss(cfg: VQVAEConfig) -> Optional[PerceptualLoss]:
+def build_perceptual_loss(cfg: VQVAEConfig) -> PerceptualLoss | None:
     """The perceptual loss from ``cfg.perceptual_weights``, or None when that is unset."""
     return None if cfg.perceptual_weights is None else PerceptualLoss(cfg.perceptual_weights)
 
@@ -232,9 +249,9 @@ def vqvae_generator_loss(
     recon: torch.Tensor,
     info: dict,
     step: int,
-    discriminator: Optional[nn.Module] = None,
-    perceptual: Optional[nn.Module] = None,
-    last_layer: Optional[torch.Tensor] = None,
+    discriminator: nn.Module | None = None,
+    perceptual: nn.Module | None = None,
+    last_layer: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """The autoencoder's loss terms (already weighted) and their sum ``"total"``.
 
@@ -261,7 +278,7 @@ def vqvae_generator_loss(
     return terms
 
 
-def adaptive_weight(rec: torch.Tensor, gan: torch.Tensor, last_layer: Optional[torch.Tensor]) -> torch.Tensor:
+def adaptive_weight(rec: torch.Tensor, gan: torch.Tensor, last_layer: torch.Tensor | None) -> torch.Tensor:
     """VQGAN's lambda = ||grad_L rec|| / (||grad_L gan|| + 1e-4), clamped to [0, 1e4], detached.
 
     ``L`` is the decoder's last convolution weight (where both losses meet first on the way

@@ -70,8 +70,9 @@ def setup(device: str | None = None) -> Dist:
     if use_cuda:
         torch.cuda.set_device(local)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world,
-                                timeout=datetime.timedelta(minutes=30))
+        dist.init_process_group(
+            "nccl" if use_cuda else "gloo", rank=rank, world_size=world, timeout=datetime.timedelta(minutes=30)
+        )
     return Dist(rank, local, world, torch.device(f"cuda:{local}" if use_cuda else "cpu"))
 
 

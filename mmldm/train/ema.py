@@ -25,8 +25,8 @@ Sampling with the EMA weights and then training on::
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -54,7 +54,7 @@ class EMA:
         }
 
     @classmethod
-    def from_config(cls, model: nn.Module, cfg: EMAConfig) -> "EMA":
+    def from_config(cls, model: nn.Module, cfg: EMAConfig) -> EMA:
         return cls(model, decay=cfg.decay, warmup=cfg.warmup)
 
     @staticmethod
@@ -97,7 +97,7 @@ class EMA:
                 for name, p in self._params(model):
                     p.copy_(backup[name])
 
-    def to(self, device: torch.device | str) -> "EMA":
+    def to(self, device: torch.device | str) -> EMA:
         """Move the shadow weights (e.g. next to the model, so updates stay on the GPU)."""
         self.shadow = {name: s.to(device) for name, s in self.shadow.items()}
         return self

@@ -23,12 +23,12 @@ import h5py
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from mmldm.progress import tqdm
 
 from mmldm import atomic
 from mmldm.data.dataset import CardiacSliceDataset
 from mmldm.diffusion.latent_norm import normalize
 from mmldm.models.vqvae import VQVAE
+from mmldm.progress import tqdm
 
 CACHE_VERSION = 1
 
@@ -43,8 +43,9 @@ def cache_key(vqvae_hash: str, store: str | Path, indices: np.ndarray) -> str:
 
 
 @torch.no_grad()
-def encode_dataset(vqvae: VQVAE, slices: CardiacSliceDataset, batch_size: int, device: torch.device,
-                   progress: bool = True) -> torch.Tensor:
+def encode_dataset(
+    vqvae: VQVAE, slices: CardiacSliceDataset, batch_size: int, device: torch.device, progress: bool = True
+) -> torch.Tensor:
     """Every item's quantised latent, in item order: (N, C, h, w) float32 on the CPU."""
     vqvae.eval()
     loader = DataLoader(slices, batch_size=batch_size, shuffle=False, num_workers=0)
@@ -68,8 +69,9 @@ def read_cache(path: str | Path, key: str) -> torch.Tensor | None:
         return None
 
 
-def write_cache(path: str | Path, latents: torch.Tensor, indices: np.ndarray, key: str, vqvae_hash: str,
-                store: str | Path) -> Path:
+def write_cache(
+    path: str | Path, latents: torch.Tensor, indices: np.ndarray, key: str, vqvae_hash: str, store: str | Path
+) -> Path:
     """Write the cache atomically."""
 
     def write(tmp: Path) -> None:
@@ -81,8 +83,15 @@ def write_cache(path: str | Path, latents: torch.Tensor, indices: np.ndarray, ke
     return atomic.write_atomic(path, write)
 
 
-def ensure_cache(path: str | Path, vqvae: VQVAE, vqvae_hash: str, slices: CardiacSliceDataset,
-                 batch_size: int, device: torch.device, progress: bool = True) -> tuple[torch.Tensor, bool]:
+def ensure_cache(
+    path: str | Path,
+    vqvae: VQVAE,
+    vqvae_hash: str,
+    slices: CardiacSliceDataset,
+    batch_size: int,
+    device: torch.device,
+    progress: bool = True,
+) -> tuple[torch.Tensor, bool]:
     """The training latents from ``path``, encoding and writing them first if missing or stale.
 
     Returns ``(latents, rebuilt)``. Under torchrun only rank 0 should call this with write

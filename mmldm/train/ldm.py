@@ -31,11 +31,11 @@ from an LDM checkpoint.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from pathlib import Path
 
 import torch
 
+from mmldm.checkpoint import LAST, CheckpointError
 from mmldm.config import Config, from_dict
 from mmldm.data.dataset import CardiacSliceDataset
 from mmldm.data.store import check_same_size, store_size
@@ -44,14 +44,12 @@ from mmldm.diffusion.latent_norm import latent_stats
 from mmldm.diffusion.objectives import diffusion_loss
 from mmldm.diffusion.schedule import NoiseSchedule
 from mmldm.errors import ConfigError
-from mmldm.models.unet import UNet
 from mmldm.inference import LatentDiffusion, load_vqvae
+from mmldm.models.unet import UNet
 from mmldm.models.vqvae import VQVAEConfig
 from mmldm.train import distributed
-from mmldm.checkpoint import LAST, CheckpointError
 from mmldm.train.ema import EMA
 from mmldm.train.latents import LatentDataset, encode_dataset, ensure_cache
-from mmldm.viz.plots import condition_rgb, save_grid
 from mmldm.train.loop import (
     Trainer,
     autocast,
@@ -68,6 +66,7 @@ from mmldm.train.loop import (
     wrap,
 )
 from mmldm.train.optim import build_optimizer, build_scheduler
+from mmldm.viz.plots import condition_rgb, save_grid
 
 SAMPLE_STEPS = 25  # DDIM steps for the progress grids
 
@@ -101,8 +100,9 @@ def train_ldm(
     return {**result, "latent_cache": trainer.cache_path, "latent_stats": trainer.stats}
 
 
-def noised_batch(schedule: NoiseSchedule, z0: torch.Tensor, cond: torch.Tensor, guidance,
-                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def noised_batch(
+    schedule: NoiseSchedule, z0: torch.Tensor, cond: torch.Tensor, guidance, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The random part of one training step, drawn on the CPU from ``generator`` (the same numbers
     on any device): condition drops for classifier-free guidance, one timestep per sample and the
     noise. Returns ``(cond, t, noise)``; x_t = schedule.add_noise(z0, noise, t)."""
@@ -112,11 +112,20 @@ def noised_batch(schedule: NoiseSchedule, z0: torch.Tensor, cond: torch.Tensor, 
     return cond, t, noise
 
 
-def ldm_loss(model, cfg: Config, schedule: NoiseSchedule, z0: torch.Tensor, cond: torch.Tensor,
-             view: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, autocast_ctx=None) -> torch.Tensor:
+def ldm_loss(
+    model,
+    cfg: Config,
+    schedule: NoiseSchedule,
+    z0: torch.Tensor,
+    cond: torch.Tensor,
+    view: torch.Tensor,
+    t: torch.Tensor,
+    noise: torch.Tensor,
+    autocast_ctx=None,
+) -> torch.Tensor:
     """The loss of one batch (everything on the model's device)::
 
-        x_t = sqrt(a_t) z0 + sqrt(1 - a_t) noise;   loss = w(t) || model(x_t, t, cond, view) - target ||^2
+    x_t = sqrt(a_t) z0 + sqrt(1 - a_t) noise;   loss = w(t) || model(x_t, t, cond, view) - target ||^2
     """
     x_t = schedule.add_noise(z0, noise, t)
     with autocast_ctx if autocast_ctx is not None else contextlib.nullcontext():
@@ -132,17 +141,33 @@ class LDMTrainer(Trainer):
 
     def resume_blockers(self, ckpt: dict) -> list[str]:
         ref = ckpt["extra"]["vqvae"]
-        other_vqvae = [f"VQVAE weights {ref['hash']} -> {self.vq_ref['hash']}"] if ref["hash"] != self.vq_ref["hash"] else []
+        other_vqvae = (
+            [f"VQVAE weights {ref['hash']} -> {self.vq_ref['hash']}"] if ref["hash"] != self.vq_ref["hash"] else []
+        )
         return other_vqvae + super().resume_blockers(ckpt)
+
     columns = ["step", "loss", "grad_norm", "lr", "ema_decay", "images_per_s"]
     curve = ["loss"]
 
-    def __init__(self, cfg: Config, store_path=None, vqvae_ckpt=None, out_dir=None, figures_dir=None,
-                 device: str | None = None, resume: bool | str = False, progress: bool = True):
+    def __init__(
+        self,
+        cfg: Config,
+        store_path=None,
+        vqvae_ckpt=None,
+        out_dir=None,
+        figures_dir=None,
+        device: str | None = None,
+        resume: bool | str = False,
+        progress: bool = True,
+    ):
         d = distributed.setup(device)
-        super().__init__(cfg, cfg.train_ldm, d,
-                         Path(out_dir) if out_dir is not None else cfg.run_dir / self.stage,
-                         Path(figures_dir) if figures_dir is not None else cfg.figures_dir)
+        super().__init__(
+            cfg,
+            cfg.train_ldm,
+            d,
+            Path(out_dir) if out_dir is not None else cfg.run_dir / self.stage,
+            Path(figures_dir) if figures_dir is not None else cfg.figures_dir,
+        )
         tc = self.tc
         store_path = Path(store_path) if store_path is not None else cfg.store_path
         vqvae_ckpt = Path(vqvae_ckpt) if vqvae_ckpt is not None else cfg.run_dir / "vqvae" / LAST
@@ -150,21 +175,26 @@ class LDMTrainer(Trainer):
         # 1. The frozen VQVAE, and the training latents (cached by rank 0, then read by every rank).
         self.vqvae, self.vq_ref = load_vqvae(vqvae_ckpt, d.device)
         _check_compatible(cfg, self.vq_ref["config"], vqvae_ckpt)
-        check_same_size({f"store {store_path}": store_size(store_path), f"VQVAE {vqvae_ckpt}": self.vq_ref["size"],
-                         "the config's data.size": cfg.data.size},
-                        "train the LDM on the store and at the size the VQVAE was trained on")
+        check_same_size(
+            {
+                f"store {store_path}": store_size(store_path),
+                f"VQVAE {vqvae_ckpt}": self.vq_ref["size"],
+                "the config's data.size": cfg.data.size,
+            },
+            "train the LDM on the store and at the size the VQVAE was trained on",
+        )
         slices = CardiacSliceDataset(store_path, split="train", in_memory=tc.in_memory)
         self.cache_path = self.out_dir / "latents.h5" if tc.cache_latents else None
         batch = tc.micro_batch(d.world_size)
         if tc.cache_latents:
             if d.is_main:
-                _, rebuilt = ensure_cache(self.cache_path, self.vqvae, self.vq_ref["hash"], slices, batch, d.device,
-                                          progress)
+                _, rebuilt = ensure_cache(
+                    self.cache_path, self.vqvae, self.vq_ref["hash"], slices, batch, d.device, progress
+                )
                 if rebuilt and progress:
                     print(f"ldm: encoded {len(slices)} training slices into {self.cache_path}", flush=True)
             distributed.barrier()
-            latents, _ = ensure_cache(self.cache_path, self.vqvae, self.vq_ref["hash"], slices, batch, d.device,
-                                      False)
+            latents, _ = ensure_cache(self.cache_path, self.vqvae, self.vq_ref["hash"], slices, batch, d.device, False)
         else:  # no file: encode once into memory
             latents = encode_dataset(self.vqvae, slices, batch, d.device, progress and d.is_main)
         self.stats = latent_stats(latents, tc.latent_norm)
@@ -198,8 +228,17 @@ class LDMTrainer(Trainer):
             cond, t, noise = noised_batch(schedule, z0, batch["cond"], g, noise_gen)
             cond, t, noise = to_device(cond, tc, d.device), t.to(d.device), to_device(noise, tc, d.device)
             with no_sync(self.model_t, micro == tc.grad_accum - 1):
-                loss = ldm_loss(self.model_t, self.cfg, schedule, z0, cond, batch["view"].to(d.device), t, noise,
-                                autocast(tc, d.device))
+                loss = ldm_loss(
+                    self.model_t,
+                    self.cfg,
+                    schedule,
+                    z0,
+                    cond,
+                    batch["view"].to(d.device),
+                    t,
+                    noise,
+                    autocast(tc, d.device),
+                )
                 (loss / tc.grad_accum).backward()
             logged["loss"] += loss.detach() / tc.grad_accum
         logged["lr"] = self.optimizer.param_groups[0]["lr"]
@@ -221,9 +260,12 @@ class LDMTrainer(Trainer):
     def load(self, ckpt: dict) -> None:
         ref = ckpt["extra"]["vqvae"]
         if ref["hash"] != self.vq_ref["hash"]:
-            raise CheckpointError(self.out_dir / LAST, f"was trained on the VQVAE with weights {ref['hash']} "
-                                  f"({ref['path']}), but {self.vqvae_ckpt} has {self.vq_ref['hash']}: resume "
-                                  "with that VQVAE, or start afresh")
+            raise CheckpointError(
+                self.out_dir / LAST,
+                f"was trained on the VQVAE with weights {ref['hash']} "
+                f"({ref['path']}), but {self.vqvae_ckpt} has {self.vq_ref['hash']}: resume "
+                "with that VQVAE, or start afresh",
+            )
         self.model.load_state_dict(ckpt["model"])
         if self.ema is not None:
             self.ema.load_state_dict(ckpt["ema"])
@@ -240,8 +282,14 @@ class LDMTrainer(Trainer):
         sampler = model.sampler_config("ddim", min(self.cfg.sampler.num_inference_steps, SAMPLE_STEPS), eta=0.0)
         with self.ema.swapped_in(self.model) if self.ema is not None else contextlib.nullcontext():
             images = model.sample(cond, view, sampler=sampler)
-        save_grid({"condition": [condition_rgb(c) for c in cond], "sample": list(images),
-                   "real": [item["image"] for item in self.shown]}, path)
+        save_grid(
+            {
+                "condition": [condition_rgb(c) for c in cond],
+                "sample": list(images),
+                "real": [item["image"] for item in self.shown],
+            },
+            path,
+        )
 
 
 def _check_compatible(cfg: Config, vq_config: dict, path: Path) -> None:

@@ -17,7 +17,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from mmldm import atomic
 from mmldm.viz.plots import plt, save_figure
@@ -45,9 +44,7 @@ class CSVLog:
 
     def write(self, row: dict) -> None:
         with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, self.columns, extrasaction="ignore").writerow(
-                {k: _fmt(v) for k, v in row.items()}
-            )
+            csv.DictWriter(f, self.columns, extrasaction="ignore").writerow({k: _fmt(v) for k, v in row.items()})
 
 
 def _fmt(v):

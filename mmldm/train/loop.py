@@ -29,22 +29,16 @@ import random
 import time
 import warnings
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
-
 from tqdm.auto import tqdm
 
 from mmldm import atomic
-from mmldm.config import Config, to_dict
-from mmldm.data.dataset import CardiacSliceDataset
-from mmldm.errors import ConfigError, DataError, MMLDMError, check_terminated
-from mmldm.lock import run_lock
-from mmldm.train import distributed
 from mmldm.checkpoint import (
     LAST,
     PREVIOUS,
@@ -55,6 +49,11 @@ from mmldm.checkpoint import (
     save_checkpoint,
     weights_hash,
 )
+from mmldm.config import Config, to_dict
+from mmldm.data.dataset import CardiacSliceDataset
+from mmldm.errors import ConfigError, DataError, MMLDMError, check_terminated
+from mmldm.lock import run_lock
+from mmldm.train import distributed
 from mmldm.train.distributed import Dist
 from mmldm.train.log import CSVLog, read_log, save_loss_curve
 from mmldm.train.optim import TrainConfig
@@ -117,8 +116,9 @@ class ResumableSampler(Sampler[int]):
     """
 
     def __init__(self, dataset: Dataset, micro_batch: int, d: Dist, seed: int, start_batch: int = 0):
-        self.inner = DistributedSampler(dataset, num_replicas=d.world_size, rank=d.rank, shuffle=True,
-                                        seed=seed, drop_last=True)
+        self.inner = DistributedSampler(
+            dataset, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=seed, drop_last=True
+        )
         self.micro_batch = micro_batch
         self.per_epoch = len(self.inner) // micro_batch
         if self.per_epoch == 0:
@@ -137,7 +137,7 @@ class ResumableSampler(Sampler[int]):
         for e in itertools.count(epoch):
             self.inner.set_epoch(e)
             order = list(self.inner)[: self.per_epoch * self.micro_batch]
-            yield from order[offset * self.micro_batch:]
+            yield from order[offset * self.micro_batch :]
             offset = 0
 
 
@@ -267,8 +267,11 @@ def restore_rank_rng(ckpt: dict, d: Dist, seed: int, generators: dict[str, torch
     if ckpt.get("world_size", 1) == d.world_size and len(rngs) == d.world_size:
         restore_rng(rngs[d.rank], generators)
         return
-    warnings.warn(f"checkpoint written by {ckpt.get('world_size')} processes, resuming with {d.world_size}: "
-                  "random streams are re-seeded, so the run will not repeat the original bit for bit")
+    warnings.warn(
+        f"checkpoint written by {ckpt.get('world_size')} processes, resuming with {d.world_size}: "
+        "random streams are re-seeded, so the run will not repeat the original bit for bit",
+        stacklevel=2,
+    )
     seed_everything(stream_seed(seed, d.rank, f"torch-resume-{ckpt['step']}"))
     for name, g in (generators or {}).items():
         g.manual_seed(stream_seed(seed, d.rank, f"{name}-resume-{ckpt['step']}"))
@@ -303,12 +306,21 @@ def progress_line(stage: str, step: int, total: int, row: dict, first_step: int,
     """``vqvae: step 150/600 (25%) loss 0.0123, 41.2 images/s, ETA 3m05s`` (ETA from the steps so far)."""
     done = step - first_step
     eta = elapsed / done * (total - step) if done > 0 else float("nan")
-    eta_text = "?" if eta != eta else (f"{int(eta // 3600)}h{int(eta % 3600 // 60):02d}m" if eta >= 3600
-                                       else f"{int(eta // 60)}m{int(eta % 60):02d}s")
+    eta_text = (
+        "?"
+        if eta != eta
+        else (
+            f"{int(eta // 3600)}h{int(eta % 3600 // 60):02d}m"
+            if eta >= 3600
+            else f"{int(eta // 60)}m{int(eta % 60):02d}s"
+        )
+    )
     loss = row.get("loss", row.get("total"))
     loss_text = f" loss {loss:.4f}," if isinstance(loss, (int, float)) else ""
-    return (f"{stage}: step {step}/{total} ({100 * step // max(total, 1)}%){loss_text} "
-            f"{row.get('images_per_s', 0.0):.1f} images/s, ETA {eta_text}")
+    return (
+        f"{stage}: step {step}/{total} ({100 * step // max(total, 1)}%){loss_text} "
+        f"{row.get('images_per_s', 0.0):.1f} images/s, ETA {eta_text}"
+    )
 
 
 def mean_rate(log_path: str | Path) -> float | None:
@@ -353,7 +365,8 @@ def run_folder(out_dir: str | Path, stage: str, resume: bool | str):
             raise RunExistsError(
                 f"{out_dir} already holds a run ({found.name}); pass --resume to continue it, or --replace to "
                 f"start afresh and keep the old checkpoints and log in {out_dir / 'replaced'} "
-                "(in Python: resume=True or resume=\"replace\")")
+                '(in Python: resume=True or resume="replace")'
+            )
         yield out_dir
 
 
@@ -421,8 +434,17 @@ class Trainer:
     # is a different model, which ``resume="auto"`` does not continue. Keys in CONTINUABLE may
     # change between a run and its continuation (more steps, other logging, other threads).
     sections: tuple[str, ...] = ()
-    CONTINUABLE = ("steps", "log_every", "sample_every", "ckpt_every", "num_workers", "cpu_threads",
-                   "in_memory", "workers", "skip_bad")
+    CONTINUABLE = (
+        "steps",
+        "log_every",
+        "sample_every",
+        "ckpt_every",
+        "num_workers",
+        "cpu_threads",
+        "in_memory",
+        "workers",
+        "skip_bad",
+    )
 
     def resume_blockers(self, ckpt: dict) -> list[str]:
         """Why ``ckpt`` is not this run's earlier self (empty when it is): changed config keys."""
@@ -430,8 +452,11 @@ class Trainer:
         changed = []
         for section in self.sections:
             old_s, new_s = ckpt["config"].get(section, {}), new.get(section, {})
-            changed += [c for c in config_changes(old_s, new_s, f"{section}.")
-                        if c.split(":")[0].split(".")[-1].strip() not in self.CONTINUABLE]
+            changed += [
+                c
+                for c in config_changes(old_s, new_s, f"{section}.")
+                if c.split(":")[0].split(".")[-1].strip() not in self.CONTINUABLE
+            ]
         return changed
 
     def start(self, resume: bool | str, progress: bool = True) -> None:
@@ -448,8 +473,10 @@ class Trainer:
         if resume == "replace":
             if holds_checkpoint(self.out_dir):
                 if self.d.is_main:
-                    print(f"{self.stage}: starting afresh, old checkpoints moved to {self.out_dir / 'replaced'}",
-                          flush=True)
+                    print(
+                        f"{self.stage}: starting afresh, old checkpoints moved to {self.out_dir / 'replaced'}",
+                        flush=True,
+                    )
                     self.set_aside()
                 distributed.barrier()
             resume = False
@@ -458,8 +485,11 @@ class Trainer:
             blockers = self.resume_blockers(found[0])
             if blockers:
                 if self.d.is_main:
-                    print(f"{self.stage}: {found[1]} is another model ({'; '.join(blockers[:4])}); "
-                          f"starting afresh, old checkpoints moved to {self.out_dir / 'replaced'}", flush=True)
+                    print(
+                        f"{self.stage}: {found[1]} is another model ({'; '.join(blockers[:4])}); "
+                        f"starting afresh, old checkpoints moved to {self.out_dir / 'replaced'}",
+                        flush=True,
+                    )
                     self.set_aside()
                 distributed.barrier()
                 found = None
@@ -474,12 +504,18 @@ class Trainer:
             except (RuntimeError, KeyError, ValueError, TypeError) as e:  # shapes or names that do not fit
                 blockers = self.resume_blockers(ckpt)
                 why = "; ".join(blockers[:6]) if blockers else str(e).strip().splitlines()[0][:300]
-                raise CheckpointError(path, f"cannot resume from it with this config, it is another model ({why}); "
-                                      "resume with the checkpoint's config, or start afresh with --replace") from None
+                raise CheckpointError(
+                    path,
+                    f"cannot resume from it with this config, it is another model ({why}); "
+                    "resume with the checkpoint's config, or start afresh with --replace",
+                ) from None
             changed = config_changes(ckpt["config"], to_dict(self.cfg))
             if changed and self.d.is_main:
-                warnings.warn(f"{path}: resuming with a config that differs from the checkpoint's "
-                              f"({'; '.join(changed[:8])}); the run continues, but not as the original would")
+                warnings.warn(
+                    f"{path}: resuming with a config that differs from the checkpoint's "
+                    f"({'; '.join(changed[:8])}); the run continues, but not as the original would",
+                    stacklevel=2,
+                )
             self.step = int(ckpt["step"])
             restore_rank_rng(ckpt, self.d, self.tc.seed, self.generators)
             if self.d.is_main and progress:
@@ -502,9 +538,17 @@ class Trainer:
         rngs = distributed.gather_objects(capture_rng(self.generators), self.d)
         with distributed.rank0_writes(self.d):
             if self.d.is_main:
-                save_checkpoint({"stage": self.stage, "step": self.step, "config": to_dict(self.cfg),
-                                 **self.state(), "rng": rngs, "world_size": self.d.world_size},
-                                self.checkpoint_path)
+                save_checkpoint(
+                    {
+                        "stage": self.stage,
+                        "step": self.step,
+                        "config": to_dict(self.cfg),
+                        **self.state(),
+                        "rng": rngs,
+                        "world_size": self.d.world_size,
+                    },
+                    self.checkpoint_path,
+                )
         return self.checkpoint_path
 
     def samples(self) -> Path:
@@ -512,8 +556,7 @@ class Trainer:
         path = self.out_dir / "samples" / f"step_{self.step:06d}.png"
         if self.d.is_main:
             self.draw_samples(path)
-            save_loss_curve(self.out_dir / "log.csv", self.curve_path, self.curve,
-                            f"{self.stage} ({self.cfg.profile})")
+            save_loss_curve(self.out_dir / "log.csv", self.curve_path, self.curve, f"{self.stage} ({self.cfg.profile})")
         self.sample_path = path
         return path
 
@@ -524,8 +567,14 @@ class Trainer:
         start_time = time.perf_counter()
         # Headless (./run_all.sh sets MMLDM_PROGRESS=lines), a printed line per log row replaces the bar.
         lines = progress and d.is_main and os.environ.get("MMLDM_PROGRESS") == "lines"
-        bar = tqdm(total=tc.steps, initial=self.step, desc=self.stage, unit="step", dynamic_ncols=True,
-                   disable=lines or not (progress and d.is_main))
+        bar = tqdm(
+            total=tc.steps,
+            initial=self.step,
+            desc=self.stage,
+            unit="step",
+            dynamic_ncols=True,
+            disable=lines or not (progress and d.is_main),
+        )
         first_step = self.step
         sums: dict = defaultdict(float)
         count, meter = 0, Throughput()
@@ -542,11 +591,16 @@ class Trainer:
                 row.update(step=self.step, images_per_s=meter.rate())
                 if self.log is not None:
                     self.log.write(row)
-                bar.set_postfix(loss=f"{row.get('loss', row.get('total', 0.0)):.4f}",
-                                img_s=f"{row['images_per_s']:.1f}")
+                bar.set_postfix(
+                    loss=f"{row.get('loss', row.get('total', 0.0)):.4f}", img_s=f"{row['images_per_s']:.1f}"
+                )
                 if lines:
-                    print(progress_line(self.stage, self.step, tc.steps, row, first_step,
-                                        time.perf_counter() - start_time), flush=True)
+                    print(
+                        progress_line(
+                            self.stage, self.step, tc.steps, row, first_step, time.perf_counter() - start_time
+                        ),
+                        flush=True,
+                    )
                 sums, count, self.last_row = defaultdict(float), 0, row
             with meter.paused():
                 if tc.sample_every and (self.step % tc.sample_every == 0 or self.step == tc.steps):

@@ -20,8 +20,9 @@ restarts). The seed trains both stages with a constant learning rate and no warm
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Literal
+from typing import Literal
 
 import torch
 from torch import nn

@@ -30,11 +30,12 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
-from mmldm.progress import tqdm
 
 from mmldm import atomic
 from mmldm.data.dataset import CardiacSliceDataset, expand_batch
 from mmldm.models.segmenter import CHECKPOINT_NAME, Segmenter, SegmenterConfig, segmentation_loss
+from mmldm.progress import tqdm
+
 
 @dataclass
 class SegmenterRun:
@@ -74,8 +75,14 @@ def _train(cfg: SegmenterConfig, store_path: Path, out_dir: Path, device, progre
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     data = CardiacSliceDataset(store_path, split="train", augment=cfg.augment, in_memory=cfg.in_memory, expand=False)
-    loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
-                        generator=torch.Generator().manual_seed(cfg.seed), persistent_workers=cfg.num_workers > 0)
+    loader = DataLoader(
+        data,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        num_workers=cfg.num_workers,
+        generator=torch.Generator().manual_seed(cfg.seed),
+        persistent_workers=cfg.num_workers > 0,
+    )
     model = Segmenter(cfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
 
@@ -100,13 +107,16 @@ def _train(cfg: SegmenterConfig, store_path: Path, out_dir: Path, device, progre
     data.close()
 
     seconds = time.perf_counter() - start
-    path = atomic.torch_save({
-        "model": model.state_dict(),
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()},
-        "losses": losses,
-        "steps": len(step_losses),
-        "seconds": seconds,
-        "store": str(store_path),
-        "n_train": len(data),
-    }, out_dir / CHECKPOINT_NAME)
+    path = atomic.torch_save(
+        {
+            "model": model.state_dict(),
+            "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()},
+            "losses": losses,
+            "steps": len(step_losses),
+            "seconds": seconds,
+            "store": str(store_path),
+            "n_train": len(data),
+        },
+        out_dir / CHECKPOINT_NAME,
+    )
     return SegmenterRun(model=model, checkpoint=path, losses=losses, step_losses=step_losses, seconds=seconds)

@@ -42,7 +42,6 @@ from mmldm.models.vqvae import (
     vqvae_generator_loss,
 )
 from mmldm.train import distributed
-from mmldm.viz.plots import save_grid
 from mmldm.train.loop import (
     Trainer,
     autocast,
@@ -58,6 +57,7 @@ from mmldm.train.loop import (
     wrap,
 )
 from mmldm.train.optim import build_optimizer, build_scheduler
+from mmldm.viz.plots import save_grid
 
 LOSSES = ["total", "recon", "codebook", "commitment", "perceptual", "adversarial"]
 
@@ -96,20 +96,45 @@ class VQVAETrainer(Trainer):
 
     stage = "vqvae"
     sections = ("data", "vqvae", "train_vqvae")
-    columns = ["step", *LOSSES, "d_total", "d_real", "d_fake", "usage", "perplexity", "restarted", "grad_norm",
-               "lr", "images_per_s"]
+    columns = [
+        "step",
+        *LOSSES,
+        "d_total",
+        "d_real",
+        "d_fake",
+        "usage",
+        "perplexity",
+        "restarted",
+        "grad_norm",
+        "lr",
+        "images_per_s",
+    ]
     curve = [*LOSSES, "d_total"]
 
-    def __init__(self, cfg: Config, store_path=None, out_dir=None, figures_dir=None, device: str | None = None,
-                 resume: bool | str = False, progress: bool = True):
+    def __init__(
+        self,
+        cfg: Config,
+        store_path=None,
+        out_dir=None,
+        figures_dir=None,
+        device: str | None = None,
+        resume: bool | str = False,
+        progress: bool = True,
+    ):
         d = distributed.setup(device)
-        super().__init__(cfg, cfg.train_vqvae, d,
-                         Path(out_dir) if out_dir is not None else cfg.run_dir / self.stage,
-                         Path(figures_dir) if figures_dir is not None else cfg.figures_dir)
+        super().__init__(
+            cfg,
+            cfg.train_vqvae,
+            d,
+            Path(out_dir) if out_dir is not None else cfg.run_dir / self.stage,
+            Path(figures_dir) if figures_dir is not None else cfg.figures_dir,
+        )
         tc, vc = self.tc, cfg.vqvae
         store_path = Path(store_path) if store_path is not None else cfg.store_path
-        check_same_size({f"store {store_path}": store_size(store_path), "the config's data.size": cfg.data.size},
-                        "preprocess the store at data.size, or set data.size to the store's size")
+        check_same_size(
+            {f"store {store_path}": store_size(store_path), "the config's data.size": cfg.data.size},
+            "preprocess the store at data.size, or set data.size to the store's size",
+        )
 
         # Data: the training slices; a few fixed validation slices to show reconstructions of.
         self.train_set = CardiacSliceDataset(store_path, split="train", in_memory=tc.in_memory)
@@ -148,8 +173,16 @@ class VQVAETrainer(Trainer):
             with no_sync(self.model_t, micro == tc.grad_accum - 1):
                 with autocast(tc, d.device):
                     recon, info = self.model_t(x)
-                    terms = vqvae_generator_loss(vc, x, recon, info, step, self.disc if adversarial else None,
-                                                 self.perceptual, last_layer=self.model.decoder.conv_out.weight)
+                    terms = vqvae_generator_loss(
+                        vc,
+                        x,
+                        recon,
+                        info,
+                        step,
+                        self.disc if adversarial else None,
+                        self.perceptual,
+                        last_layer=self.model.decoder.conv_out.weight,
+                    )
                 (terms["total"] / tc.grad_accum).backward()
             pairs.append((x, recon.detach()))
             for k, v in terms.items():

@@ -35,14 +35,19 @@ def _display_range(image: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi if hi > lo else lo + 1)
 
 
-def show_image(ax, image: np.ndarray, label: np.ndarray | None = None, alpha: float = 0.35,
-               title: str | None = None, window: tuple[float, float] | None = None) -> None:
+def show_image(
+    ax,
+    image: np.ndarray,
+    label: np.ndarray | None = None,
+    alpha: float = 0.35,
+    title: str | None = None,
+    window: tuple[float, float] | None = None,
+) -> None:
     """Grey image, optionally with the label map as a translucent colour overlay."""
     lo, hi = window or _display_range(image)
     ax.imshow(image, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
     if label is not None:
-        ax.imshow(np.ma.masked_equal(label, 0), cmap=LABEL_CMAP, vmin=0, vmax=3, alpha=alpha,
-                  interpolation="nearest")
+        ax.imshow(np.ma.masked_equal(label, 0), cmap=LABEL_CMAP, vmin=0, vmax=3, alpha=alpha, interpolation="nearest")
     if title:
         ax.set_title(title, fontsize=8)
     ax.set_axis_off()
@@ -84,8 +89,12 @@ def image_grid(rows: dict[str, list], size: float = 1.6, overlay: bool = False):
                 continue
             item = items[c]
             if isinstance(item, Slice):
-                show_image(ax, item.image, item.label if overlay else None,
-                           title=f"{name}: {item.view} {item.phase} z{item.slice_index}")
+                show_image(
+                    ax,
+                    item.image,
+                    item.label if overlay else None,
+                    title=f"{name}: {item.view} {item.phase} z{item.slice_index}",
+                )
                 continue
             if hasattr(item, "detach"):  # a torch tensor
                 item = item.detach().float().cpu().numpy()
@@ -126,8 +135,12 @@ def condition_rgb(cond) -> np.ndarray:
 def label_legend(ax) -> None:
     from matplotlib.patches import Patch
 
-    ax.legend(handles=[Patch(color=LABEL_COLOURS[k], label=LABELS[k]) for k in (1, 2, 3)],
-              loc="lower right", fontsize=7, framealpha=0.6)
+    ax.legend(
+        handles=[Patch(color=LABEL_COLOURS[k], label=LABELS[k]) for k in (1, 2, 3)],
+        loc="lower right",
+        fontsize=7,
+        framealpha=0.6,
+    )
 
 
 def condition_panels(image: np.ndarray, edge: np.ndarray, label: np.ndarray, size: float = 2.2):
@@ -210,13 +223,22 @@ def codebook_histogram(counts, size: tuple = (10, 3.0)):
     perplexity = float(np.exp(-(p * np.log(p)).sum())) if len(p) else 0.0
     fig, (ax, ax_rank) = plt.subplots(1, 2, figsize=size, gridspec_kw={"width_ratios": [3, 2]})
     ax.stairs(counts, np.arange(len(counts) + 1), fill=True, color="tab:blue")
-    ax.set(xlabel="code index", ylabel="latent positions", xlim=(0, len(counts)),
-           title=f"{int((counts > 0).sum())} of {len(counts)} codes used ({(counts > 0).mean():.1%}), "
-                 f"perplexity {perplexity:.1f}")
+    ax.set(
+        xlabel="code index",
+        ylabel="latent positions",
+        xlim=(0, len(counts)),
+        title=f"{int((counts > 0).sum())} of {len(counts)} codes used ({(counts > 0).mean():.1%}), "
+        f"perplexity {perplexity:.1f}",
+    )
     ranked = np.sort(counts)[::-1] / total
     ax_rank.plot(np.arange(1, len(ranked) + 1), np.where(ranked > 0, ranked, np.nan), color="tab:blue", lw=1.2)
-    ax_rank.set(xlabel="code rank (most used first)", ylabel="fraction of positions", yscale="log",
-                xscale="log" if len(ranked) > 100 else "linear", title="usage by rank")
+    ax_rank.set(
+        xlabel="code rank (most used first)",
+        ylabel="fraction of positions",
+        yscale="log",
+        xscale="log" if len(ranked) > 100 else "linear",
+        title="usage by rank",
+    )
     ax_rank.grid(alpha=0.3)
     fig.tight_layout()
     return fig

@@ -20,10 +20,9 @@ names the report (``mmldm/report.py``) looks for. Images are (N, 1, H, W) in [-1
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -59,9 +58,16 @@ def _image(x) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
-def generation_grid(cond: torch.Tensor, generated: Mapping[str, torch.Tensor], real: torch.Tensor,
-                    label: torch.Tensor | None = None, n: int = 6, overlay: bool = True,
-                    segmentation: torch.Tensor | None = None, size: float = 1.7):
+def generation_grid(
+    cond: torch.Tensor,
+    generated: Mapping[str, torch.Tensor],
+    real: torch.Tensor,
+    label: torch.Tensor | None = None,
+    n: int = 6,
+    overlay: bool = True,
+    segmentation: torch.Tensor | None = None,
+    size: float = 1.7,
+):
     """Columns: ``n`` slices spread over the set. Rows: the condition (label colours, Canny edges
     in white), each generated set, the first generated set with the condition mask over it (does
     the anatomy land where it was asked?), with the segmenter's labels of it (what the anatomy
@@ -85,8 +91,7 @@ def generation_grid(cond: torch.Tensor, generated: Mapping[str, torch.Tensor], r
             rows.append(("segmenter's labels of it", [(_image(first[i]), segmentation[i].cpu().numpy()) for i in idx]))
     rows.append(("real", [(_image(real[i]), None) for i in idx]))
 
-    fig, axes = plt.subplots(len(rows), len(idx), figsize=(len(idx) * size, len(rows) * size * 1.08),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(rows), len(idx), figsize=(len(idx) * size, len(rows) * size * 1.08), squeeze=False)
     for r, (name, items) in enumerate(rows):
         for c, item in enumerate(items):
             ax = axes[r, c]
@@ -99,15 +104,26 @@ def generation_grid(cond: torch.Tensor, generated: Mapping[str, torch.Tensor], r
                 ax.set_title(name, fontsize=8, loc="left")
     from matplotlib.patches import Patch
 
-    axes[0, -1].legend(handles=[Patch(color=LABEL_COLOURS[k], label=LABELS[k]) for k in (1, 2, 3)] +
-                       [Patch(facecolor="white", edgecolor="grey", label="Canny edges")],
-                       loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False)
+    axes[0, -1].legend(
+        handles=[Patch(color=LABEL_COLOURS[k], label=LABELS[k]) for k in (1, 2, 3)]
+        + [Patch(facecolor="white", edgecolor="grey", label="Canny edges")],
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        fontsize=7,
+        frameon=False,
+    )
     fig.tight_layout(pad=0.3)
     return fig
 
 
-def trajectory_strip(ldm, trajectory, cond: torch.Tensor | None = None, real: torch.Tensor | None = None,
-                     index: int = 0, size: float = 1.6):
+def trajectory_strip(
+    ldm,
+    trajectory,
+    cond: torch.Tensor | None = None,
+    real: torch.Tensor | None = None,
+    index: int = 0,
+    size: float = 1.6,
+):
     """One slice's denoising, noisy (left) to clean (right), from a
     :class:`~mmldm.inference.Trajectory` of ``ldm`` (:meth:`~mmldm.inference.LatentDiffusion.trajectory`):
     top row the decoded sample x_t entering each kept step, bottom row the model's estimate of the
@@ -123,8 +139,15 @@ def trajectory_strip(ldm, trajectory, cond: torch.Tensor | None = None, real: to
     if lead:
         axes[0, 0].imshow(condition_rgb(cond[index]), interpolation="nearest")
         axes[0, 0].set_title("condition", fontsize=8)
-        axes[1, 0].text(0.95, 0.5, "top: sample x_t\nentering the step\n\nbottom: the model's\nestimate of x0",
-                        ha="right", va="center", fontsize=8, transform=axes[1, 0].transAxes)
+        axes[1, 0].text(
+            0.95,
+            0.5,
+            "top: sample x_t\nentering the step\n\nbottom: the model's\nestimate of x0",
+            ha="right",
+            va="center",
+            fontsize=8,
+            transform=axes[1, 0].transAxes,
+        )
     for j, (i, t) in enumerate(zip(steps, ts)):
         show_image(axes[0, lead + j], _image(x_t[j]), window=UNIT, title=f"step {i}, t = {t}")
         show_image(axes[1, lead + j], _image(x0_hat[j]), window=UNIT, title=f"x0 estimate, t = {t}")
@@ -132,8 +155,11 @@ def trajectory_strip(ldm, trajectory, cond: torch.Tensor | None = None, real: to
     if real is not None:
         show_image(axes[0, cols - 1], _image(real[index]), window=UNIT, title="real slice")
     sampler = trajectory.sampler
-    fig.suptitle(f"denoising with {sampler.name} {sampler.num_inference_steps} steps, guidance {trajectory.guidance.mode} "
-                 "(latents decoded by the VQ-VAE)", fontsize=9)
+    fig.suptitle(
+        f"denoising with {sampler.name} {sampler.num_inference_steps} steps, guidance {trajectory.guidance.mode} "
+        "(latents decoded by the VQ-VAE)",
+        fontsize=9,
+    )
     fig.tight_layout(pad=0.4, rect=(0, 0, 1, 0.94))
     return fig
 
@@ -143,7 +169,12 @@ def trajectory_strip(ldm, trajectory, cond: torch.Tensor | None = None, real: to
 # ---------------------------------------------------------------------------------------------
 
 # (key in a variant's entry, panel title) for the per-variant bars.
-VARIANT_PANELS = (("ssim", "SSIM ↑"), ("nmse", "NMSE ↓"), ("dice", "anatomy Dice, fg ↑"), ("s_per_image", "s / image ↓"))
+VARIANT_PANELS = (
+    ("ssim", "SSIM ↑"),
+    ("nmse", "NMSE ↓"),
+    ("dice", "anatomy Dice, fg ↑"),
+    ("s_per_image", "s / image ↓"),
+)
 
 
 def _mean_std(entry) -> tuple[float, float]:
@@ -171,21 +202,32 @@ def variant_bars(metrics: Mapping, size: tuple = (13, 3.2)):
     names = list(variants)
     published = metrics.get("published") or {}
     ceiling = ((metrics.get("ceiling") or {}).get("dice") or {}).get("mean_fg")
-    refs = {"ssim": (published.get("ssim"), "seed, published"), "nmse": (published.get("nmse"), "seed, published"),
-            "dice": (ceiling, "real images (ceiling)")}
+    refs = {
+        "ssim": (published.get("ssim"), "seed, published"),
+        "nmse": (published.get("nmse"), "seed, published"),
+        "dice": (ceiling, "real images (ceiling)"),
+    }
     fig, axes = plt.subplots(1, len(VARIANT_PANELS), figsize=size)
     palette = sns.color_palette("crest", 2)
     for ax, (key, title) in zip(axes, VARIANT_PANELS):
         stats = [_mean_std(variants[n].get(key)) for n in names]
         df = pd.DataFrame({"variant": names, "value": [s[0] for s in stats]})
-        sns.barplot(data=df, x="value", y="variant", hue="variant", ax=ax, legend=False,
-                    palette={n: palette[1] if n == main else palette[0] for n in names})
+        sns.barplot(
+            data=df,
+            x="value",
+            y="variant",
+            hue="variant",
+            ax=ax,
+            legend=False,
+            palette={n: palette[1] if n == main else palette[0] for n in names},
+        )
         err = np.array([s[1] for s in stats])
         if np.isfinite(err).any():
             err = np.nan_to_num(err)
             lower = np.minimum(err, np.clip(df["value"].to_numpy(), 0, None))  # no bar below 0
-            ax.errorbar(df["value"], np.arange(len(names)), xerr=[lower, err], fmt="none", ecolor="k",
-                        elinewidth=0.8, capsize=2)
+            ax.errorbar(
+                df["value"], np.arange(len(names)), xerr=[lower, err], fmt="none", ecolor="k", elinewidth=0.8, capsize=2
+            )
         ref, ref_label = refs.get(key, (None, ""))
         if np.isfinite(_num(ref)):
             ax.axvline(_num(ref), color="tab:red", ls="--", lw=1, label=ref_label)
@@ -211,17 +253,21 @@ def group_boxplots(table: pd.DataFrame, by: Sequence[str] = ("view", "phase", "p
     metrics = [(k, t) for k, t in GROUP_METRICS if k in table.columns and table[k].notna().any()]
     groups = [g for g in by if g in table.columns and table[g].notna().any()]
     if not metrics or not groups:
-        raise ValueError(f"group_boxplots: the table needs one of {[k for k, _ in GROUP_METRICS]} and one of "
-                         f"{list(by)} as columns; it has {list(table.columns)}")
-    fig, axes = plt.subplots(len(metrics), len(groups), figsize=(len(groups) * size + 1, len(metrics) * size * 0.8),
-                             squeeze=False)
+        raise ValueError(
+            f"group_boxplots: the table needs one of {[k for k, _ in GROUP_METRICS]} and one of "
+            f"{list(by)} as columns; it has {list(table.columns)}"
+        )
+    fig, axes = plt.subplots(
+        len(metrics), len(groups), figsize=(len(groups) * size + 1, len(metrics) * size * 0.8), squeeze=False
+    )
     for r, (key, title) in enumerate(metrics):
         for c, group in enumerate(groups):
             ax = axes[r, c]
             data = table[[group, key]].dropna().astype({group: str})
             order = sorted(data[group].unique())
-            sns.boxplot(data=data, x=group, y=key, order=order, ax=ax, color="lightsteelblue", fliersize=0,
-                        linewidth=0.8)
+            sns.boxplot(
+                data=data, x=group, y=key, order=order, ax=ax, color="lightsteelblue", fliersize=0, linewidth=0.8
+            )
             sns.stripplot(data=data, x=group, y=key, order=order, ax=ax, color="k", size=2, alpha=0.5, jitter=0.2)
             counts = data[group].value_counts()
             ax.set_xticks(range(len(order)), [f"{g}\n(n={counts[g]})" for g in order], fontsize=7)
@@ -243,24 +289,36 @@ def memorisation_histogram(ratios, baseline=None, bins: int = 30, size: tuple = 
     if finite.size:
         both = finite if base is None or not base.size else np.concatenate([finite, base])
         hi = max(1.5, float(np.percentile(both, 99.5)) * 1.05)
-        ax.hist(np.clip(finite, 0, hi), bins=bins, range=(0, hi), color="tab:blue", alpha=0.7,
-                label="generated images")
+        ax.hist(np.clip(finite, 0, hi), bins=bins, range=(0, hi), color="tab:blue", alpha=0.7, label="generated images")
         if base is not None and base.size:
-            ax.hist(np.clip(base, 0, hi), bins=bins, range=(0, hi), histtype="step", color="tab:orange", lw=1.5,
-                    label=f"real held-out slices (baseline), median {np.median(base):.2f}")
+            ax.hist(
+                np.clip(base, 0, hi),
+                bins=bins,
+                range=(0, hi),
+                histtype="step",
+                color="tab:orange",
+                lw=1.5,
+                label=f"real held-out slices (baseline), median {np.median(base):.2f}",
+            )
         ax.axvline(float(np.median(finite)), color="k", lw=1.2, label=f"median of generated {np.median(finite):.2f}")
     ax.axvline(1.0, color="tab:green", ls="--", lw=1, label="1: as near the training set as held-out data")
     dropped = r.size - finite.size
-    ax.set(xlabel=f"d(nearest training) / d(nearest held-out), {space}", ylabel="images",
-           title=f"memorisation: {finite.size} images" + (f" ({dropped} not finite, not drawn)" if dropped else ""))
+    ax.set(
+        xlabel=f"d(nearest training) / d(nearest held-out), {space}",
+        ylabel="images",
+        title=f"memorisation: {finite.size} images" + (f" ({dropped} not finite, not drawn)" if dropped else ""),
+    )
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
 
 
-COMPUTE_PANELS = (("ssim", "SSIM (higher better)"), ("nmse", "NMSE (lower better)"),
-                  ("dice_fg", "anatomy Dice, fg (higher better)"))
+COMPUTE_PANELS = (
+    ("ssim", "SSIM (higher better)"),
+    ("nmse", "NMSE (lower better)"),
+    ("dice_fg", "anatomy Dice, fg (higher better)"),
+)
 
 
 def compute_plot(rows: Sequence[Mapping], size: tuple = (11, 3.2)):
@@ -289,8 +347,9 @@ def compute_plot(rows: Sequence[Mapping], size: tuple = (11, 3.2)):
             ax.plot(part["steps"].astype(float), part[key].astype(float), "o-", label=name or None)
             for _, row in part.iterrows():
                 label = f"{row['minutes']:.0f} min" if np.isfinite(row["minutes"]) else ""
-                ax.annotate(label, (float(row["steps"]), float(row[key])), fontsize=7,
-                            textcoords="offset points", xytext=(3, 3))
+                ax.annotate(
+                    label, (float(row["steps"]), float(row[key])), fontsize=7, textcoords="offset points", xytext=(3, 3)
+                )
         ax.set_xscale("log", base=2)
         ax.set(xlabel="LDM optimiser steps", title=title)
         ax.margins(x=0.15, y=0.15)
@@ -307,10 +366,12 @@ def compute_plot(rows: Sequence[Mapping], size: tuple = (11, 3.2)):
 # ---------------------------------------------------------------------------------------------
 
 # (key in realism.spectrum's "spectra", legend label, style)
-SPECTRUM_CURVES = (("heldout", "real held-out", dict(color="k", lw=1.8)),
-                   ("train", "real training", dict(color="0.5", lw=1.2, ls="--")),
-                   ("generated", "generated", dict(color="tab:red", lw=1.5)),
-                   ("reconstruction", "VQ-VAE reconstruction of held-out", dict(color="tab:blue", lw=1.3, ls="-.")))
+SPECTRUM_CURVES = (
+    ("heldout", "real held-out", dict(color="k", lw=1.8)),
+    ("train", "real training", dict(color="0.5", lw=1.2, ls="--")),
+    ("generated", "generated", dict(color="tab:red", lw=1.5)),
+    ("reconstruction", "VQ-VAE reconstruction of held-out", dict(color="tab:blue", lw=1.3, ls="-.")),
+)
 
 
 def radial_spectra(spectrum: Mapping, size: tuple = (11, 3.6)):
@@ -322,22 +383,26 @@ def radial_spectra(spectrum: Mapping, size: tuple = (11, 3.6)):
     falling below 1 to the right is a set smoother than real images. The DC ring (0, no power
     after mean subtraction) is not drawn."""
     freqs = np.asarray(spectrum.get("frequency") or [], dtype=np.float64)
-    spectra = {k: np.asarray([np.nan if v is None else v for v in vals], dtype=np.float64)
-               for k, vals in (spectrum.get("spectra") or {}).items()}
+    spectra = {
+        k: np.asarray([np.nan if v is None else v for v in vals], dtype=np.float64)
+        for k, vals in (spectrum.get("spectra") or {}).items()
+    }
     if freqs.size < 2 or not spectra:
         raise ValueError("radial_spectra: the spectrum block needs 'frequency' and 'spectra'")
     reference = spectrum.get("reference", "heldout")
     fractions, counts, cutoff = spectrum.get("hf_fraction") or {}, spectrum.get("n") or {}, spectrum.get("cutoff")
     curves = [c for c in SPECTRUM_CURVES if c[0] in spectra] + [
-        (k, k, {}) for k in spectra if k not in {c[0] for c in SPECTRUM_CURVES}]
+        (k, k, {}) for k in spectra if k not in {c[0] for c in SPECTRUM_CURVES}
+    ]
     fig, (ax, ax_ratio) = plt.subplots(1, 2, figsize=size)
     f = freqs[1:]
     ref = spectra.get(reference)
     for key, label, style in curves:
         power = spectra[key][1:]
         share = _num(fractions.get(key))
-        text = f"{label} (n={counts.get(key, '?')})" + (f", {100 * share:.1f} % above cutoff" if np.isfinite(share)
-                                                       else "")
+        text = f"{label} (n={counts.get(key, '?')})" + (
+            f", {100 * share:.1f} % above cutoff" if np.isfinite(share) else ""
+        )
         ax.semilogy(f, np.where(power > 0, power, np.nan), label=text, **style)
         if ref is not None:
             with np.errstate(divide="ignore", invalid="ignore"):
@@ -358,8 +423,9 @@ def radial_spectra(spectrum: Mapping, size: tuple = (11, 3.6)):
     return fig
 
 
-def shuffled_real_vs_generated(real: torch.Tensor, generated: torch.Tensor, n: int = 16, seed: int = 0,
-                               cols: int = 8, size: float = 1.3):
+def shuffled_real_vs_generated(
+    real: torch.Tensor, generated: torch.Tensor, n: int = 16, seed: int = 0, cols: int = 8, size: float = 1.3
+):
     """A look-alike test: ``n`` generated and ``n`` real slices (fewer when fewer are given) in one
     shuffled grid of ``cols`` columns (4 x 8 for n = 16), cells numbered 1, 2, ... row by row, and
     the key, the numbers of the generated cells, printed below the grid. When the two sets are
@@ -390,8 +456,9 @@ def shuffled_real_vs_generated(real: torch.Tensor, generated: torch.Tensor, n: i
         show_image(axes.ravel()[cell - 1], _image(images[j]), window=UNIT, title=str(cell))
         if is_generated[j]:
             key.append(cell)
-    fig.suptitle(f"{len(gen_idx)} generated and {len(real_idx)} real held-out slices, shuffled: which are which?",
-                 fontsize=9)
+    fig.suptitle(
+        f"{len(gen_idx)} generated and {len(real_idx)} real held-out slices, shuffled: which are which?", fontsize=9
+    )
     fig.tight_layout(rect=(0, 0.05, 1, 0.95))
     fig.text(0.5, 0.01, "key, generated cells: " + ", ".join(map(str, key)), ha="center", va="bottom", fontsize=8)
     return fig, key

@@ -2,7 +2,8 @@
 
     from mmldm.inference import LatentDiffusion
     from mmldm.viz.widgets import Explorer, build_ui
-    explorer = Explorer(LatentDiffusion.from_checkpoint("runs/phantom_laptop/ldm/last.pt"), "data/processed/phantom_laptop.h5")
+    ldm = LatentDiffusion.from_checkpoint("runs/phantom_laptop/ldm/last.pt")
+    explorer = Explorer(ldm, "data/processed/phantom_laptop.h5")
     x_t, x0_hat = explorer.forward_noising(t=500)        # the real slice noised to step t, decoded
     traj = explorer.regenerate(scale_mask=2, scale_edge=2, steps=50, mode="both")
     x_t, x0_hat, t = explorer.reverse_frame(10)          # step 10 of the stored reverse trajectory
@@ -53,9 +54,9 @@ import cv2
 import numpy as np
 import torch
 
+from mmldm.data.condition import build_condition
 from mmldm.data.dataset import CardiacSliceDataset
 from mmldm.data.edges import canny_edges, to_uint8
-from mmldm.data.condition import build_condition
 from mmldm.data.schema import EDGE_CHANNEL, LABELS, MASK_CHANNELS, NUM_CLASSES
 from mmldm.data.store import open_store, read_config
 from mmldm.errors import DataError, MMLDMError
@@ -164,8 +165,14 @@ def edit_edges(image: np.ndarray, old: np.ndarray, new: np.ndarray, edges: np.nd
     if not changed.any():
         return edges.copy()
     painted = repaint(image, old, new)
-    fresh = canny_edges(painted, canny["canny_sigma"], canny["canny_kernel"], canny["canny_low"],
-                        canny["canny_high"], canny["canny_blur"])
+    fresh = canny_edges(
+        painted,
+        canny["canny_sigma"],
+        canny["canny_kernel"],
+        canny["canny_low"],
+        canny["canny_high"],
+        canny["canny_blur"],
+    )
     band = _dilate(changed, int(canny["canny_kernel"]) // 2 + 2)
     return np.where(band, fresh, edges).astype(np.uint8)
 
@@ -223,8 +230,16 @@ class Explorer:
     and the sampler's spacing and clipping.
     """
 
-    def __init__(self, ldm: LatentDiffusion, store: str | Path, split: str = "val", device: str | torch.device = "cpu",
-                 seed: int = 0, sampler=None, guidance=None):
+    def __init__(
+        self,
+        ldm: LatentDiffusion,
+        store: str | Path,
+        split: str = "val",
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        sampler=None,
+        guidance=None,
+    ):
         self.ldm = ldm
         self.cfg = cfg = ldm.config
         self.vqvae = ldm.vqvae
@@ -238,11 +253,16 @@ class Explorer:
             stored = read_config(f) or {}
         factor = self.vqvae.config.downsample_factor
         if size[0] % factor or size[1] % factor:
-            raise DataError(self.store, f"slices are {size[0]}x{size[1]}, not a multiple of the VQ-VAE's "
-                                        f"downsampling factor {factor}")
+            raise DataError(
+                self.store,
+                f"slices are {size[0]}x{size[1]}, not a multiple of the VQ-VAE's downsampling factor {factor}",
+            )
         if tuple(size) != (cfg.data.size, cfg.data.size):
-            raise DataError(self.store, f"slices are {size[0]}x{size[1]} but the model was trained on "
-                                        f"{cfg.data.size}x{cfg.data.size} ({cfg.profile} profile)")
+            raise DataError(
+                self.store,
+                f"slices are {size[0]}x{size[1]} but the model was trained on "
+                f"{cfg.data.size}x{cfg.data.size} ({cfg.profile} profile)",
+            )
         self.canny = {k: stored.get(k, getattr(cfg.data, k)) for k in CANNY_KEYS}
         self.schedule = ldm.schedule
         self.num_timesteps = len(self.schedule)
@@ -256,8 +276,10 @@ class Explorer:
     def choices(self) -> list[tuple[str, int]]:
         """(label, position) for every slice of the split, e.g. ("patient091 SA ED z3", 0)."""
         m = self.slices.meta
-        return [(f"{m['subject'][i]} {m['view'][i]} {m['phase'][i]} z{int(m['slice_index'][i])}", i)
-                for i in range(len(self.slices))]
+        return [
+            (f"{m['subject'][i]} {m['view'][i]} {m['phase'][i]} z{int(m['slice_index'][i])}", i)
+            for i in range(len(self.slices))
+        ]
 
     @torch.no_grad()
     def typical_slice(self, min_pixels: int = 20) -> int:
@@ -328,15 +350,19 @@ class Explorer:
     def _guidance(self, mode, scale_mask, scale_edge):
         """The explorer's guidance with the given fields replaced (a GuidanceConfig)."""
         g = self.guidance
-        return dataclasses.replace(g, mode=g.mode if mode is None else mode,
-                                   scale_mask=float(g.scale_mask if scale_mask is None else scale_mask),
-                                   scale_edge=float(g.scale_edge if scale_edge is None else scale_edge))
+        return dataclasses.replace(
+            g,
+            mode=g.mode if mode is None else mode,
+            scale_mask=float(g.scale_mask if scale_mask is None else scale_mask),
+            scale_edge=float(g.scale_edge if scale_edge is None else scale_edge),
+        )
 
     # -- forward process ------------------------------------------------------------------------
 
     @torch.no_grad()
-    def forward_noising(self, t: int, mode: str | None = None, scale_mask: float | None = None,
-                        scale_edge: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def forward_noising(
+        self, t: int, mode: str | None = None, scale_mask: float | None = None, scale_edge: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(x_t, x0_hat) decoded, each (H, W) in [-1, 1], for the current slice at step ``t``.
 
         x_t = sqrt(a_t) z0 + sqrt(1 - a_t) eps with the slice's fixed eps (Ho et al. 2020, eq. 4);
@@ -363,8 +389,15 @@ class Explorer:
 
     # -- reverse process ------------------------------------------------------------------------
 
-    def regenerate(self, scale_mask: float | None = None, scale_edge: float | None = None, steps: int | None = None,
-                   mode: str | None = None, mask: np.ndarray | None = None, seed: int | None = None) -> Frames:
+    def regenerate(
+        self,
+        scale_mask: float | None = None,
+        scale_edge: float | None = None,
+        steps: int | None = None,
+        mode: str | None = None,
+        mask: np.ndarray | None = None,
+        seed: int | None = None,
+    ) -> Frames:
         """Sample the current slice's condition (or ``mask``, which becomes the current mask) with
         DDIM in ``steps`` steps, store every step's x_t and x0_hat decoded; returns the
         :class:`Frames` (also kept as ``self.trajectory``)."""
@@ -383,9 +416,21 @@ class Explorer:
         n = len(run.timesteps)
         x_t = np.concatenate([decoded[:n], final])
         x0 = np.concatenate([decoded[n:], final])
-        self.trajectory = Frames(run.timesteps, x_t, x0, {
-            "slice": self.index, "mode": g.mode, "scale_mask": g.scale_mask, "scale_edge": g.scale_edge,
-            "steps": steps, "seed": seed, "edited": self.edited}, time.perf_counter() - t0)
+        self.trajectory = Frames(
+            run.timesteps,
+            x_t,
+            x0,
+            {
+                "slice": self.index,
+                "mode": g.mode,
+                "scale_mask": g.scale_mask,
+                "scale_edge": g.scale_edge,
+                "steps": steps,
+                "seed": seed,
+                "edited": self.edited,
+            },
+            time.perf_counter() - t0,
+        )
         return self.trajectory
 
     def reverse_frame(self, k: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -430,8 +475,11 @@ def trajectory_figure(explorer: Explorer, traj: Frames | None = None, columns: i
         axes[0, c].set_title(f"t = {t}" if t >= 0 else "t = 0 (clean)", fontsize=8)
     for r, name in enumerate(rows):
         axes[r, 1].set_ylabel(name, fontsize=8)
-    fig.suptitle(f"DDIM {s['steps']} steps, {s['mode']}, scales mask {s['scale_mask']:g} / edge {s['scale_edge']:g}, "
-                 f"seed {s['seed']}", fontsize=9)
+    fig.suptitle(
+        f"DDIM {s['steps']} steps, {s['mode']}, scales mask {s['scale_mask']:g} / edge {s['scale_edge']:g}, "
+        f"seed {s['seed']}",
+        fontsize=9,
+    )
     fig.tight_layout()
     return fig
 
@@ -463,60 +511,109 @@ class ExplorerUI:
             return w.VBox([caption, img], layout=w.Layout(margin="0 6px 0 0"))
 
         # Slice picker
-        self.slice = w.Dropdown(options=ex.choices(), value=ex.index, description="slice",
-                                layout=w.Layout(width="420px")).add_class("mmldm-slice")
+        self.slice = w.Dropdown(
+            options=ex.choices(), value=ex.index, description="slice", layout=w.Layout(width="420px")
+        ).add_class("mmldm-slice")
         # Forward process
-        self.t = w.IntSlider(value=T // 2, min=0, max=T - 1, step=1, description="noise step t",
-                             continuous_update=True, layout=w.Layout(width="560px"),
-                             style={"description_width": "110px"}).add_class("mmldm-t")
+        self.t = w.IntSlider(
+            value=T // 2,
+            min=0,
+            max=T - 1,
+            step=1,
+            description="noise step t",
+            continuous_update=True,
+            layout=w.Layout(width="560px"),
+            style={"description_width": "110px"},
+        ).add_class("mmldm-t")
         self.real_img, self.fwd_cond_img = image("mmldm-real"), image("mmldm-fwd-cond")
         self.fwd_xt, self.fwd_x0 = image("mmldm-fwd-xt"), image("mmldm-fwd-x0")
         self.fwd_xt_caption, self.fwd_x0_caption = w.HTML(), w.HTML()
         # Reverse process: settings, mask editing, the step slider
-        self.mode = w.Dropdown(options=list(CONDITION_MODES.items()),
-                               value=g.mode if g.mode in CONDITION_MODES.values() else "both",
-                               description="conditions").add_class("mmldm-mode")
+        self.mode = w.Dropdown(
+            options=list(CONDITION_MODES.items()),
+            value=g.mode if g.mode in CONDITION_MODES.values() else "both",
+            description="conditions",
+        ).add_class("mmldm-mode")
         slider = dict(min=0.0, max=6.0, step=0.25, continuous_update=False, readout_format=".2f")
         self.scale_mask = w.FloatSlider(value=g.scale_mask, description="mask scale", **slider).add_class("mmldm-smask")
         self.scale_edge = w.FloatSlider(value=g.scale_edge, description="edge scale", **slider).add_class("mmldm-sedge")
         max_steps = min(T, 200)
-        self.steps = w.IntSlider(value=min(ex.sampler_cfg.num_inference_steps, max_steps), min=1, max=max_steps,
-                                 description="DDIM steps", continuous_update=False).add_class("mmldm-steps")
-        self.seed = w.BoundedIntText(value=ex.seed, min=0, max=2**31 - 1, description="seed",
-                                     layout=w.Layout(width="180px"))
+        self.steps = w.IntSlider(
+            value=min(ex.sampler_cfg.num_inference_steps, max_steps),
+            min=1,
+            max=max_steps,
+            description="DDIM steps",
+            continuous_update=False,
+        ).add_class("mmldm-steps")
+        self.seed = w.BoundedIntText(
+            value=ex.seed, min=0, max=2**31 - 1, description="seed", layout=w.Layout(width="180px")
+        )
         self.regen = w.Button(description="Regenerate", button_style="primary", icon="refresh").add_class("mmldm-regen")
-        self.structure = w.ToggleButtons(options=list(STRUCTURES), value="LV", style={"button_width": "110px"},
-                                         layout=w.Layout(width="auto")).add_class("mmldm-structure")
-        self.pixels = w.IntSlider(value=2, min=-5, max=5, description="pixels (+ grow)", continuous_update=False,
-                                  style={"description_width": "100px"}, layout=w.Layout(width="300px"))
+        self.structure = w.ToggleButtons(
+            options=list(STRUCTURES), value="LV", style={"button_width": "110px"}, layout=w.Layout(width="auto")
+        ).add_class("mmldm-structure")
+        self.pixels = w.IntSlider(
+            value=2,
+            min=-5,
+            max=5,
+            description="pixels (+ grow)",
+            continuous_update=False,
+            style={"description_width": "100px"},
+            layout=w.Layout(width="300px"),
+        )
         self.apply = w.Button(description="Apply edit", icon="pencil").add_class("mmldm-apply")
         self.reset = w.Button(description="Reset mask", icon="undo").add_class("mmldm-reset")
-        self.k = w.IntSlider(value=0, min=0, max=1, description="sampler step", continuous_update=True,
-                             layout=w.Layout(width="560px"), style={"description_width": "110px"}).add_class("mmldm-k")
+        self.k = w.IntSlider(
+            value=0,
+            min=0,
+            max=1,
+            description="sampler step",
+            continuous_update=True,
+            layout=w.Layout(width="560px"),
+            style={"description_width": "110px"},
+        ).add_class("mmldm-k")
         self.cond_img = image("mmldm-cond")
         self.rev_xt, self.rev_x0, self.final_img = image("mmldm-rev-xt"), image("mmldm-rev-x0"), image("mmldm-final")
         self.rev_xt_caption, self.rev_x0_caption = w.HTML(), w.HTML()
         self.cond_caption, self.final_caption = w.HTML(), w.HTML()
         self.status = w.HTML().add_class("mmldm-status")
 
-        self.root = w.VBox([
-            self.slice,
-            w.HTML("<b>Forward process</b>: the real slice's latent, noised to step t and decoded; "
-                   "beside it the model's estimate of the clean slice from that noisy latent"),
-            self.t,
-            w.HBox([panel(self.real_img, w.HTML("real slice")), panel(self.fwd_cond_img, w.HTML("condition")),
-                    panel(self.fwd_xt, self.fwd_xt_caption), panel(self.fwd_x0, self.fwd_x0_caption)]),
-            w.HTML("<b>Reverse process</b>: DDIM from noise; set the conditions, scales and steps, "
-                   "then press Regenerate"),
-            w.HBox([self.mode, self.seed]),
-            w.HBox([self.scale_mask, self.scale_edge, self.steps]),
-            w.HBox([w.Label("edit the mask", layout=w.Layout(width="100px")), self.structure, self.pixels]),
-            w.HBox([self.apply, self.reset, self.regen]),
-            self.k,
-            w.HBox([panel(self.cond_img, self.cond_caption), panel(self.rev_xt, self.rev_xt_caption),
-                    panel(self.rev_x0, self.rev_x0_caption), panel(self.final_img, self.final_caption)]),
-            self.status,
-        ]).add_class("mmldm-explorer")
+        self.root = w.VBox(
+            [
+                self.slice,
+                w.HTML(
+                    "<b>Forward process</b>: the real slice's latent, noised to step t and decoded; "
+                    "beside it the model's estimate of the clean slice from that noisy latent"
+                ),
+                self.t,
+                w.HBox(
+                    [
+                        panel(self.real_img, w.HTML("real slice")),
+                        panel(self.fwd_cond_img, w.HTML("condition")),
+                        panel(self.fwd_xt, self.fwd_xt_caption),
+                        panel(self.fwd_x0, self.fwd_x0_caption),
+                    ]
+                ),
+                w.HTML(
+                    "<b>Reverse process</b>: DDIM from noise; set the conditions, scales and steps, "
+                    "then press Regenerate"
+                ),
+                w.HBox([self.mode, self.seed]),
+                w.HBox([self.scale_mask, self.scale_edge, self.steps]),
+                w.HBox([w.Label("edit the mask", layout=w.Layout(width="100px")), self.structure, self.pixels]),
+                w.HBox([self.apply, self.reset, self.regen]),
+                self.k,
+                w.HBox(
+                    [
+                        panel(self.cond_img, self.cond_caption),
+                        panel(self.rev_xt, self.rev_xt_caption),
+                        panel(self.rev_x0, self.rev_x0_caption),
+                        panel(self.final_img, self.final_caption),
+                    ]
+                ),
+                self.status,
+            ]
+        ).add_class("mmldm-explorer")
 
         self.slice.observe(self.on_slice, names="value")
         self.t.observe(self.on_t, names="value")
@@ -570,7 +667,7 @@ class ExplorerUI:
         x_t, x0 = self.ex.forward_noising(t, *self._guidance())
         self.fwd_xt.value, self.fwd_x0.value = self._png(x_t), self._png(x0)
         a = self.ex.schedule.alpha_bar(t)
-        self.fwd_xt_caption.value = f"x<sub>t</sub>, t = {t} (signal {a ** 0.5:.2f})"
+        self.fwd_xt_caption.value = f"x<sub>t</sub>, t = {t} (signal {a**0.5:.2f})"
         self.fwd_x0_caption.value = f"model's x&#770;<sub>0</sub> at t = {t}"
 
     def _stale(self, why: str) -> None:

@@ -2,7 +2,7 @@
 fresh machine without real data runs every stage.
 
     writer.py      write_phantom(out, subjects): the dataset folder (NIfTI + CSV), one subject at a time
-    anatomy.py     a subject's heart: LV, myocardium and RV per disease, phase and slice position
+    heart.py       a subject's heart: LV, myocardium and RV per disease, phase and slice position
     shapes.py      the 2-D shape primitives the anatomy is drawn with
     short_axis.py  one short-axis stack rendered from the anatomy
     long_axis.py   one 4-chamber long-axis slice rendered from the anatomy

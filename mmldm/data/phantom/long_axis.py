@@ -22,7 +22,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from mmldm.data.phantom.anatomy import Anatomy
+from mmldm.data.phantom.heart import Anatomy
 from mmldm.data.phantom.shapes import Grid, Layer, Polar
 from mmldm.data.phantom.short_axis import BASE_NARROWING, WIDEST
 from mmldm.data.phantom.torso import TorsoDrawer, TorsoPlacement
@@ -137,8 +137,9 @@ class FourChamberDrawer:
         rv_end = heart.rv_length * heart.length
         rv_centre_u = f["tricuspid"] + 0.2 * (rv_end - f["tricuspid"])
         rv_polar = g.polar(*self.point(rv_centre_u, -(w_epi + 0.5 * rv_width)))
-        r_rv = _bullet(rv_polar, angle, rv_end - rv_centre_u, (rv_centre_u - f["tricuspid"]) * 1.6,
-                       0.5 * rv_width + 0.5 * w_epi)
+        r_rv = _bullet(
+            rv_polar, angle, rv_end - rv_centre_u, (rv_centre_u - f["tricuspid"]) * 1.6, 0.5 * rv_width + 0.5 * w_epi
+        )
         r_rv = r_rv * (1 + rv_polar.wobble(heart.wobble_rv[0]))
         tricuspid = g.half_plane(*self.point(f["tricuspid"], 0), angle)
         rv = np.minimum(np.minimum(rv_polar.inside(r_rv), tricuspid), -epi)

@@ -90,13 +90,14 @@ class Scanner:
         self.bias = np.exp(np.float32(look.bias) * field)
         self.kspace = _kspace_window(size, look.phase_axis, look.phase_fraction).astype(np.float32)
 
-    def textures(self, rng: np.random.Generator) -> "Textures":
+    def textures(self, rng: np.random.Generator) -> Textures:
         """The textured tissue signals of one slice position (shared by its ED and ES)."""
-        return Textures(self.look, smooth_noise(rng, self.size, max(4, self.size // 5)),
-                        smooth_noise(rng, self.size, 8))
+        return Textures(
+            self.look, smooth_noise(rng, self.size, max(4, self.size // 5)), smooth_noise(rng, self.size, 8)
+        )
 
     @staticmethod
-    def paint(image: np.ndarray, layers: list[Layer], textures: "Textures") -> np.ndarray:
+    def paint(image: np.ndarray, layers: list[Layer], textures: Textures) -> np.ndarray:
         """Paint layers in order: each replaces what lies under it by its weight."""
         for layer in layers:
             under = image[layer.where]

@@ -53,7 +53,7 @@ class Grid:
         self.x = np.broadcast_to(axis[cols][None, :], self.shape)
         self.y = np.broadcast_to(axis[rows][:, None], self.shape)
 
-    def window(self, cx: float, cy: float, half_mm: float) -> "Grid":
+    def window(self, cx: float, cy: float, half_mm: float) -> Grid:
         """The square window of the full image centred on (cx, cy), clipped to the image."""
         half = (self.size - 1) / 2
 
@@ -73,7 +73,7 @@ class Grid:
     def layer(self, tissue: str, inside_mm: np.ndarray) -> Layer:
         return Layer(tissue, self.soft(inside_mm), self.where)
 
-    def polar(self, cx: float, cy: float) -> "Polar":
+    def polar(self, cx: float, cy: float) -> Polar:
         return Polar(self, cx, cy)
 
     def half_plane(self, px: float, py: float, angle: float) -> np.ndarray:

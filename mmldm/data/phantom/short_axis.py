@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mmldm.data.phantom.anatomy import Anatomy, Heart
+from mmldm.data.phantom.heart import Anatomy, Heart
 from mmldm.data.phantom.shapes import Grid, Layer, disks, ellipse
 from mmldm.data.phantom.torso import TorsoDrawer, TorsoPlacement
 
@@ -72,8 +72,7 @@ def section(heart: Heart, rv_angle: float, d: float, phase: str) -> Section:
         r_epi = np.sqrt(r_endo**2 + heart.es_myo * (r_epi**2 - r_endo_ed**2))
         reach *= heart.rv_es
         span *= 0.92
-    return Section(t, float(r_endo), float(r_epi), float(reach), float(span),
-                   rv_angle + 0.35 * outflow)
+    return Section(t, float(r_endo), float(r_epi), float(reach), float(span), rv_angle + 0.35 * outflow)
 
 
 class ShortAxisDrawer:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from mmldm.data.phantom.anatomy import Torso
+from mmldm.data.phantom.heart import Torso
 from mmldm.data.phantom.shapes import Grid, Layer, disks, ring, smooth_noise
 
 
@@ -90,8 +90,9 @@ class TorsoDrawer:
         out.append(Layer("vessel", self._lung_vessels(rng), g.where))
         if depth > 0.05:
             # Big ellipses centred low in the chest: inside the thorax they show as domes.
-            liver = np.minimum(self.liver_polar.inside(self.liver_radius * np.float32(t.liver * depth)),
-                               self.thorax - 1)
+            liver = np.minimum(
+                self.liver_polar.inside(self.liver_radius * np.float32(t.liver * depth)), self.thorax - 1
+            )
             out.append(g.layer("muscle", liver + 3))  # the diaphragm over the liver
             out.append(g.layer("liver", liver))
             out.append(Layer("vessel", self._liver_vessels(rng) * g.soft(liver - 4), g.where))
@@ -128,8 +129,9 @@ class TorsoDrawer:
             return []
         x, y = self.place.abdomen
         polar = g.polar(x, y)
-        dome = np.minimum(polar.inside(polar.ellipse_radius(1.2 * size, 0.9 * size, self.place.tilt - 0.3)),
-                          self.thorax - 1)
+        dome = np.minimum(
+            polar.inside(polar.ellipse_radius(1.2 * size, 0.9 * size, self.place.tilt - 0.3)), self.thorax - 1
+        )
         stomach = np.array([x, y]) + self.ant * 0.5 * size - self.lateral * 0.2 * size
         n = int(rng.integers(0, 4))
         pockets = np.array([x, y]) + rng.uniform(-0.7 * size, 0.7 * size, (n, 2))

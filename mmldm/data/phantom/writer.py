@@ -16,7 +16,7 @@ Geometry follows the real M&Ms-2 files: short-axis 380 mm field of view (1.48 mm
 axes point the way the real files' do (short axis: A, R, I; long axis: I, R, P), so readers
 that reorient treat the phantom like the real data.
 
-Diseases use four of the seven M&Ms-2 codes (see :mod:`mmldm.data.phantom.anatomy`): ``NOR``
+Diseases use four of the seven M&Ms-2 codes (see :mod:`mmldm.data.phantom.heart`): ``NOR``
 normal, ``LV`` dilated left ventricle, ``HCM`` hypertrophic cardiomyopathy, and ``TRI``
 (tricuspid regurgitation) standing in for the RV-dilating codes ``TRI``, ``FALL`` and ``CIA``.
 Vendors are ``SIEMENS``, ``GE`` and ``Philips``, each with its own contrast and units.
@@ -45,7 +45,7 @@ import nibabel as nib
 import numpy as np
 
 from mmldm import atomic
-from mmldm.data.phantom.anatomy import DISEASE_WEIGHTS, DISEASES, Anatomy, sample_anatomy
+from mmldm.data.phantom.heart import DISEASE_WEIGHTS, DISEASES, Anatomy, sample_anatomy
 from mmldm.data.phantom.long_axis import FourChamberDrawer
 from mmldm.data.phantom.mri import Look, Scanner, sample_look
 from mmldm.data.phantom.shapes import Grid
@@ -217,11 +217,13 @@ def _claim_folder(out: Path, seed: int, size: int) -> None:
     if marker.is_file():
         found = json.loads(marker.read_text())
         if found != settings:
-            raise DataError(out, f"holds a phantom made with {found}, not {settings}: "
-                                 "use another folder or delete this one")
+            raise DataError(
+                out, f"holds a phantom made with {found}, not {settings}: use another folder or delete this one"
+            )
         return
     if (out / "dataset_information.csv").exists() or any((out / "dataset").glob("*")):
-        raise DataError(out, f"already holds data that is not a phantom (no {SETTINGS}); "
-                             "refusing to write a phantom into it")
+        raise DataError(
+            out, f"already holds data that is not a phantom (no {SETTINGS}); refusing to write a phantom into it"
+        )
     out.mkdir(parents=True, exist_ok=True)
     atomic.write_bytes(marker, (json.dumps(settings) + "\n").encode())

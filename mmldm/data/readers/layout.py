@@ -52,8 +52,7 @@ def find_cases(root: str | Path, format: str = "auto", skipped: list[DataError] 
     if not cases:
         left_out = skipped[before:] if skipped is not None else []
         if left_out:
-            raise DataError(root, f"no usable cases: all {len(left_out)} left out, the first because "
-                                  f"{left_out[0]}")
+            raise DataError(root, f"no usable cases: all {len(left_out)} left out, the first because {left_out[0]}")
         raise DataError(root, f"no cases found; looked for {layout}")
     return cases
 

@@ -30,15 +30,12 @@ from pathlib import Path
 import numpy as np
 
 from mmldm.data.nifti import find_nifti, load_nifti, load_pair
-from mmldm.data.readers.mnms2 import parse_cell  # the two M&Ms CSVs write cells alike
 from mmldm.data.readers.folders import subject_folders_under
+from mmldm.data.readers.mnms2 import parse_cell  # the two M&Ms CSVs write cells alike
 from mmldm.data.schema import Case, Volume
 from mmldm.errors import DataError, report
 
-LAYOUT = (
-    "M&Ms: [ROOT/{Training/Labeled,Validation,Testing}/]CODE/CODE_sa.nii.gz + CODE_sa_gt.nii.gz"
-    " (4-D)"
-)
+LAYOUT = "M&Ms: [ROOT/{Training/Labeled,Validation,Testing}/]CODE/CODE_sa.nii.gz + CODE_sa_gt.nii.gz (4-D)"
 SPLITS = ("Training/Labeled", "Labeled", "Validation", "Testing")
 
 # Normalised CSV column (lower case, letters and digits only) -> meta key. Other columns keep

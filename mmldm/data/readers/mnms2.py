@@ -77,9 +77,7 @@ def find_cases(root: str | Path, source: str = "mnms2", skipped: list[DataError]
                 if label_path is None:
                     report(DataError(image_path, f"label file {stem}_gt.nii.gz is missing"), skipped)
                     continue
-                cases.append(
-                    Case(folder.name, view, phase, source, image_path, label_path, meta=dict(meta))
-                )
+                cases.append(Case(folder.name, view, phase, source, image_path, label_path, meta=dict(meta)))
     return cases
 
 

@@ -150,14 +150,34 @@ def _sample_heart(rng: np.random.Generator, disease: str, female: bool) -> Heart
         rv_es=u(0.5, 0.65),
     )
     if disease == "LV":
-        p.update(r_endo=u(31, 37), wall=u(5.0, 6.5), length=u(100, 115), es_area=u(0.72, 0.86),
-                 es_myo=u(1.0, 1.06), shortening=u(0.03, 0.07), rv_reach=u(0.5, 0.75))
+        p.update(
+            r_endo=u(31, 37),
+            wall=u(5.0, 6.5),
+            length=u(100, 115),
+            es_area=u(0.72, 0.86),
+            es_myo=u(1.0, 1.06),
+            shortening=u(0.03, 0.07),
+            rv_reach=u(0.5, 0.75),
+        )
     elif disease == "HCM":
-        p.update(r_endo=u(16, 21), wall=u(13, 18), septal_bulge=u(0.2, 0.6), length=u(80, 92),
-                 es_area=u(0.15, 0.28), es_myo=u(1.05, 1.15), shortening=u(0.08, 0.13))
+        p.update(
+            r_endo=u(16, 21),
+            wall=u(13, 18),
+            septal_bulge=u(0.2, 0.6),
+            length=u(80, 92),
+            es_area=u(0.15, 0.28),
+            es_myo=u(1.05, 1.15),
+            shortening=u(0.08, 0.13),
+        )
     elif disease == "TRI":
-        p.update(r_endo=u(19, 24), flattening=u(0.1, 0.2), rv_reach=u(1.2, 1.6),
-                 rv_span=u(1.55, 1.8), rv_length=u(0.88, 0.97), rv_es=u(0.72, 0.85))
+        p.update(
+            r_endo=u(19, 24),
+            flattening=u(0.1, 0.2),
+            rv_reach=u(1.2, 1.6),
+            rv_span=u(1.55, 1.8),
+            rv_length=u(0.88, 0.97),
+            rv_es=u(0.72, 0.85),
+        )
     for key in ("r_endo", "wall", "length"):
         p[key] *= scale
     return Heart(
