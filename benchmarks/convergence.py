@@ -25,12 +25,9 @@ from pathlib import Path
 
 import torch
 
-# Overrides on the profile (quick: 0.62 M VQVAE, which holds the network sizes these runs used (0.62 M VQVAE,
-# Overrides on the profile (quick: 0.62 M VQVAE, which holds the network sizes these runs used (0.62 M VQVAE,
+# Overrides on the profile (quick, which holds the network sizes these runs used: 0.62 M VQVAE,
 # 2.87 M UNet); each variant states the rest of its recipe, so a row stays reproducible whatever
-# 2.87 M UNet); each variant states the rest of its recipe, so a row stays reproducible whatever
-# laptop.yaml's defaults become.
-# laptop.yaml's defaults become.
+# the profile's defaults become.
 VARIANTS = {
     # The seed's recipe at the profile's size: nearest-downsampled condition, epsilon prediction, raw
     # latents, no EMA, no clipping, no guidance.
