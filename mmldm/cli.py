@@ -5,6 +5,7 @@
     python -m mmldm train-vqvae --config laptop [--resume]
     python -m mmldm train-ldm   --config laptop [--resume]
     python -m mmldm generate --checkpoint runs/acdc_laptop/ldm/last.pt --labels acdc IN_gt.nii.gz OUT.nii.gz
+    python -m mmldm synthesize --checkpoint runs/acdc_laptop/ldm/last.pt --input DATA --out Dataset501_CardiacSynth
     python -m mmldm evaluate --config laptop --checkpoint runs/acdc_laptop/ldm/last.pt [--n 64]
     torchrun --nproc_per_node=4 -m mmldm train-ldm --config paper      (one process per GPU)
 
@@ -253,6 +254,78 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_synthesize(args) -> int:
+    from mmldm.synthesize import WRITES, check_out_placement, synthesize
+
+    _check_output(
+        args.out,
+        "--out",
+        {
+            "--input": args.input,
+            "--checkpoint": args.checkpoint,
+            "--segmenter": args.segmenter,
+            "--train-store": args.train_store,
+        },
+        folder=True,
+        writes=WRITES,
+    )
+    check_out_placement(args.out, args.input)
+    s = synthesize(
+        args.checkpoint,
+        args.input,
+        args.out,
+        layout=args.layout,
+        labels=args.labels,
+        label_order=args.label_order,
+        per_mask=args.per_mask,
+        seed=args.seed,
+        sampler=args.sampler,
+        steps=args.steps,
+        scale_mask=args.scale_mask,
+        scale_edge=args.scale_edge,
+        edges=args.edges,
+        augment_masks=args.augment_masks,
+        batch_size=args.batch_size,
+        dataset_id=args.dataset_id,
+        dataset_name=args.dataset_name,
+        segmenter=args.segmenter,
+        train_store=args.train_store,
+        flag_dice=args.flag_dice,
+        flag_ratio=args.flag_ratio,
+        view=args.view,
+        split=args.split,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    g, sampler = s["guidance"], s["sampler"]
+    rate = f" at {s['images_per_second']:.2f} images/s" if s["images_per_second"] else ""
+    print(
+        f"synthesize: {s['cases']} cases in {s['out']} from {s['sources']} source slices: {s['generated']} made now"
+        f"{rate}, {s['skipped']} already there ({sampler['name']} {sampler['num_inference_steps']} steps, "
+        f"guidance {g['mode']} mask {g['scale_mask']:g} edge {g['scale_edge']:g}); "
+        f"{s['rejected_tries']} warped masks rejected, {s['given_up']} given up"
+    )
+    a = s["audit"]
+    dice = a["dice"]
+    if dice["measured"]:
+        means = ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} -" for k, v in dice["mean"].items())
+        dice_text = f"Dice {means}; {dice['flagged']} below {dice['flag_below']:g}"
+    else:
+        dice_text = f"Dice not measured ({dice['reason']})"
+    mem = a["memorisation"]
+    if mem["measured"] and mem["ratio"]:
+        mem_text = f"copy ratio median {mem['ratio']['median']:.3f}; {mem['flagged']} below {mem['flag_below']:g}"
+    elif mem["measured"]:
+        mem_text = f"nearest training image at RMS {mem['rms_train_mean']:.3f} (no held-out split: no ratio)"
+    else:
+        mem_text = f"memorisation not measured ({mem['reason']})"
+    print(f"synthesize: audit: {dice_text}; {mem_text}; {a['n_flagged']} flagged in all (audit.csv)")
+    print(f"synthesize: wrote {s['index']}, audit.json, audit.csv")
+    if s["layout"] == "nnunet" and Path(s["out"]).name != s["dataset_folder"]:
+        print(f"synthesize: note: nnU-Net reads $nnUNet_raw/{s['dataset_folder']}; name or link the folder so")
+    return 0
+
+
 def _count_or_all(text: str) -> int | str:
     """``--n``: a positive count of slices, or ``all``."""
     if text == "all":
@@ -422,6 +495,84 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser(
+        "synthesize",
+        help="label maps -> a synthetic training set (nnU-Net v2 or MONAI layout) with an audit",
+        description="Generate K images per label slice (and per warped copy) on the model's grid and "
+        "write them as an nnU-Net v2 raw dataset (or a MONAI datalist), with audit.json / audit.csv "
+        "(segmenter Dice, memorisation). A re-run continues where it stopped (see mmldm/synthesize.py).",
+    )
+    p.add_argument("--checkpoint", required=True, help="LDM checkpoint, e.g. runs/acdc_laptop/ldm/last.pt")
+    p.add_argument(
+        "--input",
+        required=True,
+        help="a dataset folder (M&Ms-2, M&Ms, ACDC, phantom), a folder of label volumes (.nii, .nii.gz) "
+        "or one, or a preprocessed store (.h5)",
+    )
+    p.add_argument("--out", required=True, help="the dataset folder to write, e.g. nnUNet_raw/Dataset501_CardiacSynth")
+    p.add_argument("--layout", choices=["nnunet", "monai"], default="nnunet", help="index file (default: nnunet)")
+    p.add_argument(
+        "--labels",
+        choices=["acdc", "mnms", "mnms2", "canonical"],
+        default=None,
+        help="the numbering of label volumes (required for them): acdc = 1 RV 2 MYO 3 LV; mnms, mnms2, "
+        "canonical = 1 LV 2 MYO 3 RV. Datasets and stores say their own",
+    )
+    p.add_argument(
+        "--label-order",
+        choices=["canonical", "acdc", "mnms", "mnms2"],
+        default="canonical",
+        help="numbering of the labels written (default canonical: 1 LV 2 MYO 3 RV; acdc: 1 RV 2 MYO 3 LV)",
+    )
+    p.add_argument("--per-mask", type=_int_at_least(1), default=1, help="samples per mask, K (default 1)")
+    p.add_argument(
+        "--augment-masks",
+        type=_int_at_least(0),
+        default=0,
+        help="warped copies per source mask, M: affine + elastic, anatomy checked (default 0)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="sample k of mask slot j: seed + k * slots + j (default 0)")
+    p.add_argument(
+        "--sampler", choices=["ddim", "ddpm", "dpm_solver"], default=None, help="default: the checkpoint's profile"
+    )
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the checkpoint's profile)")
+    p.add_argument("--scale-mask", type=float, default=None, help="mask guidance scale (default: the profile's)")
+    p.add_argument("--scale-edge", type=float, default=None, help="edge guidance scale (default: the profile's)")
+    p.add_argument(
+        "--edges",
+        choices=["auto", "none"],
+        default="auto",
+        help="auto: Canny edges of the mask (guidance 'both'); none: mask only (default: auto)",
+    )
+    p.add_argument("--batch-size", type=int, default=None, help="cases per UNet batch (default 16)")
+    p.add_argument("--dataset-id", type=_int_at_least(1), default=501, help="nnU-Net dataset id (default 501)")
+    p.add_argument("--dataset-name", default="CardiacSynth", help="nnU-Net dataset name (default CardiacSynth)")
+    p.add_argument(
+        "--segmenter",
+        default=None,
+        help="the audit's judge; default <run>/segmenter/segmenter.pt beside the checkpoint's run, "
+        "else Dice is not measured",
+    )
+    p.add_argument(
+        "--train-store",
+        default=None,
+        help="store whose train split the memorisation check compares with (default: the checkpoint's store)",
+    )
+    p.add_argument("--flag-dice", type=_finite_float, default=0.5, help="flag cases below this Dice (default 0.5)")
+    p.add_argument(
+        "--flag-ratio",
+        type=_finite_float,
+        default=0.5,
+        help="flag cases whose nearest-training / nearest-held-out distance ratio is below this (default 0.5)",
+    )
+    p.add_argument("--view", choices=["SA", "LA"], default="SA", help="view of label volumes (default SA)")
+    p.add_argument(
+        "--split", choices=["all", "train", "val", "test"], default="all", help="rows of a store input (default all)"
+    )
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_synthesize)
 
     p = sub.add_parser(
         "evaluate",
