@@ -85,9 +85,12 @@ def test_shapes_features_and_size_check():
 def test_config_rejects_bad_widths_and_profiles_carry_a_section():
     with pytest.raises(ValueError, match="norm_groups"):
         SegmenterConfig(channels=(8, 12), norm_groups=8)
-    sizes = [load_config(p).segmenter for p in ("smoke", "laptop", "paper")]
-    assert [len(s.channels) for s in sizes] == sorted(len(s.channels) for s in sizes)  # tiny <= small <= medium
-    assert sizes[0].channels[-1] < sizes[2].channels[-1]
+    sizes = [load_config(p).segmenter for p in ("smoke", "quick", "laptop", "paper")]
+    params = [sum(p.numel() for p in Segmenter(s).parameters()) for s in sizes]
+    assert params == sorted(set(params))  # tiny < small < medium < large: each profile's judge has more capacity
+    assert sizes[0].channels[-1] < sizes[3].channels[-1]
+    # laptop's 128x128 judge has one level more than quick's 64x64 one: a bottleneck that sees the whole heart
+    assert len(sizes[2].channels) == len(sizes[1].channels) + 1
 
 
 def test_loss_is_small_for_a_confident_correct_prediction():
