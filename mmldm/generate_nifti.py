@@ -73,7 +73,7 @@ from mmldm.data.nifti import NIFTI_SUFFIXES, as_label, load_nifti
 from mmldm.data.readers import acdc
 from mmldm.data.schema import VIEWS
 from mmldm.errors import DataError, MMLDMError, check_terminated
-from mmldm.inference import LatentDiffusion
+from mmldm.inference import LatentDiffusion, default_device
 
 # --labels choice -> lookup table disk value -> canonical value (None: the file is canonical).
 LABEL_ORDERS: dict[str, np.ndarray | None] = {"acdc": acdc.REMAP, "mnms": None, "mnms2": None, "canonical": None}
@@ -87,23 +87,30 @@ FILL = 0.0  # output value outside the windows and on slices not generated (the 
 # ---------------------------------------------------------------------------------------------
 
 
-def read_labels(path: str | Path, order: str) -> tuple[np.ndarray, tuple[float, float, float], nib.Nifti1Image]:
+def read_labels(
+    path: str | Path, order: str, frame: int | None = None
+) -> tuple[np.ndarray, tuple[float, float, float], nib.Nifti1Image]:
     """The canonical label volume (H, W, Z) uint8, its spacing in mm and the NIfTI image (header).
+    ``frame`` picks one time point of a 4-D series (M&Ms stores its labels so).
 
-    A damaged file, a 4-D series, values outside the order's 0..3, or a file that is not NIfTI is
-    a :class:`DataError` naming ``path``.
+    A damaged file, a 4-D series without ``frame`` (or a frame it does not have), values outside
+    the order's 0..3, or a file that is not NIfTI is a :class:`DataError` naming ``path``.
     """
     path = Path(path)
     if order not in LABEL_ORDERS:
         raise MMLDMError(f"unknown label order {order!r}; choose one of {', '.join(LABEL_ORDERS)}")
     try:
-        array, spacing = load_nifti(path, ndim=3)  # reads every byte; drops trailing axes of size 1
+        array, spacing = load_nifti(path, ndim=3 if frame is None else 4)  # reads every byte
+        if frame is not None:
+            if not 0 <= frame < array.shape[3]:
+                raise DataError(path, f"frame {frame} is out of range: the series has {array.shape[3]} frames")
+            array = array[..., frame]
     except DataError:
         shape = _shape_if_readable(path)
-        if shape is not None and len(shape) >= 4:
+        if frame is None and shape is not None and len(shape) >= 4:
             raise DataError(
                 path,
-                f"is a {len(shape)}-D series with shape {shape}; generate takes one 3-D label "
+                f"is a {len(shape)}-D series with shape {shape}; give one 3-D label "
                 "volume: pick a frame and save it, e.g. nibabel.save(img.slicer[..., t], "
                 "'frame.nii.gz')",
             ) from None
@@ -311,10 +318,6 @@ def _check_output(path: Path) -> None:
         raise DataError(path, "is a folder; give the output file's name")
 
 
-def _device(device: str | None) -> str:
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def generate(
     checkpoint: str | Path,
     input: str | Path,
@@ -343,7 +346,7 @@ def generate(
     _check_output(output)
     label, spacing, img = read_labels(input, labels)  # bad input fails before the model loads
     chosen = parse_slices(slices, label.shape[2])
-    device = _device(device)
+    device = default_device(device)
     ldm = LatentDiffusion.from_checkpoint(checkpoint, device=device)
     result = generate_volume(
         ldm,
@@ -412,7 +415,7 @@ def readback_dice(
     from mmldm.evaluate.anatomy import anatomy_dice
     from mmldm.models.segmenter import load_segmenter
 
-    device = _device(device)
+    device = default_device(device)
     label, spacing, _ = read_labels(label_path, labels)
     chosen = parse_slices(slices, label.shape[2])
     ldm = LatentDiffusion.from_checkpoint(ldm_checkpoint, device=device)

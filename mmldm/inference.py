@@ -20,6 +20,7 @@ background / LV / myocardium / RV) at image size; ``view`` 0 for short axis, 1 f
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +61,11 @@ def resolve_clipping(sampler_cfg: SamplerConfig, stats: dict) -> SamplerConfig:
     if sampler_cfg.clip_to_latents and sampler_cfg.clip_x0 is None:
         return dataclasses.replace(sampler_cfg, clip_x0=(float(stats["min"]), float(stats["max"])))
     return sampler_cfg
+
+
+def default_device(device: str | None = None) -> str:
+    """``device`` when given, else ``cuda`` if torch sees a GPU, else ``cpu``."""
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _copy_ema_weights(unet: UNet, ema_state: dict, path) -> None:
@@ -210,20 +216,32 @@ class LatentDiffusion:
         view: torch.Tensor,
         sampler: SamplerConfig | None = None,
         guidance: GuidanceConfig | None = None,
-        seed: int = 0,
+        seed: int | Sequence[int] = 0,
         callback: Callback | None = None,
         x_T: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Normalised latents (B, C, h, w) sampled for ``cond`` (B, 5, H, W) and ``view`` (B,).
 
         ``seed`` seeds the starting noise and every stochastic step (no global random state is
-        touched); ``callback(i, t, x_t, x0_hat)`` sees every step (:func:`~mmldm.diffusion.sampling_loop.sample`).
-        The UNet's training mode comes back afterwards."""
+        touched). A list of B seeds gives row b the starting noise that ``seed=seeds[b]`` gives a
+        batch of one, so with a deterministic sampler (DDIM eta 0, DPM-Solver) an image does not
+        depend on its batch; stochastic steps draw from ``seeds[0]``. ``callback(i, t, x_t, x0_hat)``
+        sees every step (:func:`~mmldm.diffusion.sampling_loop.sample`). The UNet's training mode
+        comes back afterwards."""
         factor = self.vqvae.config.downsample_factor
         b, _, h, w = cond.shape
         if h % factor or w % factor:
             raise ValueError(f"condition is {h}x{w}, not a multiple of the VQ-VAE's downsampling factor {factor}")
         shape = (b, self.config.unet.latent_channels, h // factor, w // factor)
+        if not isinstance(seed, int):
+            seeds = [int(s) for s in seed]
+            if len(seeds) != b:
+                raise ValueError(f"{len(seeds)} seeds for a batch of {b}")
+            if x_T is None:
+                x_T = torch.cat(
+                    [torch.randn((1, *shape[1:]), generator=torch.Generator().manual_seed(s)) for s in seeds]
+                )
+            seed = seeds[0]
         was_training = self.unet.training
         self.unet.eval()
         try:
@@ -245,7 +263,7 @@ class LatentDiffusion:
         view: torch.Tensor,
         sampler: SamplerConfig | None = None,
         guidance: GuidanceConfig | None = None,
-        seed: int = 0,
+        seed: int | Sequence[int] = 0,
         callback: Callback | None = None,
     ) -> torch.Tensor:
         """Images (B, 1, H, W) in [-1, 1] on the CPU for conditions ``cond`` (B, 5, H, W) and views

@@ -113,13 +113,13 @@ from mmldm.checkpoint import weights_hash
 from mmldm.data.condition import condition_from_mask
 from mmldm.data.crop import heart_center
 from mmldm.data.mask_augment import MaskAugmentConfig, augment_mask
-from mmldm.data.nifti import NIFTI_SUFFIXES, as_label, load_nifti
+from mmldm.data.nifti import NIFTI_SUFFIXES
 from mmldm.data.readers.layout import detect_format, find_cases
 from mmldm.data.schema import VIEWS
 from mmldm.data.store import open_store, read_meta
 from mmldm.errors import DataError, MMLDMError, check_terminated
-from mmldm.generate_nifti import EDGE_MODES, LABEL_ORDERS, sampling_setup, to_grid
-from mmldm.inference import LatentDiffusion
+from mmldm.generate_nifti import EDGE_MODES, LABEL_ORDERS, read_labels, sampling_setup, to_grid
+from mmldm.inference import LatentDiffusion, default_device
 from mmldm.lock import run_lock
 from mmldm.outputs import OutputError, same_path
 from mmldm.progress import tqdm
@@ -249,16 +249,9 @@ def _need_labels(labels: str | None, path: Path) -> str:
 
 
 def _read_label_file(path: Path, order: str, frame: int | None = None) -> tuple[np.ndarray, tuple]:
-    """A canonical (H, W, Z) label volume and its spacing; ``frame`` picks a time of a 4-D file."""
-    array, spacing = load_nifti(path, ndim=3 if frame is None else 4)
-    if frame is not None:
-        if not 0 <= frame < array.shape[3]:
-            raise DataError(path, f"frame {frame} is out of range: the series has {array.shape[3]} frames")
-        array = array[..., frame]
-    try:
-        return as_label(path, array, LABEL_ORDERS[order]), spacing
-    except DataError as err:
-        raise DataError(path, f"{err.problem} for label order {order!r}") from None
+    """A canonical (H, W, Z) label volume and its spacing (``generate``'s reader)."""
+    label, spacing, _ = read_labels(path, order, frame)
+    return label, spacing
 
 
 def _volume_masks(label, spacing, file, view, size, fov_mm) -> list[SourceMask]:
@@ -527,14 +520,6 @@ def check_out_folder(out: Path, identity: dict) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-def start_noise(ldm: LatentDiffusion, seeds: list[int], size: int) -> torch.Tensor:
-    """x_T (B, C, h, w), row b drawn from its own generator seeded ``seeds[b]`` (what
-    ``sample(seed=s)`` draws for a batch of one)."""
-    f = ldm.vqvae.config.downsample_factor
-    shape = (1, ldm.config.unet.latent_channels, size // f, size // f)
-    return torch.cat([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
-
-
 def sample_batch(
     ldm: LatentDiffusion, labels: list[np.ndarray], views: list[str], seeds: list[int], sampler, guidance, edges: str
 ) -> torch.Tensor:
@@ -542,9 +527,7 @@ def sample_batch(
     data = ldm.config.data
     cond = torch.stack([condition_from_mask(lab, data, edges) for lab in labels])
     view = torch.tensor([VIEWS.index(v) for v in views])
-    x_T = start_noise(ldm, seeds, cond.shape[-1])
-    z = ldm.sample_latents(cond, view, sampler=sampler, guidance=guidance, seed=seeds[0], x_T=x_T)
-    return ldm.decode(z)
+    return ldm.sample(cond, view, sampler=sampler, guidance=guidance, seed=seeds)  # a seed per row
 
 
 # ---------------------------------------------------------------------------------------------
@@ -758,10 +741,6 @@ def _check_options(layout, label_order, per_mask, augment_masks, batch_size, dat
         raise MMLDMError(f"dataset name {dataset_name!r}: use letters, digits, '_' and '-'")
 
 
-def _device(device: str | None) -> str:
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
 @dataclass
 class AuditSetup:
     """The audit's judges: the segmenter (loaded) and the train store, or why there is none."""
@@ -876,7 +855,7 @@ def synthesize(
         raise DataError(segmenter, "segmenter checkpoint not found")
     if train_store is not None:
         open_store(train_store).close()  # checked again, against the model's size, once it is loaded
-    device = _device(device)
+    device = default_device(device)
     ldm = LatentDiffusion.from_checkpoint(checkpoint, device=device)
     cfg, sampler_cfg = sampling_setup(ldm.config, edges, sampler, steps, scale_mask, scale_edge)
     data = ldm.config.data

@@ -225,6 +225,10 @@ def test_ldm_samples_from_its_checkpoint(trained, store, one_thread):
     again = model.sample(item["cond"][None], item["view"][None])
     assert torch.equal(images, again)  # seeded: the same picture twice
     assert not torch.equal(images, model.sample(item["cond"][None], item["view"][None], seed=1))
+    # a seed per row: row b is what seed=seeds[b] makes alone (deterministic sampler), whatever the batch
+    pair = model.sample(torch.stack([item["cond"]] * 2), torch.stack([item["view"]] * 2), seed=[0, 1])
+    torch.testing.assert_close(pair[0:1], images)
+    torch.testing.assert_close(pair[1:2], model.sample(item["cond"][None], item["view"][None], seed=1))
     # encode/decode are each other's inverse up to the VQ-VAE's reconstruction (same shape, range)
     z = model.encode(item["image"][None])
     assert z.shape == (
