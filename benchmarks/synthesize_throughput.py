@@ -58,6 +58,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument(
+        "--precisions", nargs="+", choices=["fp32", "bf16", "auto"], default=["fp32", "auto"],
+        help="networks' arithmetic, each measured (default: fp32 and auto)",
+    )  # fmt: skip
     p.add_argument("--json", help="also write the rows to this file")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -70,13 +74,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"{n} slices of {args.store}; DDIM-{args.steps}, guidance scales 1/1, "
             f"{args.threads} thread(s), {args.device}"
         )
-        print(f"{'batch':>6}{'slices':>8}{'loop s':>9}{'slices/s':>10}{'wall s':>9}")
-        for batch in args.batch_sizes:
+        print(f"{'precision':>10}{'batch':>6}{'slices':>8}{'loop s':>9}{'slices/s':>10}{'wall s':>9}")
+        for precision, batch in [(p, b) for p in args.precisions for b in args.batch_sizes]:
             start = time.perf_counter()
             s = synthesize(
                 args.checkpoint,
                 tmp / "subset.h5",
-                tmp / f"out_b{batch}",
+                tmp / f"out_{precision}_b{batch}",
                 sampler="ddim",
                 steps=args.steps,
                 scale_mask=1.0,
@@ -84,14 +88,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 edges="auto",
                 batch_size=batch,
                 device=args.device,
+                precision=precision,
                 progress=False,
                 audit=False,
             )
             wall = time.perf_counter() - start
             rate = s["images_per_second"] or float("nan")
-            print(f"{batch:>6}{s['generated']:>8}{s['seconds']:>9.2f}{rate:>10.2f}{wall:>9.2f}")
+            resolved = json.loads((tmp / f"out_{precision}_b{batch}" / "dataset.json").read_text())["mmldm"][
+                "precision"
+            ]
+            print(f"{resolved:>10}{batch:>6}{s['generated']:>8}{s['seconds']:>9.2f}{rate:>10.2f}{wall:>9.2f}")
             rows.append(
                 {
+                    "precision": resolved,
                     "batch_size": batch,
                     "slices": s["generated"],
                     "loop_seconds": round(s["seconds"], 3),

@@ -295,6 +295,8 @@ def cmd_synthesize(args) -> int:
         view=args.view,
         split=args.split,
         device=args.device,
+        precision=args.precision,
+        subjects=args.subjects,
         progress=not args.quiet,
     )
     g, sampler = s["guidance"], s["sampler"]
@@ -570,8 +572,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--split", choices=["all", "train", "val", "test"], default="all", help="rows of a store input (default all)"
     )
+    p.add_argument(
+        "--subjects", nargs="+", default=None, help="rows of these subjects only (a store input; default all)"
+    )
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="networks' arithmetic: auto (default) is bf16 on a GPU or a CPU with AMX (about 2x faster, "
+        "images 0.002 from fp32's on average in [-1, 1]), fp32 elsewhere",
+    )
     p.set_defaults(func=cmd_synthesize)
 
     p = sub.add_parser(

@@ -35,6 +35,7 @@ from mmldm.diffusion.latent_norm import denormalize, normalize
 from mmldm.diffusion.sampling_loop import make_sampler, sample
 from mmldm.diffusion.schedule import NoiseSchedule
 from mmldm.models.unet import UNet
+from mmldm.precision import autocast, resolve_precision
 from mmldm.models.vqvae import VQVAE, VQVAEConfig
 
 
@@ -106,7 +107,10 @@ class LatentDiffusion:
 
     Build it with :meth:`from_checkpoint`, or directly from modules (the trainer does, to draw
     its progress grids with the weights it is training). Attributes: ``config`` (the profile it
-    was trained with), ``unet``, ``vqvae``, ``latent_stats``, ``step``, ``device``.
+    was trained with), ``unet``, ``vqvae``, ``latent_stats``, ``step``, ``device`` and
+    ``precision``: ``fp32`` (the default: what every measurement in the report used) or ``bf16``
+    (the UNet and the VQ-VAE decoder run under bf16 autocast, the sampler's arithmetic stays
+    fp32), given as ``fp32``, ``bf16`` or ``auto`` (:mod:`mmldm.precision`).
     """
 
     def __init__(
@@ -117,9 +121,11 @@ class LatentDiffusion:
         latent_stats: dict,
         step: int = 0,
         device: torch.device | str = "cpu",
+        precision: str = "fp32",
     ):
         self.config, self.unet, self.vqvae = config, unet, vqvae
         self.latent_stats, self.step, self.device = latent_stats, int(step), torch.device(device)
+        self.precision = resolve_precision(precision, self.device)
         self.schedule = NoiseSchedule.from_config(config.diffusion)
 
     @classmethod
@@ -129,6 +135,7 @@ class LatentDiffusion:
         use_ema: bool = True,
         vqvae_ckpt: str | Path | None = None,
         device: torch.device | str = "cpu",
+        precision: str = "fp32",
     ) -> LatentDiffusion:
         """Load an LDM checkpoint: its UNet (EMA weights if kept and ``use_ema``, eval mode), the
         VQVAE it names (or ``vqvae_ckpt``; a VQVAE whose weights differ from the one trained on is
@@ -150,7 +157,7 @@ class LatentDiffusion:
         if use_ema and ckpt["ema"] is not None:
             _copy_ema_weights(unet, ckpt["ema"], path)
         unet.eval().requires_grad_(False).to(device)
-        model = cls(cfg, unet, vqvae, ckpt["extra"]["latent_stats"], int(ckpt["step"]), device)
+        model = cls(cfg, unet, vqvae, ckpt["extra"]["latent_stats"], int(ckpt["step"]), device, precision)
         model.vqvae_ref = vq_ref
         return model
 
@@ -186,9 +193,19 @@ class LatentDiffusion:
     def model_fn(self, cond: torch.Tensor, view: torch.Tensor, guidance: GuidanceConfig | None = None):
         """``model_fn(x_t, t)``: the UNet's guided output for conditions ``cond`` and views ``view``."""
         g = guidance or self.config.guidance
-        return guided_model_fn(
-            self.unet, cond.to(self.device), view.to(self.device), g.scale_mask, g.scale_edge, g.mode
-        )
+        fn = guided_model_fn(self.unet, cond.to(self.device), view.to(self.device), g.scale_mask, g.scale_edge, g.mode)
+        if self.precision == "fp32":
+            return fn
+
+        def low_precision_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            with self.autocast():
+                return fn(x_t, t).float()
+
+        return low_precision_fn
+
+    def autocast(self):
+        """The context the networks run in: bf16 autocast when ``precision`` is bf16, else a no-op."""
+        return autocast(self.precision, self.device)
 
     # -- latents <-> images ---------------------------------------------------------------------
 
@@ -201,10 +218,11 @@ class LatentDiffusion:
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
         """Normalised latents (B, C, h, w) -> images (B, 1, H, W) in [-1, 1], on the CPU."""
-        out = [
-            self.vqvae.decode_latent(denormalize(chunk.to(self.device), self.latent_stats)).clamp(-1, 1).cpu()
-            for chunk in latents.split(batch_size)
-        ]
+        out = []
+        for chunk in latents.split(batch_size):
+            with self.autocast():
+                image = self.vqvae.decode_latent(denormalize(chunk.to(self.device), self.latent_stats))
+            out.append(image.float().clamp(-1, 1).cpu())
         return torch.cat(out)
 
     # -- sampling -------------------------------------------------------------------------------

@@ -121,6 +121,27 @@ def read_rows(path: str | Path | None) -> tuple[list[dict], dict] | None:
     return rows, meta
 
 
+UTILITY_ARMS = ("real", "real+synth", "synth")
+
+
+def read_utility(path: str | Path | None) -> dict | None:
+    """``utility.json`` of benchmarks/utility.py: None when ``path`` is None or absent; checked for
+    its ``regimes`` and ``summary`` ({regime: {arm: {class: {"mean", "std", "n"}}}})."""
+    if path is None or not Path(path).exists():
+        return None
+    data = read_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("summary"), dict):
+        raise DataError(path, "expected an object with a 'summary' (written by benchmarks/utility.py?)")
+    for regime, arms in data["summary"].items():
+        for arm, classes in (arms or {}).items():
+            if arm not in UTILITY_ARMS or not all(
+                isinstance(classes.get(c), dict) and "mean" in classes[c] for c in ("LV", "MYO", "RV", "fg")
+            ):
+                raise DataError(path, f"summary[{regime!r}][{arm!r}] is not an arm with LV, MYO, RV, fg means")
+    data.setdefault("regimes", {})
+    return data
+
+
 # ---------------------------------------------------------------------------------------------
 # The template
 # ---------------------------------------------------------------------------------------------
@@ -205,8 +226,8 @@ def _shown_path(path) -> str:
 class _Ctx:
     """What every section needs: the inputs and where the figures are relative to the report."""
 
-    def __init__(self, metrics, cfg, figures_dir, out_dir, ablation, compute, inputs):
-        self.m, self.cfg = metrics, cfg
+    def __init__(self, metrics, cfg, figures_dir, out_dir, ablation, compute, inputs, utility=None):
+        self.m, self.cfg, self.utility = metrics, cfg, utility
         self.meta = metrics.get("meta") or {}
         self.figures_dir = Path(figures_dir) if figures_dir is not None else None
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -956,6 +977,88 @@ def _memorisation(c: _Ctx) -> str:
     )
 
 
+def _utility_cell(s: Mapping | None) -> str:
+    if not s:
+        return "n/a"
+    sd = s.get("std")
+    return f"{fmt(s.get('mean'))} ± {fmt(sd)}" if sd is not None else fmt(s.get("mean"))
+
+
+def _utility_verdict(summary: Mapping) -> str:
+    """One sentence per regime: real+synth minus real, and synth as a share of real (mean fg Dice)."""
+    lines = []
+    for regime, arms in summary.items():
+        real, mixed, synth = (((arms.get(a) or {}).get("fg") or {}) for a in UTILITY_ARMS)
+        if finite_float(real.get("mean")) is None:
+            continue
+        parts = []
+        if finite_float(mixed.get("mean")) is not None:
+            delta = mixed["mean"] - real["mean"]
+            spread = max(finite_float(mixed.get("std"), 0.0), finite_float(real.get("std"), 0.0))
+            word = "within the seeds' spread of" if abs(delta) <= spread else ("above" if delta > 0 else "below")
+            parts.append(
+                f"real+synth {delta:+.3f} mean foreground Dice against real only ({word} it; sd up to {spread:.3f})"
+            )
+        if finite_float(synth.get("mean")) is not None and real["mean"] > 0:
+            parts.append(f"synthetic only reaches {synth['mean'] / real['mean']:.0%} of real only")
+        label = "all training subjects" if regime == "all" else f"{regime} training subjects"
+        lines.append(f"- {label}: " + "; ".join(parts) + ".")
+    return "\n".join(lines)
+
+
+def _utility(c: _Ctx) -> str:
+    u = c.utility
+    if not u:
+        return fill("utility", utility=fill("utility.missing"))
+    summary, regimes = u["summary"], u.get("regimes") or {}
+    settings = u.get("settings") or {}
+    rows = []
+    for regime, arms in summary.items():
+        r = regimes.get(regime) or {}
+        for arm in UTILITY_ARMS:
+            s = arms.get(arm)
+            if s is None:
+                continue
+            real_n, synth_n = r.get("real_slices"), r.get("synthetic_slices")
+            slices = {"real": f"{real_n}", "real+synth": f"{real_n} + {synth_n}", "synth": f"{synth_n}"}[arm]
+            rows.append(
+                (
+                    "all" if regime == "all" else f"{regime} ({len(r.get('subjects') or [])})" if r else regime,
+                    arm,
+                    slices if r else "?",
+                    r.get("steps", "?"),
+                    *(_utility_cell(s.get(k)) for k in ("LV", "MYO", "RV", "fg")),
+                    (s.get("fg") or {}).get("n", "?"),
+                )
+            )
+    figure = ""
+    path = Path(c.inputs.get("utility") or "")
+    png = path.with_name("utility.png") if c.inputs.get("utility") else None
+    if png is not None and png.exists():
+        rel = Path(os.path.relpath(png, c.out_dir)) if c.out_dir is not None else png
+        figure = fill(
+            "shared.image",
+            caption="Dice on held-out real slices of segmenters trained on real, real + synthetic and synthetic "
+            "slices, per regime: seeds as dots, mean ± sd as bars.",
+            path=rel.as_posix(),
+        )
+    return fill(
+        "utility",
+        utility=fill(
+            "utility.measured",
+            n_heldout=settings.get("held_out_slices", "?"),
+            n_seeds=len(settings.get("seeds") or []) or "?",
+            table=table(
+                ["training subjects", "arm", "training slices", "steps", "LV", "MYO", "RV", "mean fg", "seeds"], rows
+            ),
+            verdict=_utility_verdict(summary),
+            figure=figure,
+            command="python benchmarks/utility.py",
+            source=_shown_path(c.inputs.get("utility") or "utility.json"),
+        ),
+    )
+
+
 def _figures(c: _Ctx) -> str:
     generation = c.figures("figures.generation.figures", main=c.main)
     data = c.figures("figures.data.figures")
@@ -1080,6 +1183,7 @@ SECTIONS: dict[str, Callable[[_Ctx], str]] = {
     "recipe": _recipe,
     "compute": _compute,
     "memorisation": _memorisation,
+    "utility": _utility,
     "figures": _figures,
     "challenges": _challenges,
     "limitations": _limitations,
@@ -1095,6 +1199,7 @@ def report_sections(
     ablation: tuple[list[dict], dict] | None = None,
     compute: tuple[list[dict], dict] | None = None,
     inputs: Mapping[str, str] | None = None,
+    utility: dict | None = None,
 ) -> dict[str, str]:
     """Each section of the report as Markdown, by name (:func:`section_names`, in order), so that a
     notebook can show one beside its figure. ``ablation``/``compute`` are what :func:`read_rows`
@@ -1105,7 +1210,7 @@ def report_sections(
         raise ValueError(f"metrics lacks section(s) {', '.join(missing)}")
     if metrics["main"] not in (metrics["variants"] or {}):
         raise ValueError(f"metrics' main variant {metrics['main']!r} is not among its variants")
-    c = _Ctx(metrics, cfg, figures_dir, out_dir, ablation, compute, dict(inputs or {}))
+    c = _Ctx(metrics, cfg, figures_dir, out_dir, ablation, compute, dict(inputs or {}), utility)
     unknown = set(SECTIONS) - set(section_names())
     if unknown:
         raise ValueError(f"{TEMPLATE} has no section(s) {', '.join(sorted(unknown))} for their builders")
@@ -1120,9 +1225,10 @@ def build_report(
     ablation: tuple[list[dict], dict] | None = None,
     compute: tuple[list[dict], dict] | None = None,
     inputs: Mapping[str, str] | None = None,
+    utility: dict | None = None,
 ) -> str:
     """The Markdown text of the whole report: :func:`report_sections` joined in order."""
-    parts = report_sections(metrics, cfg, figures_dir, out_dir, ablation, compute, inputs).values()
+    parts = report_sections(metrics, cfg, figures_dir, out_dir, ablation, compute, inputs, utility).values()
     text = "\n\n".join(p for p in parts if p) + "\n"
     return re.sub(r"\n{3,}", "\n\n", text)
 
@@ -1228,11 +1334,13 @@ def write_report(
     samples_path: str | Path | None = None,
     table_path: str | Path | None = None,
     draw: bool = True,
+    utility_path: str | Path | None = None,
 ) -> dict[str, Path]:
     """Write ``report.md`` and a copy of ``metrics.json`` into ``out_dir`` (default
     :func:`report_dir`), drawing the evaluation figures into ``figures_dir`` (default the
     profile's) first when ``draw``. ``ablation_path``/``compute_path`` default to
-    ``ablation.json``/``compute.json`` in ``out_dir``, used when they exist. Returns the paths
+    ``ablation.json``/``compute.json`` in ``out_dir``, and ``utility_path`` to
+    ``utility/utility.json`` there (benchmarks/utility.py), used when they exist. Returns the paths
     written: ``{"report", "metrics", <figure roles>}``."""
     import pandas as pd
 
@@ -1243,6 +1351,8 @@ def write_report(
     ablation_path = Path(ablation_path) if ablation_path is not None else out_dir / "ablation.json"
     compute_path = Path(compute_path) if compute_path is not None else out_dir / "compute.json"
     ablation, compute = read_rows(ablation_path), read_rows(compute_path)
+    utility_path = Path(utility_path) if utility_path is not None else out_dir / "utility" / "utility.json"
+    utility = read_utility(utility_path)
 
     written: dict[str, Path] = {}
     if draw:
@@ -1263,8 +1373,9 @@ def write_report(
         "compute": str(compute_path) if compute else None,
         "samples": str(samples_path) if samples_path else None,
         "per-image table": str(table_path) if table_path else None,
+        "utility": str(utility_path) if utility else None,
     }
-    text = build_report(metrics, cfg, figures_dir, out_dir, ablation, compute, inputs)
+    text = build_report(metrics, cfg, figures_dir, out_dir, ablation, compute, inputs, utility)
     metrics_copy = out_dir / "metrics.json"
     if metrics_copy.resolve() != metrics_path.resolve():
         atomic.copy_file(metrics_path, metrics_copy)

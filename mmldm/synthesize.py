@@ -19,7 +19,8 @@ What happens::
 Inputs (``--input``), recognised in this order:
 
 - a preprocessed store (``.h5``, ``mmldm preprocess``): its label maps are on the model's grid
-  already (its side must be the model's); ``split`` picks ``train``, ``val``, ``test`` or all rows;
+  already (its side must be the model's); ``split`` picks ``train``, ``val``, ``test`` or all rows,
+  ``subjects`` (optional) the rows of those subjects only;
 - a dataset folder in a layout the readers know (M&Ms-2 and the phantom, M&Ms, ACDC;
   ``data/readers/``): only the ``_gt`` label files are read, in the layout's own numbering, at
   each case's frame;
@@ -56,6 +57,13 @@ image ``LatentDiffusion.sample(cond, view, seed=seed + k * J + j)`` gives for th
 DDPM (and DDIM with eta > 0) also draw noise at every step, from a generator seeded with the
 batch's first seed: their images depend on the batching. Copy ``a`` of source ``i`` is warped with
 ``numpy.random.default_rng([seed, i, a])``.
+
+Precision. ``precision="auto"`` (the default here, unlike evaluation's fp32) runs the UNet and
+the decoder under bf16 autocast on a GPU or a CPU with AMX tiles, fp32 elsewhere
+(``mmldm/precision.py``). Measured on 96 held-out ACDC masks, DDIM-50, ``laptop``: bf16
+images differ from fp32's by 0.002 on average (p99 0.009, in [-1, 1]); SSIM 0.4987 vs 0.4988, the
+segmenter's Dice 0.7558 vs 0.7561; 3.8 vs 1.2 images/s with the profile's guidance. The resolved
+precision is recorded in ``dataset.json``'s ``mmldm`` block; a resume on another machine may mix.
 
 Resume and refusals. ``OUT/synthesis.json`` records what the folder is (checkpoint weights, the
 input's masks, sampler, guidance, edges, seed, K, M and the warp's settings, label order, layout)
@@ -101,6 +109,7 @@ import os
 import re
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -266,15 +275,25 @@ def _volume_masks(label, spacing, file, view, size, fov_mm) -> list[SourceMask]:
     return out
 
 
-def load_masks(spec: InputSpec, size: int, fov_mm: float, view: str = "SA", split: str = "all") -> list[SourceMask]:
+def load_masks(
+    spec: InputSpec,
+    size: int,
+    fov_mm: float,
+    view: str = "SA",
+    split: str = "all",
+    subjects: Sequence[str] | None = None,
+) -> list[SourceMask]:
     """Every labelled slice of the input on the ``size`` x ``size`` grid of a ``fov_mm`` field of
-    view; ``view`` for label volumes (datasets and stores say their own), ``split`` for stores."""
+    view; ``view`` for label volumes (datasets and stores say their own), ``split`` and
+    ``subjects`` (only these subjects' rows) for stores."""
     if view not in VIEWS:
         raise MMLDMError(f"view must be one of {', '.join(VIEWS)}, got {view!r}")
     if split not in SPLITS:
         raise MMLDMError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if subjects is not None and spec.kind != "store":
+        raise MMLDMError(f"subjects choose rows of a preprocessed store; {spec.path} is a {spec.kind} input")
     if spec.kind == "store":
-        masks = _store_masks(spec.path, size, fov_mm, split)
+        masks = _store_masks(spec.path, size, fov_mm, split, subjects)
     elif spec.kind == "labels":
         masks = []
         for path in spec.files:
@@ -295,7 +314,9 @@ def load_masks(spec: InputSpec, size: int, fov_mm: float, view: str = "SA", spli
     return masks
 
 
-def _store_masks(path: Path, size: int, fov_mm: float, split: str) -> list[SourceMask]:
+def _store_masks(
+    path: Path, size: int, fov_mm: float, split: str, subjects: Sequence[str] | None = None
+) -> list[SourceMask]:
     with open_store(path) as f:
         side = int(f["label"].shape[-1])
         if side != size:
@@ -307,6 +328,12 @@ def _store_masks(path: Path, size: int, fov_mm: float, split: str) -> list[Sourc
         rows = np.arange(len(meta["split"])) if split == "all" else np.flatnonzero(meta["split"] == split)
         if not len(rows):
             raise DataError(path, f"has no {split!r} slices (it has {', '.join(sorted(set(meta['split'])))})")
+        if subjects is not None:
+            wanted = {str(x) for x in subjects}
+            missing = sorted(wanted - {str(x) for x in meta["subject"][rows]})
+            if missing:
+                raise DataError(path, f"has no {split!r} slices of subject(s) {', '.join(missing[:5])}")
+            rows = rows[np.isin(meta["subject"][rows].astype(str), sorted(wanted))]
         labels = f["label"][()]
     if pixel_mm is not None and abs(float(pixel_mm) - fov_mm / size) > 1e-3:
         warnings.warn(
@@ -837,7 +864,9 @@ def synthesize(
     flag_ratio: float = 0.5,
     view: str = "SA",
     split: str = "all",
+    subjects: Sequence[str] | None = None,
     device: str | None = None,
+    precision: str = "auto",
     progress: bool = True,
     audit: bool = True,
 ) -> dict:
@@ -856,11 +885,11 @@ def synthesize(
     if train_store is not None:
         open_store(train_store).close()  # checked again, against the model's size, once it is loaded
     device = default_device(device)
-    ldm = LatentDiffusion.from_checkpoint(checkpoint, device=device)
+    ldm = LatentDiffusion.from_checkpoint(checkpoint, device=device, precision=precision)
     cfg, sampler_cfg = sampling_setup(ldm.config, edges, sampler, steps, scale_mask, scale_edge)
     data = ldm.config.data
     size, pixel_mm = int(data.size), float(data.fov_mm) / int(data.size)
-    sources = load_masks(spec, size, float(data.fov_mm), view, split)
+    sources = load_masks(spec, size, float(data.fov_mm), view, split, subjects)
     augment = augment or MaskAugmentConfig()
     plan = make_plan(sources, per_mask, augment_masks, seed, augment)
     table = output_table(label_order)
@@ -894,6 +923,7 @@ def synthesize(
         "source_slices": len(sources),
         "seeds": "sample k of mask slot j (j = source * (1 + augment_masks) + copy): seed + k * slots + j",
         "slots": plan.slots,
+        "precision": ldm.precision,
         "pixel_mm": pixel_mm,
         "mmldm_version": __version__,
     }

@@ -97,6 +97,32 @@ def test_scales_of_one_cost_a_single_conditional_pass(mode):
     torch.testing.assert_close(out, RecordingModel()(x, t, cond=used, view=view))
 
 
+def test_the_condition_is_prepared_once_per_sampling_run():
+    """A UNet's condition encoder runs at the first step only; the guided output is unchanged."""
+    from mmldm.models.unet import UNet, UNetConfig
+
+    torch.manual_seed(0)
+    cfg = UNetConfig(
+        latent_channels=2, down_channels=[8, 16], mid_channels=[16, 8], down_sample=[True],
+        attn_down=[False], num_heads=2, norm_groups=4, time_emb_dim=16, conditioning="hint_encoder",
+        cond_downsample=4, hint_channels=[4, 8, 8], view_embedding=True,
+    )  # fmt: skip
+    net = UNet(cfg).eval()
+    encoder_calls = []
+    net.cond_encoder.register_forward_hook(lambda *_: encoder_calls.append(1))
+    cond, view = make_cond(3, 16, 16), torch.tensor([0, 1, 0])
+    fn = guided_model_fn(net, cond, view, 2.0, 3.0, "both")
+    with torch.no_grad():
+        for t in (900, 500, 100):
+            x, tt = torch.randn(3, 2, 4, 4), torch.full((3,), t)
+            got = fn(x, tt)
+            assert len(encoder_calls) == 1  # at the first step only
+            unprepared = guided_model_fn(lambda *a, **k: net(*a, **k), cond, view, 2.0, 3.0, "both")
+            torch.testing.assert_close(got, unprepared(x, tt))
+            assert len(encoder_calls) == 2  # a model without prepare_condition runs it every time
+            del encoder_calls[1:]
+
+
 @pytest.mark.parametrize("scale_mask,scale_edge", [(2.0, 3.0), (1.0, 4.0), (5.0, 1.0), (2.5, 2.5), (0.0, 1.5)])
 def test_both_follows_the_compositional_formula(scale_mask, scale_edge):
     cond, view = make_cond(), torch.tensor([1.0, 0.0, 1.0])

@@ -267,6 +267,23 @@ def test_unet_dropped_condition_is_zeros_and_condition_matters(mode):
     assert not torch.allclose(net(x, t, cond), net(x, t, edges_dropped))
 
 
+@pytest.mark.parametrize("mode", MODES + ("none",))
+def test_a_prepared_condition_gives_the_same_output_at_every_step(mode):
+    """What samplers reuse across steps (UNet.prepare_condition) changes nothing in the output;
+    a condition prepared for other latents is refused."""
+    torch.manual_seed(0)
+    net = UNet(tiny_unet_config(conditioning=mode)).eval()
+    x, cond, view = torch.randn(2, 3, 8, 8), make_cond(2, 32), torch.tensor([0, 1])
+    with torch.no_grad():
+        prepared = net.prepare_condition(cond, x)
+        for t in (torch.tensor([10, 20]), torch.tensor([700, 900])):
+            x_t = torch.randn_like(x)
+            assert torch.equal(net(x_t, t, prepared, view), net(x_t, t, cond, view))
+        assert torch.equal(net(x, t, net.prepare_condition(None, x)), net(x, t, None))
+        with pytest.raises(ValueError, match="prepared for batch 2"):
+            net(torch.randn(3, 3, 8, 8), torch.tensor([1, 2, 3]), prepared)
+
+
 def test_unet_view_embedding():
     torch.manual_seed(0)
     net = UNet(tiny_unet_config(view_embedding=True)).eval()

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mmldm import report
-from mmldm.config import load_config
+from mmldm.config import REPO_ROOT, load_config
 from mmldm.errors import DataError
 from mmldm.report import (
     build_report,
@@ -21,6 +21,7 @@ from mmldm.report import (
     limiting_stage,
     read_metrics,
     read_rows,
+    read_utility,
     report_dir,
     report_sections,
     section_names,
@@ -268,6 +269,7 @@ SECTIONS = [
     "### Training recipe",
     "### Quality against compute",
     "### Memorisation",
+    "### Downstream utility",
     "## Figures",
     "## Challenges",
     "## Limitations",
@@ -497,6 +499,45 @@ def test_optional_ablation_and_compute_tables(inputs):
     fig = rf.compute_plot(read_rows(out / "compute.json")[0])
     assert len(fig.axes[0].lines) == 1  # ours, ours*2, ours*4: one recipe, one line
     rf.plt.close(fig)
+
+
+def load_benchmark(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", REPO_ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_utility_section_reads_what_the_benchmark_writes(inputs):
+    """benchmarks/utility.py's files (written by its own write_outputs) become the report's table,
+    its per-regime verdict and its figure; without them the section says how to measure."""
+    utility = load_benchmark("utility")
+    out = inputs / "report"
+    fg = {"real": [0.50, 0.54, 0.52], "real+synth": [0.60, 0.62, 0.61], "synth": [0.40, 0.42, 0.44]}
+    rows = [
+        {"regime": "5", "arm": arm, "seed": seed, "train_slices": 90, "steps": 100,
+         "dice": {"LV": v + 0.1, "MYO": v - 0.1, "RV": v, "fg": v}}
+        for arm, values in fg.items() for seed, v in enumerate(values)
+    ]  # fmt: skip
+    regimes = {"5": {"subjects": list("abcde"), "real_slices": 90, "synthetic_slices": 360, "steps": 100}}
+    settings = {"held_out_slices": 550, "seeds": [0, 1, 2]}
+    result = utility.write_outputs(out / "utility", settings, regimes, rows)
+    assert result["summary"]["5"]["real"]["fg"]["mean"] == pytest.approx(0.52)
+    assert result["summary"]["5"]["real"]["fg"]["std"] == pytest.approx(0.02)
+    written = write_report(load_config("smoke"), inputs / "eval" / "metrics.json", out_dir=out, draw=False)
+    text = written["report"].read_text()
+    assert "| 5 (5) | real+synth | 90 + 360 | 100 | 0.710 ± 0.010 | 0.510 ± 0.010 | 0.610 ± 0.010 |" in text
+    assert "real+synth +0.090 mean foreground Dice against real only (above it" in text
+    assert "synthetic only reaches 81% of real only" in text
+    assert "](utility/utility.png)" in text and "550 held-out real slices" in text
+    (out / "utility" / "utility.json").unlink()
+    text = write_report(load_config("smoke"), inputs / "eval" / "metrics.json", out_dir=out, draw=False)["report"]
+    assert "Not measured for this report: `python benchmarks/utility.py" in text.read_text()
+    (out / "utility" / "utility.json").write_text(json.dumps({"summary": {"5": {"mixed": {}}}}))
+    with pytest.raises(DataError, match=r"utility\.json.*not an arm"):
+        read_utility(out / "utility" / "utility.json")
 
 
 def test_bad_inputs_name_the_file(tmp_path):

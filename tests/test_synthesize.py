@@ -38,6 +38,7 @@ from mmldm.data.mask_augment import (
 )
 from mmldm.data.readers import acdc
 from mmldm.data.store import open_store, read_meta
+from mmldm.errors import DataError, MMLDMError
 from mmldm.generate_nifti import to_grid
 from mmldm.inference import LatentDiffusion
 from smoke_models import write_acdc
@@ -350,6 +351,32 @@ def test_an_image_depends_on_its_seed_not_its_batch(runs, tmp_path):
     alone = ldm.sample(cond, torch.tensor([0 if view == "SA" else 1]), sampler=sampler, guidance=cfg.guidance, seed=14)
     got = read(tmp_path / "b1" / "imagesTr" / "case_00003_a00_k01_0000.nii.gz")[0][..., 0]
     np.testing.assert_allclose(got, (alone[0, 0].numpy() + 1) / 2, atol=1e-5)
+
+
+def test_subjects_choose_store_rows_and_bf16_stays_close_to_fp32(runs, tmp_path):
+    """``subjects`` keeps those subjects' rows only; ``precision="bf16"`` (bf16 autocast around the
+    networks) makes the fp32 images to within bf16's rounding, and dataset.json says which ran."""
+    with open_store(runs["store"]) as f:
+        meta = read_meta(f)
+    train = meta["split"] == "train"
+    subject = sorted(set(meta["subject"][train]))[1]
+    rows = int(((meta["subject"] == subject) & train).sum())
+    common = dict(split="train", subjects=[subject], progress=False, audit=False)
+    fp32 = synth.synthesize(runs["plain"], runs["store"], tmp_path / "fp32", precision="fp32", **common)
+    bf16 = synth.synthesize(runs["plain"], runs["store"], tmp_path / "bf16", precision="bf16", **common)
+    assert fp32["cases"] == bf16["cases"] == rows > 0
+    assert json.loads((tmp_path / "bf16" / "dataset.json").read_text())["mmldm"]["precision"] == "bf16"
+    diffs = []
+    for name in sorted(p.name for p in (tmp_path / "fp32" / "imagesTr").iterdir()):
+        a, b = read(tmp_path / "fp32" / "imagesTr" / name)[0], read(tmp_path / "bf16" / "imagesTr" / name)[0]
+        diffs.append(np.abs(a - b).mean())
+    assert 0 < np.mean(diffs) < 0.02  # images in [0, 1]: different arithmetic, the same pictures
+    with pytest.raises(DataError, match="no 'train' slices of subject"):
+        synth.synthesize(runs["plain"], runs["store"], tmp_path / "none", split="train", subjects=["nobody"])
+    with pytest.raises(MMLDMError, match="subjects choose rows of a preprocessed store"):
+        synth.load_masks(
+            synth.find_input(label_folder(tmp_path / "lab")[0], "canonical"), 32, 160.0, subjects=[subject]
+        )
 
 
 def test_resume_makes_only_what_is_missing(runs, tmp_path, monkeypatch):

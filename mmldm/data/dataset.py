@@ -83,6 +83,20 @@ def expand_batch(batch: dict, device: torch.device | str | None = None) -> dict:
     }
 
 
+def dihedral_jitter(image: torch.Tensor, label: np.ndarray, edge: np.ndarray, jitter: float):
+    """One random dihedral transform (torch's global generator) of image (H, W), label and edge
+    alike, then intensity jitter of the image only: ``image * (1 + a) + b``, a and b uniform in
+    [-jitter, jitter], clamped to [-1, 1]."""
+    k, flip = int(torch.randint(4, ())), bool(torch.randint(2, ()))
+    a, b = ((torch.rand(2) * 2 - 1) * jitter).tolist()
+    image = torch.rot90(image, k, dims=(0, 1))
+    label, edge = np.rot90(label, k), np.rot90(edge, k)
+    if flip:
+        image, label, edge = image.flip(1), label[:, ::-1], edge[:, ::-1]
+    image = (image * (1.0 + a) + b).clamp_(-1.0, 1.0).contiguous()
+    return image, np.ascontiguousarray(label), np.ascontiguousarray(edge)  # fast numpy from here
+
+
 def _runs(indices: np.ndarray) -> list[tuple[int, int, int]]:
     """Sorted indices -> contiguous runs (position in ``indices``, first row, end row)."""
     if len(indices) == 0:
@@ -173,15 +187,7 @@ class CardiacSliceDataset(Dataset):
         return image[row], label[row], edge[row]
 
     def _augment(self, image: torch.Tensor, label: np.ndarray, edge: np.ndarray):
-        """One random dihedral transform for all three, intensity jitter for the image only."""
-        k, flip = int(torch.randint(4, ())), bool(torch.randint(2, ()))
-        a, b = ((torch.rand(2) * 2 - 1) * self.jitter).tolist()
-        image = torch.rot90(image, k, dims=(0, 1))
-        label, edge = np.rot90(label, k), np.rot90(edge, k)
-        if flip:
-            image, label, edge = image.flip(1), label[:, ::-1], edge[:, ::-1]
-        image = (image * (1.0 + a) + b).clamp_(-1.0, 1.0).contiguous()
-        return image, np.ascontiguousarray(label), np.ascontiguousarray(edge)  # fast numpy from here
+        return dihedral_jitter(image, label, edge, self.jitter)
 
     def __getitem__(self, i: int) -> dict:
         if not -len(self) <= i < len(self):

@@ -129,21 +129,33 @@ def guided_model_fn(
 
     ``cond`` is (B, 5, H, W) for a batch of B samples (channel 0 edges, 1-4 one-hot mask);
     ``view`` is None or a (B,) tensor, repeated for each pass. All passes with a non-zero weight
-    (see :func:`guidance_terms`) go through the model in one call of batch k*B.
+    (see :func:`guidance_terms`) go through the model in one call of batch k*B. A model with a
+    ``prepare_condition(cond, x)`` method (the UNet) has the condition prepared at the first step
+    and reused by every later one, since it does not change while x_t does.
     """
     terms = guidance_terms(mode, scale_mask, scale_edge)
     conds = torch.cat([_select(cond, use_mask, use_edge) for use_mask, use_edge, _ in terms])
     views = None if view is None else torch.cat([view] * len(terms))
     weights = [w for _, _, w in terms]
     b = cond.shape[0]
+    prepare = getattr(model, "prepare_condition", None)
+    prepared = {}  # the condition as the UNet's first layers make it, computed at the first step
 
     def model_fn(x_t: Tensor, t: Tensor) -> Tensor:
         if x_t.shape[0] != b:
             raise ValueError(f"x_t has batch {x_t.shape[0]} but cond has batch {b}")
         k = len(weights)
+        x_in = x_t if k == 1 else torch.cat([x_t] * k)
+        c = conds
+        if prepare is not None:
+            key = (tuple(x_in.shape), x_in.dtype, x_in.device)
+            if key not in prepared:
+                prepared.clear()
+                prepared[key] = prepare(conds, x_in)
+            c = prepared[key]
         if k == 1 and weights[0] == 1.0:
-            return model(x_t, t, cond=conds, view=views)
-        out = model(torch.cat([x_t] * k), torch.cat([t] * k), cond=conds, view=views)
+            return model(x_t, t, cond=c, view=views)
+        out = model(x_in, torch.cat([t] * k), cond=c, view=views)
         chunks = out.chunk(k)
         guided = weights[0] * chunks[0]
         for w, chunk in zip(weights[1:], chunks[1:]):

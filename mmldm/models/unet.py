@@ -23,7 +23,8 @@ The contract the diffusion code relies on::
 
 ``t``: (B,) integer or float steps (a scalar is broadcast). ``cond``: (B, 5, H, W) with
 H = h * cond_downsample; a condition dropped for classifier-free guidance is all zeros in its
-channels, and ``cond=None`` means both are dropped (exactly the same as passing zeros).
+channels, and ``cond=None`` means both are dropped (exactly the same as passing zeros); ``cond`` may also be a
+:class:`PreparedCondition` from ``unet.prepare_condition(cond, x)``, reused across sampling steps.
 ``view``: (B,) long, 0 = SA, 1 = LA, or None (no view information: nothing is added). A model
 built without a view embedding ignores ``view``, and one built with ``conditioning="none"``
 ignores ``cond``.
@@ -43,6 +44,21 @@ from mmldm.models.blocks import DownBlock, MidBlock, UpBlock, check_levels, grou
 from mmldm.models.conditioning import ConditionPyramid, HintEncoder, NearestConcat
 
 Conditioning = Literal["concat_nearest", "hint_encoder", "spade", "none"]
+
+
+@dataclass
+class PreparedCondition:
+    """A condition after :meth:`UNet.prepare_condition`: what the UNet makes of it before step 1.
+
+    ``features`` (B, cond_out_channels, h, w) to concatenate to the latents (``concat_nearest``,
+    ``hint_encoder``), or ``pyramid`` (SPADE: the condition resized once per resolution), or
+    neither (``conditioning="none"``). ``batch`` and ``size`` (h, w) say which latents it fits.
+    """
+
+    batch: int
+    size: tuple[int, int]
+    features: torch.Tensor | None = None
+    pyramid: ConditionPyramid | None = None
 
 
 @dataclass
@@ -163,11 +179,30 @@ class UNet(nn.Module):
         self.norm_out = group_norm(cfg.conv_out_channels, cfg.norm_groups)
         self.conv_out = nn.Conv2d(cfg.conv_out_channels, cfg.latent_channels, 3, padding=1)
 
+    def prepare_condition(self, cond: torch.Tensor | None, x: torch.Tensor) -> PreparedCondition:
+        """The part of the forward pass that depends on the condition alone, for latents like ``x``.
+
+        A sampler calls the UNet tens of times with the same condition; the hint encoder runs
+        at the image resolution and costs about as much as the rest of a small UNet, so
+        ``LatentDiffusion`` prepares it once (``guided_model_fn``) and passes the result as ``cond``.
+        ``cond=None`` means every condition dropped (all zeros)."""
+        cfg = self.config
+        b, _, h, w = x.shape
+        if cfg.conditioning == "none":
+            return PreparedCondition(b, (h, w))
+        if cond is None:
+            f = cfg.cond_downsample
+            cond = x.new_zeros(b, cfg.cond_channels, h * f, w * f)
+        cond = cond.to(x.dtype)
+        if self.cond_encoder is not None:
+            return PreparedCondition(b, (h, w), features=self.cond_encoder(cond, (h, w)))
+        return PreparedCondition(b, (h, w), pyramid=ConditionPyramid(cond))
+
     def forward(
         self,
         x: torch.Tensor,
         t: torch.Tensor | float,
-        cond: torch.Tensor | None = None,
+        cond: torch.Tensor | PreparedCondition | None = None,
         view: torch.Tensor | None = None,
     ) -> torch.Tensor:
         cfg = self.config
@@ -184,17 +219,16 @@ class UNet(nn.Module):
         if self.view_emb is not None and view is not None:
             temb = temb + self.view_emb(view.long())
 
-        # 2. The condition: None means every condition dropped, i.e. all zeros.
-        pyramid = None
-        if cfg.conditioning != "none":
-            if cond is None:
-                f = cfg.cond_downsample
-                cond = x.new_zeros(b, cfg.cond_channels, h * f, w * f)
-            cond = cond.to(x.dtype)
-            if self.cond_encoder is not None:
-                x = torch.cat([x, self.cond_encoder(cond, (h, w))], dim=1)
-            else:
-                pyramid = ConditionPyramid(cond)
+        # 2. The condition, prepared here unless the caller prepared it once for many steps.
+        if not isinstance(cond, PreparedCondition):
+            cond = self.prepare_condition(cond, x)
+        elif cond.batch != b or cond.size != (h, w):
+            raise ValueError(
+                f"UNet: condition prepared for batch {cond.batch} at {cond.size}, latents are {b} at {(h, w)}"
+            )
+        if cond.features is not None:
+            x = torch.cat([x, cond.features.to(x.dtype)], dim=1)
+        pyramid = cond.pyramid
 
         def cond_at(ref: torch.Tensor) -> torch.Tensor | None:
             return pyramid.at(ref.shape[-2:]) if pyramid is not None else None

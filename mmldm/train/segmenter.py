@@ -19,6 +19,11 @@ rebuilds the network from it.
 
     result = train_segmenter(load_config("laptop"), cfg.store_path, cfg.run_dir / "segmenter")
     model = load_segmenter(result.checkpoint)
+
+:func:`fit_segmenter` is the loop itself, over any dataset of compact items (``image`` (1, H, W)
+in [-1, 1], ``label`` (H, W) canonical, ``edge`` (1, H, W)), for a number of epochs or of
+optimiser steps, in fp32 or bf16 (:mod:`mmldm.precision`): the downstream-utility benchmark
+(benchmarks/utility.py) trains it on real, synthetic and mixed sets with it.
 """
 
 from __future__ import annotations
@@ -29,11 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from mmldm import atomic
 from mmldm.data.dataset import CardiacSliceDataset, expand_batch
 from mmldm.models.segmenter import CHECKPOINT_NAME, Segmenter, SegmenterConfig, segmentation_loss
+from mmldm.precision import autocast, resolve_precision
 from mmldm.progress import tqdm
 
 
@@ -71,10 +77,19 @@ def train_segmenter(
         torch.set_num_threads(threads)
 
 
-def _train(cfg: SegmenterConfig, store_path: Path, out_dir: Path, device, progress: bool) -> SegmenterRun:
-    start = time.perf_counter()
+def fit_segmenter(
+    cfg: SegmenterConfig,
+    data: Dataset,
+    steps: int | None = None,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+    progress: bool = False,
+    desc: str = "segmenter",
+) -> tuple[Segmenter, list[float]]:
+    """A :class:`Segmenter` trained on ``data`` (compact items, see the module docstring) for
+    ``cfg.epochs`` passes, or exactly ``steps`` optimiser steps (the loader cycles); seeded by
+    ``cfg.seed``. Returns the model (eval mode) and the loss of every step."""
     torch.manual_seed(cfg.seed)
-    data = CardiacSliceDataset(store_path, split="train", augment=cfg.augment, in_memory=cfg.in_memory, expand=False)
     loader = DataLoader(
         data,
         batch_size=cfg.batch_size,
@@ -83,27 +98,40 @@ def _train(cfg: SegmenterConfig, store_path: Path, out_dir: Path, device, progre
         generator=torch.Generator().manual_seed(cfg.seed),
         persistent_workers=cfg.num_workers > 0,
     )
+    total = steps if steps is not None else cfg.epochs * len(loader)
+    precision = resolve_precision(precision, device)
     model = Segmenter(cfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-
-    losses, step_losses = [], []
-    bar = tqdm(total=cfg.epochs * len(loader), desc="segmenter", unit="step", disable=not progress)
+    step_losses: list[float] = []
+    bar = tqdm(total=total, desc=desc, unit="step", disable=not progress)
     model.train()
-    for _ in range(cfg.epochs):
-        epoch = []
+    while len(step_losses) < total:
         for batch in loader:
             batch = expand_batch(batch, device)
-            loss = segmentation_loss(model(batch["image"]), batch["label"], cfg.ce_weight, cfg.dice_weight)
+            with autocast(precision, device):
+                logits = model(batch["image"])
+            loss = segmentation_loss(logits.float(), batch["label"], cfg.ce_weight, cfg.dice_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            epoch.append(loss.item())
+            step_losses.append(loss.item())
             bar.update(1)
-            bar.set_postfix(loss=f"{epoch[-1]:.3f}")
-        losses.append(sum(epoch) / len(epoch))
-        step_losses += epoch
+            bar.set_postfix(loss=f"{step_losses[-1]:.3f}")
+            if len(step_losses) == total:
+                break
     bar.close()
-    model.eval()
+    return model.eval(), step_losses
+
+
+def _train(cfg: SegmenterConfig, store_path: Path, out_dir: Path, device, progress: bool) -> SegmenterRun:
+    start = time.perf_counter()
+    data = CardiacSliceDataset(store_path, split="train", augment=cfg.augment, in_memory=cfg.in_memory, expand=False)
+    model, step_losses = fit_segmenter(cfg, data, device=device, progress=progress)
+    per_epoch = -(-len(data) // cfg.batch_size)
+    losses = [
+        sum(chunk) / len(chunk)
+        for chunk in (step_losses[i : i + per_epoch] for i in range(0, len(step_losses), per_epoch))
+    ]
     data.close()
 
     seconds = time.perf_counter() - start
