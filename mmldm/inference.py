@@ -35,8 +35,8 @@ from mmldm.diffusion.latent_norm import denormalize, normalize
 from mmldm.diffusion.sampling_loop import make_sampler, sample
 from mmldm.diffusion.schedule import NoiseSchedule
 from mmldm.models.unet import UNet
-from mmldm.precision import autocast, resolve_precision
 from mmldm.models.vqvae import VQVAE, VQVAEConfig
+from mmldm.precision import autocast, resolve_precision
 
 
 def load_vqvae(path: str | Path, device: torch.device | str = "cpu") -> tuple[VQVAE, dict]:
