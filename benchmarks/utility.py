@@ -31,8 +31,9 @@ generator per regime.
 
 Writes under ``--out`` (default ``<run>/utility``): ``synthetic/<regime>/`` (nnU-Net sets),
 ``results/<regime>_<arm>_s<seed>.json`` (one per trained segmenter, atomically; a re-run skips
-those finished with the same steps and training set), ``utility.json`` (settings, regimes, every row, mean and standard deviation per
-regime and arm), ``utility.csv`` and ``utility.png``. ``mmldm report`` shows them when present.
+those finished with the same steps and training set), ``utility.json`` (settings, regimes, every
+row, mean and standard deviation per regime and arm), ``utility.csv`` and ``utility.png``, after
+every regime. The report (``write_report``) shows them when present in the run folder.
 Benchmarks print; they never assert.
 """
 
