@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
         synth_dir = out / "synthetic" / f"{regime}_subjects"
         s = synthesize(
             checkpoint, store, synth_dir, split="train", subjects=chosen, per_mask=args.per_mask,
-            augment_masks=m, precision=args.precision, dataset_name=f"Utility{regime}",
+            augment_masks=m, precision=args.precision, dataset_name=f"Utility{regime}", train_store=store,
         )  # fmt: skip
         synth = read_synthetic(synth_dir)
         audit = json.loads((synth_dir / "audit.json").read_text()) if (synth_dir / "audit.json").exists() else {}

@@ -221,3 +221,36 @@ def test_gpu_check_records_a_failure_and_goes_on(gpu_check, tmp_path, monkeypatc
     ldm, sampling = data["rows"]
     assert ldm["error"].startswith("out of memory: CUDA out of memory") and "images_per_s" not in ldm
     assert "error" not in sampling and sampling["images_per_s"] > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# benchmarks/utility.py: every regime, arm and seed, same steps, nested subjects, resumable
+# ---------------------------------------------------------------------------------------------
+
+
+def test_utility_trains_every_arm_and_resumes(smoke_ldm, tmp_path, monkeypatch, capsys):
+    spec = importlib.util.spec_from_file_location("benchmarks_utility", REPO / "benchmarks" / "utility.py")
+    utility = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(utility)
+    args = ["--run", str(smoke_ldm["run"]), "--store", str(smoke_ldm["store"]), "--out", str(tmp_path / "u")]
+    args += ["--subjects", "1", "all", "--steps", "2", "3", "--seeds", "0", "1", "--augment-masks", "1"]
+    args += ["--augment-masks-full", "0", "--threads", "1", "--precision", "fp32"]
+    result = utility.main(args)
+    rows = result["rows"]
+    assert len(rows) == 2 * 3 * 2 and {r["arm"] for r in rows} == set(utility.ARMS)
+    one, every = result["regimes"]["1"], result["regimes"]["all"]
+    assert len(one["subjects"]) == 1 and set(one["subjects"]) < set(every["subjects"])  # nested
+    assert one["synthetic_slices"] == 2 * one["real_slices"] and every["synthetic_slices"] == every["real_slices"]
+    for r in rows:
+        reg = result["regimes"][r["regime"]]
+        expect = {"real": reg["real_slices"], "synth": reg["synthetic_slices"]}
+        assert r["train_slices"] == expect.get(r["arm"], reg["real_slices"] + reg["synthetic_slices"])
+        assert r["steps"] == reg["steps"] and all(0.0 <= r["dice"][c] <= 1.0 for c in ("LV", "MYO", "fg"))
+    summary = result["summary"]["1"]["real+synth"]["fg"]
+    seeds = [r["dice"]["fg"] for r in rows if r["regime"] == "1" and r["arm"] == "real+synth"]
+    assert summary["mean"] == pytest.approx(sum(seeds) / 2) and summary["n"] == 2
+    assert (tmp_path / "u" / "utility.png").exists() and (tmp_path / "u" / "utility.csv").read_text().count("\n") == 13
+    # A re-run trains nothing: every result is on disk with the same steps and training set.
+    monkeypatch.setattr(utility, "fit_segmenter", lambda *a, **k: pytest.fail("trained again"))
+    again = utility.main(args)
+    assert again["rows"] == rows
