@@ -984,11 +984,18 @@ def _utility_cell(s: Mapping | None) -> str:
     return f"{fmt(s.get('mean'))} ± {fmt(sd)}" if sd is not None else fmt(s.get("mean"))
 
 
+def _seeds_cell(fg: Mapping) -> str:
+    n, bad = fg.get("n", "?"), fg.get("failed") or 0
+    return f"{n} ({bad} failed)" if bad else f"{n}"
+
+
 def _utility_verdict(summary: Mapping) -> str:
-    """One sentence per regime: real+synth minus real, and synth as a share of real (mean fg Dice)."""
+    """One line per regime: real+synth minus real, synth as a share of real (mean foreground
+    Dice), and the seeds whose training failed, with the medians beside the means."""
     lines = []
     for regime, arms in summary.items():
-        real, mixed, synth = (((arms.get(a) or {}).get("fg") or {}) for a in UTILITY_ARMS)
+        fg = {a: ((arms.get(a) or {}).get("fg") or {}) for a in UTILITY_ARMS}
+        real, mixed, synth = fg["real"], fg["real+synth"], fg["synth"]
         if finite_float(real.get("mean")) is None:
             continue
         parts = []
@@ -1001,6 +1008,13 @@ def _utility_verdict(summary: Mapping) -> str:
             )
         if finite_float(synth.get("mean")) is not None and real["mean"] > 0:
             parts.append(f"synthetic only reaches {synth['mean'] / real['mean']:.0%} of real only")
+        bad = [f"{a} {s['failed']}" for a, s in fg.items() if s.get("failed")]
+        if bad:
+            medians = ", ".join(f"{a} {fmt(s.get('median'))}" for a, s in fg.items() if s)
+            parts.append(
+                f"failed seeds (the segmenter predicts background everywhere; counted in the means): "
+                f"{', '.join(bad)}; the medians are {medians}"
+            )
         label = "all training subjects" if regime == "all" else f"{regime} training subjects"
         lines.append(f"- {label}: " + "; ".join(parts) + ".")
     return "\n".join(lines)
@@ -1028,7 +1042,7 @@ def _utility(c: _Ctx) -> str:
                     slices if r else "?",
                     r.get("steps", "?"),
                     *(_utility_cell(s.get(k)) for k in ("LV", "MYO", "RV", "fg")),
-                    (s.get("fg") or {}).get("n", "?"),
+                    _seeds_cell(s.get("fg") or {}),
                 )
             )
     figure = ""

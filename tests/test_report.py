@@ -521,6 +521,11 @@ def test_utility_section_reads_what_the_benchmark_writes(inputs):
          "dice": {"LV": v + 0.1, "MYO": v - 0.1, "RV": v, "fg": v}}
         for arm, values in fg.items() for seed, v in enumerate(values)
     ]  # fmt: skip
+    rows += [  # 20 subjects: seed 0 of the real arm collapsed to background
+        {"regime": "20", "arm": arm, "seed": seed, "train_slices": 360, "steps": 100,
+         "dice": {c: (0.0 if (arm, seed) == ("real", 0) else 0.7) for c in ("LV", "MYO", "RV", "fg")}}
+        for arm in ("real", "real+synth") for seed in range(3)
+    ]  # fmt: skip
     regimes = {"5": {"subjects": list("abcde"), "real_slices": 90, "synthetic_slices": 360, "steps": 100}}
     settings = {"held_out_slices": 550, "seeds": [0, 1, 2]}
     result = utility.write_outputs(out / "utility", settings, regimes, rows)
@@ -532,6 +537,9 @@ def test_utility_section_reads_what_the_benchmark_writes(inputs):
     assert "real+synth +0.090 mean foreground Dice against real only (above it" in text
     assert "synthetic only reaches 81% of real only" in text
     assert "](utility/utility.png)" in text and "550 held-out real slices" in text
+    assert "| real | ? | ? | 0.467 ± 0.404 | 0.467 ± 0.404 | 0.467 ± 0.404 | 0.467 ± 0.404 | 3 (1 failed) |" in text
+    assert "failed seeds (the segmenter predicts background everywhere; counted in the means): real 1" in text
+    assert "the medians are real 0.700, real+synth 0.700" in text
     (out / "utility" / "utility.json").unlink()
     text = write_report(load_config("smoke"), inputs / "eval" / "metrics.json", out_dir=out, draw=False)["report"]
     assert "Not measured for this report: `python benchmarks/utility.py" in text.read_text()
