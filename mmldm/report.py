@@ -1037,9 +1037,10 @@ def _utility(c: _Ctx) -> str:
             slices = {"real": f"{real_n}", "real+synth": f"{real_n} + {synth_n}", "synth": f"{synth_n}"}[arm]
             rows.append(
                 (
-                    "all" if regime == "all" else f"{regime} ({len(r.get('subjects') or [])})" if r else regime,
+                    f"all ({len(r.get('subjects') or [])})" if regime == "all" and r else regime,
                     arm,
                     slices if r else "?",
+                    r.get("augment_masks", "?") if arm != "real" else "",
                     r.get("steps", "?"),
                     *(_utility_cell(s.get(k)) for k in ("LV", "MYO", "RV", "fg")),
                     _seeds_cell(s.get("fg") or {}),
@@ -1063,7 +1064,19 @@ def _utility(c: _Ctx) -> str:
             n_heldout=settings.get("held_out_slices", "?"),
             n_seeds=len(settings.get("seeds") or []) or "?",
             table=table(
-                ["training subjects", "arm", "training slices", "steps", "LV", "MYO", "RV", "mean fg", "seeds"], rows
+                [
+                    "training subjects",
+                    "arm",
+                    "training slices",
+                    "warped copies per mask",
+                    "steps",
+                    "LV",
+                    "MYO",
+                    "RV",
+                    "mean fg",
+                    "seeds",
+                ],
+                rows,
             ),
             verdict=_utility_verdict(summary),
             figure=figure,

@@ -533,11 +533,14 @@ def test_utility_section_reads_what_the_benchmark_writes(inputs):
     assert result["summary"]["5"]["real"]["fg"]["std"] == pytest.approx(0.02)
     written = write_report(load_config("smoke"), inputs / "eval" / "metrics.json", out_dir=out, draw=False)
     text = written["report"].read_text()
-    assert "| 5 (5) | real+synth | 90 + 360 | 100 | 0.710 ± 0.010 | 0.510 ± 0.010 | 0.610 ± 0.010 |" in text
+    assert "| 5 | real+synth | 90 + 360 | ? | 100 | 0.710 ± 0.010 | 0.510 ± 0.010 | 0.610 ± 0.010 |" in text
     assert "real+synth +0.090 mean foreground Dice against real only (above it" in text
     assert "synthetic only reaches 81% of real only" in text
     assert "](utility/utility.png)" in text and "550 held-out real slices" in text
-    assert "| real | ? | ? | 0.467 ± 0.404 | 0.467 ± 0.404 | 0.467 ± 0.404 | 0.467 ± 0.404 | 3 (1 failed) |" in text
+    assert (
+        "| 20 | real | ? |  | ? | 0.467 ± 0.404 | 0.467 ± 0.404 | 0.467 ± 0.404 | 0.467 ± 0.404 | 3 (1 failed) |"
+        in text
+    )
     assert "failed seeds (the segmenter predicts background everywhere; counted in the means): real 1" in text
     assert "the medians are real 0.700, real+synth 0.700" in text
     (out / "utility" / "utility.json").unlink()
