@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from mmldm.data.store import META_COLUMNS, StoreWriter, open_store, read_meta  # noqa: E402
+from mmldm.precision import resolve_precision  # noqa: E402
 from mmldm.synthesize import synthesize  # noqa: E402
 
 
@@ -94,9 +95,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             )
             wall = time.perf_counter() - start
             rate = s["images_per_second"] or float("nan")
-            resolved = json.loads((tmp / f"out_{precision}_b{batch}" / "dataset.json").read_text())["mmldm"][
-                "precision"
-            ]
+            resolved = resolve_precision(precision, args.device)
             print(f"{resolved:>10}{batch:>6}{s['generated']:>8}{s['seconds']:>9.2f}{rate:>10.2f}{wall:>9.2f}")
             rows.append(
                 {

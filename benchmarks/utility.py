@@ -98,7 +98,8 @@ class Slices(Dataset):
         }
 
 
-def read_rows(store: Path, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def store_slices(store: Path, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Images (float32, [-1, 1]) and labels of the store rows where ``mask`` is true."""
     with open_store(store) as f:
         rows = np.flatnonzero(mask)
         return f["image"][rows].astype(np.float32), f["label"][rows]
@@ -246,7 +247,7 @@ def main(argv: list[str] | None = None) -> dict:
     with open_store(store) as f:
         meta = read_meta(f)
     subjects = regime_subjects(meta, args.subjects, args.subject_seed)
-    held_images, held_labels = read_rows(store, meta["split"] == "val")
+    held_images, held_labels = store_slices(store, meta["split"] == "val")
     print(f"held out: {len(held_images)} real slices of {len(set(meta['subject'][meta['split'] == 'val']))} subjects")
 
     settings = {
@@ -261,7 +262,7 @@ def main(argv: list[str] | None = None) -> dict:
     regimes, rows = {}, []
     for regime, steps in zip(args.subjects, args.steps):
         chosen = subjects[regime]
-        real = read_rows(store, (meta["split"] == "train") & np.isin(meta["subject"].astype(str), chosen))
+        real = store_slices(store, (meta["split"] == "train") & np.isin(meta["subject"].astype(str), chosen))
         m = args.augment_masks_full if regime in args.full_augment else args.augment_masks
         synth_dir = out / "synthetic" / f"{regime}_subjects"
         s = synthesize(

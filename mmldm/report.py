@@ -267,19 +267,22 @@ class _Ctx:
             seed=m.get("seed", "?"),
         )
 
-    def figure(self, name: str, caption: str) -> str:
-        """Markdown for a figure in the figures folder, or "" when it is not there."""
-        if self.figures_dir is None:
+    def figure(self, name: str, caption: str, folder: Path | None = None) -> str:
+        """Markdown for a figure in ``folder`` (default: the figures folder), or "" when it is not there."""
+        folder = folder if folder is not None else self.figures_dir
+        if folder is None:
             return ""
-        path = self.figures_dir / name
+        path = folder / name
         if not path.exists():
             return ""
         rel = Path(os.path.relpath(path, self.out_dir)) if self.out_dir is not None else path
         return fill("shared.image", caption=caption, path=rel.as_posix())
 
-    def figures(self, block: str, **values) -> str:
-        """The figures a template ``.figure(s)`` block lists that exist, one paragraph each."""
-        shown = (self.figure(name, caption) for name, caption in figure_list(block, profile=self.profile, **values))
+    def figures(self, block: str, folder: Path | None = None, **values) -> str:
+        """The figures a template ``.figure(s)`` block lists that exist (in ``folder``, default the
+        figures folder), one paragraph each."""
+        listed = figure_list(block, profile=self.profile, **values)
+        shown = (self.figure(name, caption, folder) for name, caption in listed)
         return "\n\n".join(f for f in shown if f)
 
 
@@ -1046,17 +1049,8 @@ def _utility(c: _Ctx) -> str:
                     _seeds_cell(s.get("fg") or {}),
                 )
             )
-    figure = ""
-    path = Path(c.inputs.get("utility") or "")
-    png = path.with_name("utility.png") if c.inputs.get("utility") else None
-    if png is not None and png.exists():
-        rel = Path(os.path.relpath(png, c.out_dir)) if c.out_dir is not None else png
-        figure = fill(
-            "shared.image",
-            caption="Dice on held-out real slices of segmenters trained on real, real + synthetic and synthetic "
-            "slices, per regime: seeds as dots, mean ± sd as bars.",
-            path=rel.as_posix(),
-        )
+    source = c.inputs.get("utility")
+    figure = c.figures("utility.figure", folder=Path(source).parent) if source else ""
     return fill(
         "utility",
         utility=fill(

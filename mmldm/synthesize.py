@@ -257,12 +257,6 @@ def _need_labels(labels: str | None, path: Path) -> str:
     return labels
 
 
-def _read_label_file(path: Path, order: str, frame: int | None = None) -> tuple[np.ndarray, tuple]:
-    """A canonical (H, W, Z) label volume and its spacing (``generate``'s reader)."""
-    label, spacing, _ = read_labels(path, order, frame)
-    return label, spacing
-
-
 def _volume_masks(label, spacing, file, view, size, fov_mm) -> list[SourceMask]:
     out = []
     for z in range(label.shape[2]):
@@ -298,13 +292,13 @@ def load_masks(
         masks = []
         for path in spec.files:
             check_terminated()
-            label, spacing = _read_label_file(path, spec.order)
+            label, spacing, _ = read_labels(path, spec.order)
             masks += _volume_masks(label, spacing, path, view, size, fov_mm)
     else:
         masks = []
         for case in spec.cases:
             check_terminated()
-            label, spacing = _read_label_file(case.label_path, spec.order, case.frame)
+            label, spacing, _ = read_labels(case.label_path, spec.order, case.frame)
             found = _volume_masks(label, spacing, case.label_path, case.view, size, fov_mm)
             for m in found:
                 m.where = f"{case.phase} {m.where}" + (f" (frame {case.frame})" if case.frame is not None else "")
