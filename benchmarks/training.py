@@ -126,7 +126,7 @@ def measure(
             sample_every=0,
             ckpt_every=10**6,
             deterministic=False,
-            amp=str(amp and cuda).lower(),
+            amp=str(amp).lower(),
             channels_last=str(cuda).lower(),
         ).items()
     ]

@@ -296,6 +296,7 @@ def _header(c: _Ctx) -> str:
         created=m.get("created", "?"),
         seconds=fmt(m.get("seconds"), 0),
         device=m.get("device", "?"),
+        precision=m.get("precision", "fp32"),  # older metrics.json: sampled in fp32
         torch=m.get("torch", "?"),
     )
 
@@ -490,7 +491,7 @@ def _training(c: _Ctx) -> str:
             ("grad_clip", "gradient clip"),
             ("ema", "EMA of weights"),
             ("latent_norm", "latent normalisation"),
-            ("amp", "bf16 autocast"),
+            ("amp", "bf16 autocast (where native: CUDA, AMX CPUs)"),
         )
         t_v, t_l, seg = cfg.train_vqvae, cfg.train_ldm, cfg.segmenter
         rows = [(title, getattr(t_v, k), getattr(t_l, k)) for k, title in keys]

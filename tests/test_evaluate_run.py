@@ -86,6 +86,13 @@ def test_variant_settings_change_only_what_they_name():
         variant_settings("ddim7", cfg.sampler, cfg.guidance, 1000)
 
 
+def test_evaluation_precision_is_checked_and_laptop_samples_in_bf16_where_native():
+    with pytest.raises(ValueError, match="evaluation.precision"):
+        EvaluationConfig(precision="fp16")
+    assert load_config("smoke").evaluation.precision == "fp32"  # tests compare with fp32 references
+    assert load_config("laptop").evaluation.precision == "auto"
+
+
 def _check_stat(block, lo, hi):
     assert set(block) == {"mean", "std", "n"}
     assert lo <= block["mean"] <= hi, block
@@ -122,6 +129,7 @@ def test_metrics_json_schema_and_ranges(evaluated):
         "seconds",
         "torch",
         "device",
+        "precision",
     ):
         assert key in meta, key
     assert meta["profile"] == "smoke" and meta["split"] == "val" and meta["n"] == 6 and meta["source"] == "phantom"
@@ -158,6 +166,7 @@ def test_metrics_json_schema_and_ranges(evaluated):
         "realism_n": 8,
         "realism_seeds": 2,
         "batch_size": 32,
+        "precision": "fp32",
     }
 
     # Realism: the smoke profile asks for 8 images, 2 seeds for each of 4 masks of the 8 held-out slices.
@@ -272,6 +281,7 @@ def test_cli_evaluate_prints_a_table_and_reuses_the_segmenter(evaluated, trained
     assert "unavailable" in printed  # Inception on CPU is too slow for a unit test (test_fid.py checks it)
     metrics = json.loads(out.read_text())
     assert metrics["meta"]["n"] == 4 and metrics["meta"]["segmenter_trained"] is False  # the one trained above
+    assert metrics["meta"]["precision"] == "fp32"  # the smoke profile's evaluation.precision
     # What --n and --variants leave unsaid comes from the smoke profile's evaluation section.
     assert metrics["meta"]["evaluation"]["n_ddpm"] == cfg.evaluation.n_ddpm == 2
     assert metrics["realism"]["n_generated"] == cfg.evaluation.realism_n == 8

@@ -426,6 +426,9 @@ def test_numbers_follow_the_json(inputs):
     changed = build_report(m)
     assert "0.864" in changed and "0.864" not in base
     assert "99.87" in changed and "116.09" not in changed
+    assert "on cpu, sampling in fp32" in base  # a metrics.json without "precision" sampled in fp32
+    m["meta"]["precision"] = "bf16"
+    assert "on cpu, sampling in bf16" in build_report(m)
 
 
 def test_optional_ablation_and_compute_tables(inputs):

@@ -85,6 +85,8 @@ def test_shapes_features_and_size_check():
 def test_config_rejects_bad_widths_and_profiles_carry_a_section():
     with pytest.raises(ValueError, match="norm_groups"):
         SegmenterConfig(channels=(8, 12), norm_groups=8)
+    with pytest.raises(ValueError, match="segmenter.precision"):
+        SegmenterConfig(precision="half")
     sizes = [load_config(p).segmenter for p in ("smoke", "quick", "laptop", "paper")]
     params = [sum(p.numel() for p in Segmenter(s).parameters()) for s in sizes]
     assert params == sorted(set(params))  # tiny < small < medium < large: each profile's judge has more capacity

@@ -285,9 +285,26 @@ def test_gradient_accumulation_matches_one_big_batch(store, tmp_path, one_thread
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-7, msg=name)
 
 
+@pytest.mark.parametrize("amx", [True, False])
+def test_amp_means_bf16_autocast_where_the_device_computes_it_natively(monkeypatch, amx):
+    # amp: bf16 on a CPU with AMX tiles (and CUDA with bf16), fp32 on other CPUs, where bf16
+    # convolutions are slower than fp32 ones; amp off is fp32 everywhere.
+    from mmldm.train.loop import autocast, training_precision
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    cpu = torch.device("cpu")
+    assert training_precision(TrainConfig(amp=False), cpu) == "fp32"
+    assert training_precision(TrainConfig(amp=True), cpu) == ("bf16" if amx else "fp32")
+    with autocast(TrainConfig(amp=True), cpu):
+        y = torch.nn.functional.linear(torch.randn(2, 4), torch.randn(3, 4))
+    assert y.dtype == (torch.bfloat16 if amx else torch.float32)
+    laptop = load_config("laptop")
+    assert laptop.train_vqvae.amp and laptop.train_ldm.amp and not load_config("smoke").train_ldm.amp
+
+
 def test_ldm_without_cache_and_with_gpu_options_on_the_cpu(trained, store, tmp_path, one_thread):
-    # cache_latents: false encodes into memory and writes no file; amp, channels_last and compile
-    # are CUDA options that the CPU ignores.
+    # cache_latents: false encodes into memory and writes no file; channels_last and compile are
+    # CUDA options that the CPU ignores; amp is bf16 autocast where the CPU has AMX, else fp32.
     from mmldm.train.ldm import train_ldm
 
     _, root, _, _ = trained

@@ -75,7 +75,8 @@ where the class is in the mask or the prediction, see anatomy.py)::
               "ldm_checkpoint", "ldm_step", "vqvae_checkpoint", "segmenter_checkpoint",
               "segmenter_trained" (bool: trained by this call), "created" (UTC ISO 8601),
               "seconds", "timing" {stage: seconds}, "torch", "device", "files" {name: file name},
-              "evaluation": {the evaluation settings used: n, n_ddpm, variants, main, realism_n, ...}},
+              "evaluation": {the evaluation settings used: n, n_ddpm, variants, main, realism_n, ...},
+              "precision": the LDM's sampling precision, resolved (fp32 | bf16)},
      "published": {"fid": 116.09, "ssim": 0.44, "nmse": 1.14, "source": ...},
      "reconstruction": <recon_metrics.json beside the VQVAE checkpoint the LDM names, or null>,
      "ceiling": {"dice": {"LV", "MYO", "RV", "mean_fg"}, "n"},
@@ -142,6 +143,7 @@ from mmldm.evaluate.settings import MAIN, VARIANTS, EvaluationConfig, Variant  #
 from mmldm.evaluate.spectrum import compare_spectra
 from mmldm.formatting import fmt
 from mmldm.inference import LatentDiffusion
+from mmldm.precision import resolve_precision
 from mmldm.progress import tqdm
 
 PUBLISHED = {"fid": 116.09, "ssim": 0.44, "nmse": 1.14, "source": "the seed study, M&Ms-2 at 256x256"}
@@ -684,7 +686,8 @@ def evaluate(
     # The model, the held-out slices, the segmenter.
     t0 = time.perf_counter()
     vq_ref = load_checkpoint(ldm_ckpt, stage="ldm")["extra"]["vqvae"]
-    ldm = LatentDiffusion.from_checkpoint(ldm_ckpt, device=device)
+    precision = resolve_precision(settings.precision, device)
+    ldm = LatentDiffusion.from_checkpoint(ldm_ckpt, device=device, precision=precision)
     ldm_cfg = ldm.config
     sizes = {f"store {store}": store_size(store), f"LDM {ldm_ckpt}": ldm_cfg.data.size}
     if train_store != store:
@@ -815,6 +818,7 @@ def evaluate(
             "torch": torch.__version__,
             "python": platform.python_version(),
             "device": str(device),
+            "precision": precision,
             "files": files,
             "evaluation": dataclasses.asdict(settings),
         },

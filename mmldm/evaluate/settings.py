@@ -15,6 +15,7 @@ guidance (:func:`mmldm.evaluate.run.variant_settings` turns a name into settings
       realism_n: 512   # generated images for FID / KID / spectrum: held-out masks x realism_seeds
       realism_seeds: 2 # distinct seeds per held-out mask in the realism set
       batch_size: 32
+      precision: fp32  # the LDM's sampling: fp32, bf16 or auto (bf16 where native, mmldm/precision.py)
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ class EvaluationConfig:
     realism_n: int = 512
     realism_seeds: int = 2
     batch_size: int = 32
+    # The LDM's sampling and decoding (mmldm/precision.py); the judge and the FID networks stay fp32.
+    precision: str = "fp32"
 
     def __post_init__(self):
         if self.n is not None and self.n < 1:
@@ -77,6 +80,8 @@ class EvaluationConfig:
             raise ValueError(
                 f"unknown evaluation variant(s) {', '.join(map(repr, unknown))}; choose from {', '.join(VARIANTS)}"
             )
+        if self.precision not in ("fp32", "bf16", "auto"):
+            raise ValueError(f"evaluation.precision must be fp32, bf16 or auto, not {self.precision!r}")
         if not self.variants:
             raise ValueError("evaluation.variants is empty")
         if len(set(self.variants)) != len(self.variants):

@@ -35,6 +35,7 @@ from torch import nn
 
 from mmldm.data.schema import NUM_CLASSES
 from mmldm.models.blocks import DownBlock, Downsample, UpBlock, group_norm
+from mmldm.precision import PRECISIONS
 
 
 @dataclass
@@ -54,6 +55,7 @@ class SegmenterConfig:
     in_memory: bool = True  # read the training split into memory once
     num_workers: int = 0  # DataLoader worker processes
     cpu_threads: int | None = None  # torch threads while training on the CPU (None: torch's default)
+    precision: str = "fp32"  # training in fp32, bf16 or auto (mmldm/precision.py: bf16 where native)
     seed: int = 0  # initialisation and data order
 
     def __post_init__(self):
@@ -67,6 +69,8 @@ class SegmenterConfig:
             raise ValueError("segmenter.num_layers, epochs and batch_size must be >= 1")
         if self.cpu_threads is not None and self.cpu_threads < 1:
             raise ValueError(f"segmenter.cpu_threads must be >= 1 or null, got {self.cpu_threads}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"segmenter.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     @property
     def downsampling(self) -> int:

@@ -53,6 +53,8 @@ from mmldm.config import Config, to_dict
 from mmldm.data.dataset import CardiacSliceDataset
 from mmldm.errors import ConfigError, DataError, MMLDMError, check_terminated
 from mmldm.lock import run_lock
+from mmldm.precision import autocast as precision_autocast
+from mmldm.precision import resolve_precision
 from mmldm.train import distributed
 from mmldm.train.distributed import Dist
 from mmldm.train.log import CSVLog, read_log, save_loss_curve
@@ -162,9 +164,15 @@ def batch_stream(dataset: Dataset, cfg: TrainConfig, d: Dist, start_step: int) -
 # ---------------------------------------------------------------------------------------------
 
 
+def training_precision(cfg: TrainConfig, device: torch.device) -> str:
+    """``bf16`` when ``amp`` is on and ``device`` computes bf16 natively (:mod:`mmldm.precision`), else ``fp32``."""
+    return resolve_precision("auto" if cfg.amp else "fp32", device)
+
+
 def autocast(cfg: TrainConfig, device: torch.device):
-    """bf16 autocast on CUDA when ``amp`` is on; a no-op context otherwise (CPU training is fp32)."""
-    return torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
+    """bf16 autocast when ``amp`` is on and the device computes bf16 natively: a CUDA GPU with bf16
+    or a CPU with AMX tiles; a no-op context otherwise (on other CPUs bf16 is slower than fp32)."""
+    return precision_autocast(training_precision(cfg, device), device)
 
 
 def to_device(x: torch.Tensor, cfg: TrainConfig, device: torch.device) -> torch.Tensor:

@@ -51,7 +51,7 @@ class TrainConfig:
     log_every: int = 50  # steps between log.csv rows (and progress-bar updates)
     sample_every: int = 1000  # steps between sample grids + loss-curve redraws, and at the end (0: never)
     ckpt_every: int = 1000  # steps between checkpoints (one is always written at the end)
-    amp: bool = False  # bf16 autocast (CUDA only; ignored on the CPU)
+    amp: bool = False  # bf16 autocast where native: CUDA with bf16, a CPU with AMX (fp32 elsewhere)
     channels_last: bool = False  # channels_last memory format (CUDA only)
     compile: bool = False  # torch.compile the model (CUDA only)
     deterministic: bool = False  # torch.use_deterministic_algorithms: bit-exact resume and reruns

@@ -126,7 +126,7 @@ def fit_segmenter(
 def _train(cfg: SegmenterConfig, store_path: Path, out_dir: Path, device, progress: bool) -> SegmenterRun:
     start = time.perf_counter()
     data = CardiacSliceDataset(store_path, split="train", augment=cfg.augment, in_memory=cfg.in_memory, expand=False)
-    model, step_losses = fit_segmenter(cfg, data, device=device, progress=progress)
+    model, step_losses = fit_segmenter(cfg, data, device=device, precision=cfg.precision, progress=progress)
     per_epoch = -(-len(data) // cfg.batch_size)
     losses = [
         sum(chunk) / len(chunk)
