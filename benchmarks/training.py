@@ -21,8 +21,10 @@ worth of training slices (the numbers do not depend on the pixels). The VQVAE th
 with is untrained (its speed does not depend on its weights).
 
 Steps: ``--warmup`` untimed, then ``--steps`` timed (on the CPU the ``paper`` profile runs at
-batch 2 for 2 steps: a 256x256 VQVAE step takes most of a minute on 2 cores). CUDA runs use
-bf16 autocast and channels_last (``--no-amp`` for fp32). Benchmarks print; they never assert.
+batch 2 for 2 steps: a 256x256 VQVAE step takes most of a minute on 2 cores). Runs use ``amp``
+(bf16 autocast where the device computes it natively: CUDA, or a CPU with AMX tiles; fp32
+elsewhere; ``--no-amp`` for fp32 everywhere), and channels_last on CUDA. Benchmarks print; they
+never assert.
 """
 
 from __future__ import annotations
@@ -246,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
         help=f"batch per profile (default: the profile's; CPU paper: {CPU_PAPER_BATCH})",
     )
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's, one per core)")
-    p.add_argument("--no-amp", action="store_true", help="CUDA in fp32 instead of bf16 autocast")
+    p.add_argument("--no-amp", action="store_true", help="fp32 instead of bf16 autocast (where native)")
     p.add_argument("--json", help="also write the rows to this file")
     p.add_argument("--one", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -66,6 +66,7 @@ from mmldm.config import Config, from_dict  # noqa: E402
 from mmldm.data.dataset import dihedral_jitter  # noqa: E402
 from mmldm.data.store import open_store, read_meta  # noqa: E402
 from mmldm.evaluate.anatomy import anatomy_dice  # noqa: E402
+from mmldm.inference import LatentDiffusion  # noqa: E402
 from mmldm.synthesize import synthesize  # noqa: E402
 from mmldm.train.segmenter import fit_segmenter  # noqa: E402
 
@@ -253,6 +254,7 @@ def main(argv: list[str] | None = None) -> dict:
     settings = {
         **vars(args),
         "checkpoint": str(checkpoint),
+        "ldm_weights": LatentDiffusion.from_checkpoint(checkpoint).weights,  # the report checks it is its model
         "store": str(store),
         "segmenter": {k: v for k, v in dataclasses.asdict(seg_cfg).items() if k != "seed"},
         "held_out_slices": len(held_images),

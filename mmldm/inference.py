@@ -128,6 +128,12 @@ class LatentDiffusion:
         self.precision = resolve_precision(precision, self.device)
         self.schedule = NoiseSchedule.from_config(config.diffusion)
 
+    @property
+    def weights(self) -> str:
+        """The hash of the UNet weights this model samples with (EMA ones when loaded so): which
+        model a result came from, recorded beside it (metrics.json, benchmarks/utility.py)."""
+        return weights_hash(self.unet.state_dict())
+
     @classmethod
     def from_checkpoint(
         cls,

@@ -1024,6 +1024,27 @@ def _utility_verdict(summary: Mapping) -> str:
     return "\n".join(lines)
 
 
+def utility_weights(utility: Mapping, path: str | Path | None) -> str | None:
+    """The hash of the LDM weights the utility benchmark sampled with: its ``settings.ldm_weights``,
+    else (files written before it recorded them) the one weights hash in the ``synthesis.json``
+    files of its synthetic sets; None when neither says."""
+    recorded = (utility.get("settings") or {}).get("ldm_weights")
+    if recorded or path is None:
+        return recorded
+    found = set()
+    for manifest in sorted(Path(path).parent.glob("synthetic/*/synthesis.json")):
+        found.add((read_json(manifest).get("identity") or {}).get("checkpoint_weights"))
+    return found.pop() if len(found) == 1 and None not in found else None
+
+
+def _utility_provenance(c: _Ctx) -> str:
+    used, evaluated = utility_weights(c.utility, c.inputs.get("utility")), c.meta.get("ldm_weights")
+    if used is None or evaluated is None:
+        return fill("utility.provenance.unknown")
+    block = "utility.provenance.same" if used == evaluated else "utility.provenance.other"
+    return fill(block, used=used, evaluated=evaluated)
+
+
 def _utility(c: _Ctx) -> str:
     u = c.utility
     if not u:
@@ -1074,6 +1095,7 @@ def _utility(c: _Ctx) -> str:
                 rows,
             ),
             verdict=_utility_verdict(summary),
+            provenance=_utility_provenance(c),
             figure=figure,
             command="python benchmarks/utility.py",
             source=_shown_path(c.inputs.get("utility") or "utility.json"),

@@ -118,7 +118,6 @@ import numpy as np
 import torch
 
 from mmldm import __version__, atomic
-from mmldm.checkpoint import weights_hash
 from mmldm.data.condition import condition_from_mask
 from mmldm.data.crop import heart_center
 from mmldm.data.mask_augment import MaskAugmentConfig, augment_mask
@@ -892,7 +891,7 @@ def synthesize(
     identity = json.loads(
         _json(
             {
-                "checkpoint_weights": weights_hash(ldm.unet.state_dict()),
+                "checkpoint_weights": ldm.weights,
                 "size": size,
                 "fov_mm": float(data.fov_mm),
                 "input": fingerprint(sources),

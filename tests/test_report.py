@@ -101,6 +101,7 @@ def synthetic_metrics(n: int = 12) -> dict:
             "seed": 0,
             "ldm_checkpoint": "runs/x/ldm/last.pt",
             "ldm_step": 4321,
+            "ldm_weights": "0123456789abcdef",
             "vqvae_checkpoint": "runs/x/vqvae/last.pt",
             "segmenter_checkpoint": "runs/x/segmenter/segmenter.pt",
             "created": "2025-01-01T00:00:00",
@@ -546,6 +547,19 @@ def test_utility_section_reads_what_the_benchmark_writes(inputs):
     )
     assert "failed seeds (the segmenter predicts background everywhere; counted in the means): real 1" in text
     assert "the medians are real 0.700, real+synth 0.700" in text
+    # Which LDM it measured: not recorded here, so the report says so; then from its synthetic
+    # sets' synthesis.json (files of an older benchmark); then recorded, and another model's.
+    assert "Which LDM weights this was measured with is not recorded" in text
+    manifest = out / "utility" / "synthetic" / "5_subjects" / "synthesis.json"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(json.dumps({"identity": {"checkpoint_weights": "0123456789abcdef"}}))
+    text = write_report(load_config("smoke"), inputs / "eval" / "metrics.json", out_dir=out, draw=False)["report"]
+    assert "Measured with the LDM evaluated above (UNet weights `0123456789abcdef`)" in text.read_text()
+    utility.write_outputs(out / "utility", {**settings, "ldm_weights": "fedcba9876543210"}, regimes, rows)
+    text = write_report(load_config("smoke"), inputs / "eval" / "metrics.json", out_dir=out, draw=False)["report"]
+    assert "**Measured with an earlier LDM** (UNet weights `fedcba9876543210`) than the one evaluated above" in (
+        text.read_text()
+    )
     (out / "utility" / "utility.json").unlink()
     text = write_report(load_config("smoke"), inputs / "eval" / "metrics.json", out_dir=out, draw=False)["report"]
     assert "Not measured for this report: `python benchmarks/utility.py" in text.read_text()

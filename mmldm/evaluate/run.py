@@ -72,7 +72,8 @@ are over the finite per-image values, std with ddof 1; Dice values are means ove
 where the class is in the mask or the prediction, see anatomy.py)::
 
     {"meta": {"profile", "ldm_profile", "source", "store", "train_store", "split", "n", "n_split", "seed",
-              "ldm_checkpoint", "ldm_step", "vqvae_checkpoint", "segmenter_checkpoint",
+              "ldm_checkpoint", "ldm_step", "ldm_weights" (hash of the UNet weights sampled with),
+              "vqvae_checkpoint", "segmenter_checkpoint",
               "segmenter_trained" (bool: trained by this call), "created" (UTC ISO 8601),
               "seconds", "timing" {stage: seconds}, "torch", "device", "files" {name: file name},
               "evaluation": {the evaluation settings used: n, n_ddpm, variants, main, realism_n, ...},
@@ -809,6 +810,7 @@ def evaluate(
             "seed": seed,
             "ldm_checkpoint": str(ldm_ckpt),
             "ldm_step": ldm.step,
+            "ldm_weights": ldm.weights,
             "vqvae_checkpoint": vq_ref["path"],
             "segmenter_checkpoint": str(seg_path),
             "segmenter_trained": seg_trained,
