@@ -23,6 +23,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from mmldm.precision import PRECISIONS
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -80,8 +82,8 @@ class EvaluationConfig:
             raise ValueError(
                 f"unknown evaluation variant(s) {', '.join(map(repr, unknown))}; choose from {', '.join(VARIANTS)}"
             )
-        if self.precision not in ("fp32", "bf16", "auto"):
-            raise ValueError(f"evaluation.precision must be fp32, bf16 or auto, not {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"evaluation.precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if not self.variants:
             raise ValueError("evaluation.variants is empty")
         if len(set(self.variants)) != len(self.variants):
