@@ -294,7 +294,8 @@ def main(argv: list[str] | None = None) -> dict:
                 path = out / "results" / f"{regime}_{arm}_s{seed}.json"
                 if path.exists():
                     done = json.loads(path.read_text())
-                    if done.get("steps") == steps and done.get("train_slices") == len(arms[arm][0]):
+                    same = (done.get("steps"), done.get("train_slices"), done.get("ldm_weights"))
+                    if same == (steps, len(arms[arm][0]), settings["ldm_weights"]):
                         rows.append(done)
                         continue
                 start = time.perf_counter()
@@ -308,6 +309,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "seed": seed,
                     "train_slices": len(arms[arm][0]),
                     "steps": steps,
+                    "ldm_weights": settings["ldm_weights"],  # a resume with another model trains again
                     "final_loss": float(np.mean(losses[-10:])),
                     "seconds": round(time.perf_counter() - start, 1),
                     "dice": score(model, held_images, held_labels),

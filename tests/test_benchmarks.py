@@ -254,3 +254,13 @@ def test_utility_trains_every_arm_and_resumes(smoke_ldm, tmp_path, monkeypatch, 
     monkeypatch.setattr(utility, "fit_segmenter", lambda *a, **k: pytest.fail("trained again"))
     again = utility.main(args)
     assert again["rows"] == rows
+    # A result of another model is trained again (each row records the LDM weights it measured).
+    assert {r["ldm_weights"] for r in rows} == {result["settings"]["ldm_weights"]}
+    stale = tmp_path / "u" / "results" / "1_real_s0.json"
+    stale.write_text(json.dumps({**json.loads(stale.read_text()), "ldm_weights": "0" * 16}))
+    from mmldm.train.segmenter import fit_segmenter
+
+    trained = []
+    monkeypatch.setattr(utility, "fit_segmenter", lambda *a, **k: trained.append(k["desc"]) or fit_segmenter(*a, **k))
+    utility.main(args)
+    assert trained == ["1 real s0"]
