@@ -1,7 +1,8 @@
 """Which autoencoder limits realism least? Its ceiling, measured on held-out slices.
 
 For each VQ-VAE checkpoint: paired SSIM / PSNR / NMSE of the held-out slices' reconstructions,
-the high-frequency power ratio (reconstruction / real, above 0.25 cycles/pixel), and the
+the high-frequency power ratio (reconstruction / real, above 0.25 cycles/pixel) and the power
+ratio in each octave band (mmldm/evaluate/spectrum.py's BANDS), and the
 reconstruction FID: FID(reconstructed training slices, real held-out slices) beside the
 real-vs-real baseline FID(real training slices, real held-out slices) at the same n, and their
 ratio. No generated image can be more realistic than this ceiling, so it ranks autoencoders
@@ -55,6 +56,8 @@ def measure(vqvae, held: torch.Tensor, train: torch.Tensor, inception, reason: s
         "psnr": mean_std(paired["psnr"]),
         "nmse": mean_std(paired["nmse"]),
         "hf_ratio": spectra["hf_ratio"]["reconstruction"],
+        "bands": spectra["bands"],
+        "band_ratio": spectra["band_ratio"]["reconstruction"],
         "rfid": fid["fid"],
         "real_vs_real_fid": fid["real_vs_real_fid"],
         "ratio": fid["ratio"],
@@ -98,7 +101,8 @@ def main() -> None:
         )
         print(
             f"{name:>16}  SSIM {row['ssim']['mean']:.3f}  PSNR {row['psnr']['mean']:.1f}  "
-            f"NMSE {row['nmse']['mean']:.3f}  HF {row['hf_ratio']:.2f}x  rFID {fid}  (n {len(held)})",
+            f"NMSE {row['nmse']['mean']:.3f}  HF {row['hf_ratio']:.2f}x  "
+            f"bands {' '.join(f'{r:.2f}' for r in row['band_ratio'])}  rFID {fid}  (n {len(held)})",
             flush=True,
         )
     atomic.write_text(args.out, json.dumps(rows, indent=2) + "\n")

@@ -641,6 +641,12 @@ def _verdict_text(realism: Mapping) -> str:
     return sentence + (f" (From the {space} FID ratios.)" if space else "")
 
 
+def _band_label(band) -> str:
+    """The column head of one spectrum band ``[lo, hi]`` (``hi`` None: to the corners)."""
+    lo, hi = band
+    return f"band > {lo:g}" if hi is None else f"band {lo:g}–{hi:g}"
+
+
 def _texture_word(ratio) -> str:
     r = finite_float(ratio)
     return (
@@ -705,12 +711,17 @@ def _realism(c: _Ctx) -> str:
         ("generated", f"generated (`{realism.get('variant', c.main)}`)"),
         ("reconstruction", "VQ-VAE reconstructions of the held-out slices"),
     )
+    bands, band_ratio = spec.get("bands") or [], spec.get("band_ratio") or {}
     spec_rows = [
         (
             title,
             counts.get(k, "n/a"),
             fmt_pct(frac.get(k)),
             "1.000" if k == spec.get("reference") else fmt(ratio.get(k)),
+            *(
+                "1.00" if k == spec.get("reference") else fmt((band_ratio.get(k) or [None] * len(bands))[i], 2)
+                for i in range(len(bands))
+            ),
         )
         for k, title in names
         if k in frac
@@ -748,7 +759,10 @@ def _realism(c: _Ctx) -> str:
             ],
             fid_rows,
         ),
-        spectrum_table=table(["set", "n", f"power above {cutoff} cycles/pixel", "over real held-out"], spec_rows)
+        spectrum_table=table(
+            ["set", "n", f"power above {cutoff} cycles/pixel", "over real held-out", *map(_band_label, bands)],
+            spec_rows,
+        )
         if spec_rows
         else fill("realism.no_spectrum"),
         autoencoder_table=table(

@@ -193,6 +193,12 @@ def realism_block() -> dict:
             },
             "hf_fraction": {"generated": 0.0812, "heldout": 0.1234, "train": 0.1199, "reconstruction": 0.0934},
             "hf_ratio": {"generated": 0.658, "train": 0.9716, "reconstruction": 0.7569},
+            "bands": [[0.0, 0.0625], [0.0625, 0.125], [0.125, 0.25], [0.25, None]],
+            "band_ratio": {
+                "generated": [1.031, 1.413, 1.552, 0.427],
+                "train": [0.98, 1.01, 0.99, 1.02],
+                "reconstruction": [0.97, 0.88, 0.71, 0.36],
+            },
             "n": {"generated": 24, "heldout": 36, "train": 24, "reconstruction": 36},
         },
         "autoencoder": {
@@ -351,6 +357,9 @@ def test_every_section_and_table_from_synthetic_metrics(inputs):
     assert "From the Inception FID ratios" in realism
     assert "Realism (24 generated images against 36 real held-out slices)" in text  # the summary
     assert "smoother than real" in text  # high-frequency ratio 0.658
+    # The band columns: each set's power per octave over the held-out slices', with the reference at 1.
+    assert "| band 0–0.0625 | band 0.0625–0.125 | band 0.125–0.25 | band > 0.25 |" in realism
+    assert "| 1.03 | 1.41 | 1.55 | 0.43 |" in realism and "| 1.00 | 1.00 | 1.00 | 1.00 |" in realism
     assert "synthetic phantom" in text and "not for clinical decisions" in text
     assert "Bernard et al." in text and "Martín-Isla et al." in text and "CC BY-NC-SA 4.0" in text
     for name in VARIANTS:

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from mmldm.evaluate.spectrum import (
+    BANDS,
+    band_power_ratio,
     compare_spectra,
     frequency_grid,
     high_frequency_fraction,
@@ -135,3 +137,27 @@ def test_compare_spectra_gives_json_ready_lists():
         compare_spectra({"a": real}, reference="b")
     with pytest.raises(ValueError, match="sizes differ"):
         compare_spectra({"a": real, "b": noise(n=2, size=32)}, reference="a")
+
+
+def test_band_ratios_see_what_the_one_share_hides():
+    """A filter that doubles the amplitude at 1/8-1/4 cycles/pixel and halves it above: without a
+    window the FFT is exact, so every band's power ratio is the squared gain of that band."""
+    x = noise(n=16, size=32, seed=7)[:, 0].double()
+    f = frequency_grid(32, 32)
+    gain = torch.ones_like(f)
+    gain[(f > 0.125) & (f <= 0.25)] = 2.0
+    gain[f > 0.25] = 0.5
+    y = torch.fft.ifft2(torch.fft.fft2(x) * gain).real
+    ratios = band_power_ratio(power_spectrum(y, window=False), power_spectrum(x, window=False))
+    assert ratios == pytest.approx([1.0, 1.0, 4.0, 0.25])
+    assert band_power_ratio(power_spectrum(x), power_spectrum(x)) == pytest.approx([1.0] * len(BANDS))
+    with pytest.raises(ValueError, match="different sizes"):
+        band_power_ratio(torch.ones(8, 8), torch.ones(16, 16))
+    with pytest.raises(ValueError, match="lo < hi"):
+        band_power_ratio(torch.ones(8, 8), torch.ones(8, 8), bands=((0.2, 0.1),))
+    flat = torch.zeros(8, 8)
+    assert math.isnan(band_power_ratio(torch.ones(8, 8), flat)[0])
+    out = compare_spectra({"filtered": y[:, None].float(), "real": x[:, None].float()}, reference="real")
+    assert set(out["band_ratio"]) == {"filtered"} and len(out["bands"]) == len(BANDS)
+    assert out["bands"][-1][1] is None and out["bands"][0] == [0.0, 0.0625]
+    assert out["band_ratio"]["filtered"][2] > 2.5 and out["band_ratio"]["filtered"][3] < 0.5

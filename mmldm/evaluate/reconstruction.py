@@ -55,7 +55,7 @@ from mmldm import atomic
 from mmldm.data.dataset import CardiacSliceDataset
 from mmldm.evaluate.fid import fid_from_features, kid_from_features, load_inception
 from mmldm.evaluate.metrics import PAIRED_METRICS, metric_table, paired_metrics, summarise
-from mmldm.evaluate.spectrum import CUTOFF, high_frequency_fraction, power_spectrum
+from mmldm.evaluate.spectrum import BANDS, CUTOFF, band_power_ratio, high_frequency_fraction, power_spectrum
 from mmldm.models.vqvae import VQVAE
 
 
@@ -132,7 +132,8 @@ def reconstruction_report(
          "latent_shape": (C, h, w),
          "examples": {"index": [n_examples positions in the split, spread evenly],
                       "real": (n, 1, H, W), "reconstruction": (n, 1, H, W)}   CPU float32 tensors,
-         "realism":  {"spectrum": {"cutoff", "real_fraction", "reconstruction_fraction", "hf_ratio", "n"},
+         "realism":  {"spectrum": {"cutoff", "real_fraction", "reconstruction_fraction", "hf_ratio",
+                                   "bands", "band_ratio" (reconstruction / real power per band), "n"},
                       "inception": {"what", "requested", "available", "reason", "fid", "kid_mean",
                                     "kid_std", "n"}}}
     """
@@ -201,6 +202,8 @@ def _spectrum_summary(power: dict, n: int, cutoff: float) -> dict:
         "real_fraction": real,
         "reconstruction_fraction": recon,
         "hf_ratio": recon / real if real > 0 else None,
+        "bands": [[lo, hi if hi != float("inf") else None] for lo, hi in BANDS],
+        "band_ratio": band_power_ratio(power["reconstruction"] / n, power["real"] / n),
         "n": n,
     }
 

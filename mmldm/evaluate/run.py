@@ -101,6 +101,7 @@ where the class is in the mask or the prediction, see anatomy.py)::
                  "spectrum": {"frequency" [cycles/pixel], "cutoff", "window", "reference": "heldout",
                               "spectra": {"generated" | "heldout" | "train" | "reconstruction": [mean power]},
                               "hf_fraction": {same names}, "hf_ratio": {name: fraction / held-out's},
+                              "bands": [[lo, hi]], "band_ratio": {name: [power per band / held-out's]},
                               "n": {same names}},
                  "autoencoder": {"what", "n", "n_train", "ssim": {...}, "psnr": {...}, "nmse": {...}}},
      "memorisation": {"ratios": [per generated image, 4 decimals], "summary": ratio_summary(...),
@@ -954,6 +955,11 @@ def format_table(metrics: dict) -> str:
         f"{f(hf.get('generated'), 2)}, real train {f(hf.get('train'), 2)}, "
         f"VQ-VAE reconstructions {f(hf.get('reconstruction'), 2)}"
     )
+    if spec.get("band_ratio"):
+        bands = " | ".join(f"{lo:g}-{hi:g}" if hi is not None else f"> {lo:g}" for lo, hi in spec["bands"])
+        for name in ("generated", "reconstruction"):
+            ratios = " | ".join(f(r, 2) for r in spec["band_ratio"].get(name) or [])
+            lines.append(f"  power by band ({bands} cycles/pixel) over real held-out, {name}: {ratios}")
     lines.append(
         f"  VQ-VAE reconstruction of {ae['n']} held-out slices: SSIM {f(ae['ssim']['mean'])}, "
         f"PSNR {f(ae['psnr']['mean'], 2)}"

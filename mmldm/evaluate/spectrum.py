@@ -35,7 +35,17 @@ pixel, from the set's mean 2-D spectrum, corners included::
 
 1 means the generated images carry fine detail in the same proportion as real ones; below 1 they
 are smoother, above 1 noisier. The default cutoff, 0.25 cycles/pixel, is half the Nyquist
-frequency: structure with a period shorter than 4 pixels. Everything is computed in float64 on
+frequency: structure with a period shorter than 4 pixels.
+
+**Power by band.** One share hides errors of opposite sign: too much power just below the cutoff
+(hard edges, specks) and too little near Nyquist (missing grain) can give a ratio of 1. So the
+absolute power of each octave band ``(lo, hi]`` of :data:`BANDS` is also compared::
+
+    band_ratio(set, band) = sum_{k : lo < f[k] <= hi} Pbar_set[k] / sum_{same k} Pbar_reference[k]
+
+The last band runs to the corners (f up to 0.5 sqrt 2). A set that is right everywhere has every
+band ratio near 1; a decoder that paints flat regions and sharp borders shows a mid band above 1
+and a top band below it. Everything is computed in float64 on
 the CPU; images are (N, 1, H, W) (or (N, H, W)) tensors.
 
     freqs, spectrum = mean_radial_spectrum(real)                  # (R,), (R,)
@@ -51,6 +61,8 @@ import numpy as np
 import torch
 
 CUTOFF = 0.25  # cycles/pixel: half the Nyquist frequency
+# Octave bands (cycles/pixel) for band_power_ratio: coarse shape, structure, edges, fine texture/noise.
+BANDS = ((0.0, 0.0625), (0.0625, 0.125), (0.125, 0.25), (0.25, float("inf")))
 
 
 def _as_batch(images: torch.Tensor) -> torch.Tensor:
@@ -155,6 +167,26 @@ def high_frequency_fraction(power: torch.Tensor, cutoff: float = CUTOFF) -> floa
     return float(p[f > cutoff].sum()) / total if total > 0 else float("nan")
 
 
+def band_power_ratio(
+    power: torch.Tensor, reference: torch.Tensor, bands: tuple[tuple[float, float], ...] = BANDS
+) -> list[float]:
+    """``band_ratio`` of every band: the power of ``power`` (H, W), or of the mean of (N, H, W),
+    in ``lo < f <= hi`` over the same sum of ``reference``; NaN where the reference has none."""
+    p, r = (torch.as_tensor(x, dtype=torch.float64) for x in (power, reference))
+    p, r = (x.mean(0) if x.ndim == 3 else x for x in (p, r))
+    if p.shape != r.shape:
+        raise ValueError(f"spectra of different sizes: {tuple(p.shape)} and {tuple(r.shape)}")
+    f = frequency_grid(*p.shape[-2:])
+    out = []
+    for lo, hi in bands:
+        if not 0 <= lo < hi:
+            raise ValueError(f"a band needs 0 <= lo < hi, got ({lo}, {hi})")
+        keep = (f > lo) & (f <= hi)
+        ref = float(r[keep].sum())
+        out.append(float(p[keep].sum()) / ref if ref > 0 else float("nan"))
+    return out
+
+
 def high_frequency_ratio(
     generated: torch.Tensor, real: torch.Tensor, cutoff: float = CUTOFF, window: bool = True
 ) -> dict:
@@ -188,6 +220,7 @@ def compare_spectra(
 
         {"frequency": [R], "cutoff", "window", "reference",
          "spectra": {name: [R]}, "hf_fraction": {name}, "hf_ratio": {name: HF(name) / HF(reference)},
+         "bands": [[lo, hi], ...], "band_ratio": {name: [band power / reference's, one per band]},
          "n": {name: images}}
     """
     _check_cutoff(cutoff)
@@ -211,5 +244,7 @@ def compare_spectra(
         "spectra": {k: v.tolist() for k, v in spectra.items()},
         "hf_fraction": fractions,
         "hf_ratio": {k: (v / ref if ref > 0 else float("nan")) for k, v in fractions.items() if k != reference},
+        "bands": [[lo, hi if hi != float("inf") else None] for lo, hi in BANDS],
+        "band_ratio": {k: band_power_ratio(p, mean_power[reference]) for k, p in mean_power.items() if k != reference},
         "n": {k: len(v) for k, v in sets.items()},
     }
