@@ -6,6 +6,7 @@
     fmt_ms(e, digits)     an entry as "mean ± std"
     fmt_pct(x)            a fraction as a percentage, "12.3 %"
     fmt_count(n)          a parameter count as "0.91 M" or "12.3 k"
+    fmt_band(lo, hi)      a frequency band as "0.0625–0.125", or "> 0.25" with no top end
 
 Pure functions of the standard library (no numpy, torch or matplotlib), so that anything, the
 CLI included, can import them cheaply. metrics.json writes NaN as null (``mmldm.evaluate.run
@@ -105,3 +106,13 @@ def fmt_count(n) -> str:
     if v is None:
         return MISSING
     return f"{v / 1e6:.2f} M" if v >= 1e5 else f"{v / 1e3:.1f} k"
+
+
+def fmt_band(lo, hi) -> str:
+    """A spectrum band (cycles/pixel; ``mmldm.evaluate.spectrum.band_edges``) in words; ``hi``
+    None or inf: the band runs to the corners.
+
+    >>> fmt_band(0.0, 0.0625), fmt_band(0.25, None), fmt_band(0.25, float("inf"))
+    ('0–0.0625', '> 0.25', '> 0.25')
+    """
+    return f"> {lo:g}" if finite_float(hi) is None else f"{lo:g}–{hi:g}"

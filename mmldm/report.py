@@ -52,7 +52,7 @@ from typing import Any
 
 from mmldm import atomic
 from mmldm.errors import DataError
-from mmldm.formatting import finite_float, fmt, fmt_count, fmt_ms, fmt_pct
+from mmldm.formatting import finite_float, fmt, fmt_band, fmt_count, fmt_ms, fmt_pct
 
 REQUIRED = ("meta", "published", "variants", "main")
 DATASET_NAMES = {"acdc": "ACDC", "mnms2": "M&Ms-2", "mnms": "M&Ms", "phantom": "the synthetic phantom"}
@@ -641,12 +641,6 @@ def _verdict_text(realism: Mapping) -> str:
     return sentence + (f" (From the {space} FID ratios.)" if space else "")
 
 
-def _band_label(band) -> str:
-    """The column head of one spectrum band ``[lo, hi]`` (``hi`` None: to the corners)."""
-    lo, hi = band
-    return f"band > {lo:g}" if hi is None else f"band {lo:g}–{hi:g}"
-
-
 def _texture_word(ratio) -> str:
     r = finite_float(ratio)
     return (
@@ -719,8 +713,9 @@ def _realism(c: _Ctx) -> str:
             fmt_pct(frac.get(k)),
             "1.000" if k == spec.get("reference") else fmt(ratio.get(k)),
             *(
-                "1.00" if k == spec.get("reference") else fmt((band_ratio.get(k) or [None] * len(bands))[i], 2)
-                for i in range(len(bands))
+                ["1.00"] * len(bands)
+                if k == spec.get("reference")
+                else [fmt(r, 2) for r in band_ratio.get(k) or [None] * len(bands)]
             ),
         )
         for k, title in names
@@ -760,7 +755,13 @@ def _realism(c: _Ctx) -> str:
             fid_rows,
         ),
         spectrum_table=table(
-            ["set", "n", f"power above {cutoff} cycles/pixel", "over real held-out", *map(_band_label, bands)],
+            [
+                "set",
+                "n",
+                f"power above {cutoff} cycles/pixel",
+                "over real held-out",
+                *(f"band {fmt_band(*b)}" for b in bands),
+            ],
             spec_rows,
         )
         if spec_rows

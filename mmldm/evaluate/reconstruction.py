@@ -55,7 +55,7 @@ from mmldm import atomic
 from mmldm.data.dataset import CardiacSliceDataset
 from mmldm.evaluate.fid import fid_from_features, kid_from_features, load_inception
 from mmldm.evaluate.metrics import PAIRED_METRICS, metric_table, paired_metrics, summarise
-from mmldm.evaluate.spectrum import BANDS, CUTOFF, band_power_ratio, high_frequency_fraction, power_spectrum
+from mmldm.evaluate.spectrum import CUTOFF, band_edges, band_power_ratio, high_frequency_fraction, power_spectrum
 from mmldm.models.vqvae import VQVAE
 
 
@@ -202,7 +202,7 @@ def _spectrum_summary(power: dict, n: int, cutoff: float) -> dict:
         "real_fraction": real,
         "reconstruction_fraction": recon,
         "hf_ratio": recon / real if real > 0 else None,
-        "bands": [[lo, hi if hi != float("inf") else None] for lo, hi in BANDS],
+        "bands": band_edges(),
         "band_ratio": band_power_ratio(power["reconstruction"] / n, power["real"] / n),
         "n": n,
     }

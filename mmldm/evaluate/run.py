@@ -143,7 +143,7 @@ from mmldm.evaluate.paired import generate_paired, pick_indices, saturated_fract
 from mmldm.evaluate.reconstruction import reconstruct_images
 from mmldm.evaluate.settings import MAIN, VARIANTS, EvaluationConfig, Variant  # noqa: F401 (re-exported)
 from mmldm.evaluate.spectrum import compare_spectra
-from mmldm.formatting import fmt
+from mmldm.formatting import fmt, fmt_band
 from mmldm.inference import LatentDiffusion
 from mmldm.precision import resolve_precision
 from mmldm.progress import tqdm
@@ -956,7 +956,7 @@ def format_table(metrics: dict) -> str:
         f"VQ-VAE reconstructions {f(hf.get('reconstruction'), 2)}"
     )
     if spec.get("band_ratio"):
-        bands = " | ".join(f"{lo:g}-{hi:g}" if hi is not None else f"> {lo:g}" for lo, hi in spec["bands"])
+        bands = " | ".join(fmt_band(lo, hi) for lo, hi in spec["bands"])
         for name in ("generated", "reconstruction"):
             ratios = " | ".join(f(r, 2) for r in spec["band_ratio"].get(name) or [])
             lines.append(f"  power by band ({bands} cycles/pixel) over real held-out, {name}: {ratios}")

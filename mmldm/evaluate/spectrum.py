@@ -167,6 +167,11 @@ def high_frequency_fraction(power: torch.Tensor, cutoff: float = CUTOFF) -> floa
     return float(p[f > cutoff].sum()) / total if total > 0 else float("nan")
 
 
+def band_edges(bands: tuple[tuple[float, float], ...] = BANDS) -> list[list]:
+    """``bands`` as JSON-ready ``[[lo, hi], ...]``, an open top end (infinity) written as None."""
+    return [[lo, None if hi == float("inf") else hi] for lo, hi in bands]
+
+
 def band_power_ratio(
     power: torch.Tensor, reference: torch.Tensor, bands: tuple[tuple[float, float], ...] = BANDS
 ) -> list[float]:
@@ -244,7 +249,7 @@ def compare_spectra(
         "spectra": {k: v.tolist() for k, v in spectra.items()},
         "hf_fraction": fractions,
         "hf_ratio": {k: (v / ref if ref > 0 else float("nan")) for k, v in fractions.items() if k != reference},
-        "bands": [[lo, hi if hi != float("inf") else None] for lo, hi in BANDS],
+        "bands": band_edges(),
         "band_ratio": {k: band_power_ratio(p, mean_power[reference]) for k, p in mean_power.items() if k != reference},
         "n": {k: len(v) for k, v in sets.items()},
     }
