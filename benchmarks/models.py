@@ -227,7 +227,8 @@ def unet_train_throughput(cfg: Config, mode: str, batch: int, device: torch.devi
     view = random_views(batch, g).to(device)
 
     def step():  # the trainer's own loss (mmldm.train.ldm), on random latents of the right shape
-        c, t, noise = noised_batch(schedule, x0.cpu(), cond.cpu(), cfg.guidance, g)
+        # (the random edge channel stands in for the mask-drawn edges of mask-first training)
+        c, t, noise = noised_batch(schedule, x0.cpu(), cond.cpu(), cfg.guidance, g, cond[:, :1].cpu())
         loss = ldm_loss(
             model, cfg, schedule, x0, tensor(c, device), view, t.to(device), tensor(noise, device), autocast(device)
         )

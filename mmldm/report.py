@@ -347,6 +347,18 @@ def _realism_summary(c: _Ctx) -> str:
         )
     inc, seg = realism.get("inception") or {}, realism.get("segmenter") or {}
     hf = ((realism.get("spectrum") or {}).get("hf_ratio") or {}).get("generated")
+    tests = realism.get("c2st") or {}
+    gen, floor = tests.get("generated") or {}, tests.get("real_vs_real") or {}
+    c2st = (
+        fill(
+            "summary.realism.c2st",
+            accuracy=fmt(gen.get("accuracy"), 2),
+            auc=fmt(gen.get("auc"), 2),
+            floor=fmt(floor.get("accuracy"), 2) if floor.get("available") else "n/a",
+        )
+        if gen.get("available")
+        else fill("summary.realism.no_c2st", reason=gen.get("reason") or "not in metrics.json")
+    )
     inception = (
         fill(
             "summary.realism.inception",
@@ -361,6 +373,7 @@ def _realism_summary(c: _Ctx) -> str:
         "summary.realism",
         n_generated=realism.get("n_generated", "?"),
         n_heldout=realism.get("n_heldout", "?"),
+        c2st=c2st,
         inception=inception,
         segmenter_fid=fmt(seg.get("fid"), 2),
         segmenter_ratio=fmt(seg.get("ratio"), 2),
@@ -654,6 +667,11 @@ def _texture_word(ratio) -> str:
     )
 
 
+def _pm(mean, std) -> str:
+    """``mean ± std`` (``mean`` alone without a std), 3 decimals."""
+    return fmt(mean) if finite_float(std) is None else f"{fmt(mean)} ± {fmt(std)}"
+
+
 def _kid(d: Mapping, prefix: str = "") -> str:
     m = finite_float(d.get(f"{prefix}kid_mean"))
     return "n/a" if m is None else f"{fmt(m, 4)} ± {fmt(d.get(f'{prefix}kid_std'), 4, small=False)}"
@@ -732,8 +750,30 @@ def _realism(c: _Ctx) -> str:
         fmt(ratio.get("reconstruction")),
     )
     cutoff = spec.get("cutoff", "?")
+    c2st_rows = [
+        (
+            title,
+            d.get("n_b", "n/a") if d.get("available") else "n/a",
+            _pm(d.get("accuracy"), d.get("accuracy_std")) if d.get("available") else "n/a",
+            _pm(d.get("auc"), d.get("auc_std")) if d.get("available") else "n/a",
+            d.get("folds", "n/a") if d.get("available") else "n/a",
+            "" if d.get("available") else (d.get("reason") or "not run"),
+        )
+        for key, title in (
+            ("generated", f"generated (`{realism.get('variant', c.main)}`)"),
+            ("real_vs_real", "real training slices (the floor)"),
+            ("autoencoder", "VQ-VAE reconstructions of the training slices (ceiling)"),
+        )
+        if (d := (realism.get("c2st") or {}).get(key)) is not None
+    ]
     return fill(
         "realism",
+        c2st_table=table(
+            ["set against the real held-out slices", "n", "accuracy ↓ (0.5 best)", "AUC ↓", "folds", "note"],
+            c2st_rows,
+        )
+        if c2st_rows
+        else "No classifier two-sample test in metrics.json (written before it existed: re-run evaluate).",
         n_generated=n_gen,
         n_masks=realism.get("n_masks", "?"),
         n_seeds=len(seeds),

@@ -22,7 +22,7 @@ from mmldm.cli import main as cli_main
 from mmldm.config import load_config
 from mmldm.errors import ConfigError
 from mmldm.evaluate.memorisation import memorisation_ratios
-from mmldm.evaluate.paired import generate_paired, pick_indices
+from mmldm.evaluate.paired import EDGE_SOURCES, generate_paired, pick_indices
 from mmldm.evaluate.run import PUBLISHED, VARIANTS, evaluate, evaluation_settings, realism_images, variant_settings
 from mmldm.evaluate.settings import EvaluationConfig
 from mmldm.inference import LatentDiffusion
@@ -175,6 +175,15 @@ def test_metrics_json_schema_and_ranges(evaluated):
     assert (realism["n_generated"], realism["n_masks"], realism["seeds"]) == (8, 4, [0, 4])
     assert realism["reused_main"] is False  # the main variant ran on 6 slices, not on these 4 masks
     assert (realism["n_heldout"], realism["n_train"]) == (8, 8)  # all 8 held-out slices; as many training ones
+    # The classifier two-sample tests: 8 images a set and 2 held-out subjects give 2 folds at most;
+    # a test that ran reports chance-level-or-better figures on both measures.
+    c2st = realism["c2st"]
+    assert set(c2st) == {"generated", "real_vs_real", "autoencoder"}
+    for name, block in c2st.items():
+        assert block["available"] or block["reason"], name
+        if block["available"]:
+            assert 0.0 <= block["accuracy"] <= 1.0 and 0.0 <= block["auc"] <= 1.0
+            assert block["n_a"] == block["n_b"] == 8 and block["grouped"] and block["folds"] == 2
     inception, seg = realism["inception"], realism["segmenter"]
     assert inception["available"] is False and "absent.pt" in inception["reason"] and inception["fid"] is None
     assert inception["ratio"] is None and inception["autoencoder"]["fid"] is None
@@ -356,3 +365,19 @@ def test_realism_images_use_distinct_seeds_and_reuse_only_identical_generations(
     assert reused["heldout"].shape == reused["train"].shape == reused["reconstructed_train"].shape == (8, 1, SIZE, SIZE)
     assert reused["reconstructed_heldout"].abs().max() <= 1
     assert not torch.allclose(reused["reconstructed_heldout"], reused["heldout"])  # a lossy autoencoder
+
+
+def test_paired_generation_takes_its_edges_from_the_image_the_mask_or_nowhere(trained):
+    from mmldm.data.condition import mask_edges
+
+    cfg, store, root = trained
+    ldm = LatentDiffusion.from_checkpoint(root / "ldm" / LAST)
+    masks = pick_indices(8, 2)
+    runs = {e: generate_paired(ldm, store, indices=masks, seed=0, progress=False, edges=e) for e in EDGE_SOURCES}
+    assert runs["image"]["edges"] == "image" and torch.count_nonzero(runs["none"]["cond"][:, 0]) == 0
+    for i in range(2):
+        drawn = mask_edges(runs["mask"]["label"][i].numpy().astype("uint8"), ldm.config.data)
+        assert torch.equal(runs["mask"]["cond"][i, 0], torch.from_numpy(drawn).float())
+        assert torch.equal(runs["mask"]["cond"][i, 1:], runs["image"]["cond"][i, 1:])  # the same mask
+    with pytest.raises(ValueError, match="edges must be"):
+        generate_paired(ldm, store, indices=masks, progress=False, edges="drawn")

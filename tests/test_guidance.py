@@ -180,3 +180,32 @@ def test_batch_mismatch_and_bad_config_are_errors():
     with pytest.raises(ValueError):
         GuidanceConfig(p_drop_edge=1.5)
     assert GuidanceConfig() == GuidanceConfig(0.1, 0.1, 1.0, 1.0, "both")
+
+
+def test_mask_first_drop_puts_the_masks_own_edges_in_the_given_share():
+    b = 4000
+    cond = make_cond(b=b, h=2, w=2)
+    cond[:, EDGE_CHANNEL] = 1.0  # "real" edges everywhere
+    drawn = torch.full((b, 1, 2, 2), 0.5)  # "mask-drawn" edges: a value real edges never take
+    out = drop_conditions(cond, 0.5, 0.0, torch.Generator().manual_seed(0), mask_edge=drawn, p_mask_edge=0.3)
+    edge = out[:, EDGE_CHANNEL, 0, 0]
+    shares = [(edge == v).float().mean().item() for v in (0.0, 0.5, 1.0)]
+    assert abs(shares[0] - 0.5) < 0.03 and abs(shares[1] - 0.3) < 0.03 and abs(shares[2] - 0.2) < 0.03
+    assert torch.equal(out[:, MASK_CHANNELS], cond[:, MASK_CHANNELS])  # the mask is never touched
+    # The same coin flips as without mask-drawn edges: a sample dropped there is dropped here.
+    plain = drop_conditions(cond, 0.5, 0.0, torch.Generator().manual_seed(0))
+    assert torch.equal(plain[:, EDGE_CHANNEL] == 0, out[:, EDGE_CHANNEL] == 0)
+    assert torch.equal(drop_conditions(cond, 0.5, 0.0, torch.Generator().manual_seed(0), drawn, 0.0), plain)
+
+
+def test_mask_first_settings_are_checked():
+    cond = make_cond(b=2)
+    with pytest.raises(ValueError, match="mask_edge"):
+        drop_conditions(cond, 0.5, 0.1, p_mask_edge=0.3)  # no drawn edges given
+    with pytest.raises(ValueError, match="p_mask_edge"):
+        drop_conditions(cond, 0.5, 0.1, mask_edge=cond[:, :1], p_mask_edge=0.6)
+    with pytest.raises(ValueError, match="does not fit"):
+        drop_conditions(cond, 0.5, 0.1, mask_edge=cond[:1, :1], p_mask_edge=0.3)
+    with pytest.raises(ValueError, match="p_mask_edge"):
+        GuidanceConfig(p_drop_edge=0.8, p_mask_edge=0.3)
+    assert GuidanceConfig(p_drop_edge=0.5, p_mask_edge=0.5).p_mask_edge == 0.5

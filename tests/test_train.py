@@ -16,6 +16,7 @@ import torch
 
 from mmldm.checkpoint import LAST, PREVIOUS, load_checkpoint, weights_hash
 from mmldm.config import load_config
+from mmldm.data.condition import mask_edges
 from mmldm.data.dataset import CardiacSliceDataset
 from mmldm.diffusion.latent_norm import denormalize, latent_stats, normalize
 from mmldm.errors import ConfigError
@@ -152,6 +153,12 @@ def test_latent_cache_is_keyed_and_rebuilt(store, tmp_path):
     ds = LatentDataset(slices, latents, latent_stats(latents))
     item = ds[3]
     assert item["latent"].shape == (c, 8, 8) and item["cond"].shape == (5, 32, 32) and item["view"].dtype == torch.long
+    assert "mask_edge" not in item
+    # Mask-first training: each item also carries the edges drawn from its own label map.
+    drawn = LatentDataset(slices, latents, latent_stats(latents), mask_edges_from=cfg.data)[3]
+    expected = mask_edges(slices[3]["label"].numpy().astype("uint8"), cfg.data)
+    assert torch.equal(drawn["mask_edge"], torch.from_numpy(expected).float()[None])
+    assert torch.equal(drawn["cond"], item["cond"]) and drawn["mask_edge"].sum() > 0
 
 
 def test_csv_log_drops_rows_after_the_resume_step(tmp_path):

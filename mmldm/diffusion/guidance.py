@@ -1,9 +1,18 @@
 """Classifier-free guidance with two conditions: the label mask and the edge map.
 
 Training side (Ho & Salimans 2022): :func:`drop_conditions` zeroes the edge channel and the mask
-channels of the (B, 5, H, W) condition independently per sample (each with probability 0.1 by
-default), so one network learns m(mask, edge), m(mask, 0), m(0, edge) and m(0, 0). A dropped
-condition is all zeros in its channels (see ``mmldm.data.schema.COND_CHANNELS``).
+channels of the (B, 5, H, W) condition independently per sample (each with probability 0.1 in
+the reference study), so one network learns m(mask, edge), m(mask, 0), m(0, edge) and m(0, 0). A
+dropped condition is all zeros in its channels (see ``mmldm.data.schema.COND_CHANNELS``).
+
+**Mask-first training** (``p_mask_edge > 0``): a user making new data has a label map, not the
+real image's edges. So a share of the samples gets, in the edge channel, the boundaries drawn
+from the mask itself (:func:`mmldm.data.condition.mask_edges`, exactly what ``generate --edges
+auto`` gives), and a larger share none at all. Per sample, one uniform number u decides::
+
+    u <  p_drop_edge                        edge channel zero            (mask alone)
+    u <  p_drop_edge + p_mask_edge          edges drawn from the mask    (what a user has)
+    else                                    the real image's Canny edges (reconstruction)
 
 Sampling side: :func:`guided_model_fn` turns the conditional UNet into the ``model_fn(x_t, t)``
 the samplers call. It uses the compositional form of InstructPix2Pix (Brooks et al. 2023,
@@ -58,30 +67,55 @@ class GuidanceConfig:
     scale_mask: float = 1.0
     scale_edge: float = 1.0
     mode: GuidanceMode = "both"
+    p_mask_edge: float = 0.0  # share of samples trained with the mask's own edges (mask-first)
 
     def __post_init__(self):
         if not (0.0 <= self.p_drop_edge <= 1.0 and 0.0 <= self.p_drop_mask <= 1.0):
             raise ValueError(f"drop probabilities must be in [0, 1], got {self.p_drop_edge}, {self.p_drop_mask}")
+        if not (0.0 <= self.p_mask_edge <= 1.0 - self.p_drop_edge):
+            raise ValueError(
+                f"guidance.p_mask_edge must be in [0, 1 - p_drop_edge] = [0, {1.0 - self.p_drop_edge:g}], "
+                f"got {self.p_mask_edge}"
+            )
         if self.mode not in MODES:
             raise ValueError(f"guidance mode must be one of {MODES}, got {self.mode!r}")
 
 
 def drop_conditions(
-    cond: Tensor, p_edge: float = 0.1, p_mask: float = 0.1, generator: torch.Generator | None = None
+    cond: Tensor,
+    p_edge: float = 0.1,
+    p_mask: float = 0.1,
+    generator: torch.Generator | None = None,
+    mask_edge: Tensor | None = None,
+    p_mask_edge: float = 0.0,
 ) -> Tensor:
-    """Zero the edge channel and the mask channels of ``cond`` (B, 5, H, W) independently per sample.
+    """Zero the edge channel and the mask channels of ``cond`` (B, 5, H, W) independently per sample;
+    with ``mask_edge`` (B, 1, H, W), the edges drawn from each mask, put them in the edge channel of
+    a further ``p_mask_edge`` share of the samples (see the module docstring for the rule).
 
-    Returns a new tensor; ``cond`` is untouched. The per-sample coin flips are drawn on the
-    generator's device (CPU if none), so a CPU generator is reproducible on any device.
+    Returns a new tensor; ``cond`` is untouched. The per-sample numbers are drawn on the
+    generator's device (CPU if none), so a CPU generator is reproducible on any device; the same
+    two numbers per sample are drawn whatever ``p_mask_edge`` is.
     """
     if not (0.0 <= p_edge <= 1.0 and 0.0 <= p_mask <= 1.0):
         raise ValueError(f"drop probabilities must be in [0, 1], got p_edge={p_edge}, p_mask={p_mask}")
+    if not 0.0 <= p_mask_edge <= 1.0 - p_edge:
+        raise ValueError(f"p_mask_edge must be in [0, 1 - p_edge], got {p_mask_edge} with p_edge={p_edge}")
+    if p_mask_edge > 0 and mask_edge is None:
+        raise ValueError("p_mask_edge > 0 needs the mask-drawn edges (mask_edge)")
     b = cond.shape[0]
     device = generator.device if generator is not None else torch.device("cpu")
     u = torch.rand((2, b), generator=generator, device=device).to(cond.device)
     keep_edge = (u[0] >= p_edge).to(cond.dtype).view(b, 1, 1, 1)
     keep_mask = (u[1] >= p_mask).to(cond.dtype).view(b, 1, 1, 1)
     out = cond.clone()
+    if p_mask_edge > 0:
+        if mask_edge.shape != out[:, EDGE_CHANNEL : EDGE_CHANNEL + 1].shape:
+            raise ValueError(f"mask_edge {tuple(mask_edge.shape)} does not fit the condition {tuple(cond.shape)}")
+        from_mask = ((u[0] >= p_edge) & (u[0] < p_edge + p_mask_edge)).view(b, 1, 1, 1)
+        out[:, EDGE_CHANNEL : EDGE_CHANNEL + 1] = torch.where(
+            from_mask, mask_edge.to(out.device, out.dtype), out[:, EDGE_CHANNEL : EDGE_CHANNEL + 1]
+        )
     out[:, EDGE_CHANNEL : EDGE_CHANNEL + 1] *= keep_edge
     out[:, MASK_CHANNELS] *= keep_mask
     return out

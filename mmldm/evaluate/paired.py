@@ -1,7 +1,9 @@
 """Paired generation on held-out slices: each image made from a real slice's own conditions.
 
-For every chosen slice of a split (the validation subjects, never trained on) we take its edge
-map and label map, generate an image from them, and keep the real slice beside it, so that
+For every chosen slice of a split (the validation subjects, never trained on) we take its label
+map and an edge map (by ``edges``: the real slice's own Canny edges, ``"image"``, a reconstruction
+benchmark; edges drawn from the mask, ``"mask"``, which is all a user with a label map has; or
+none, ``"none"``), generate an image from them, and keep the real slice beside it, so that
 paired metrics (SSIM, PSNR, NMSE), anatomy Dice against the conditioning mask, and distribution
 metrics can all be computed on the same set:
 
@@ -22,12 +24,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmldm.data.condition import mask_edges
 from mmldm.data.dataset import CardiacSliceDataset
 from mmldm.diffusion.base_sampler import SamplerConfig
 from mmldm.diffusion.guidance import GuidanceConfig
 from mmldm.errors import check_terminated
 from mmldm.inference import LatentDiffusion
 from mmldm.progress import tqdm
+
+EDGE_SOURCES = ("image", "mask", "none")  # where the condition's edge channel comes from
 
 
 def pick_indices(n_total: int, n: int | None) -> np.ndarray:
@@ -48,6 +53,7 @@ def generate_paired(
     batch_size: int = 32,
     progress: bool = True,
     indices: np.ndarray | None = None,
+    edges: str = "image",
 ) -> dict:
     """Generate one image per chosen slice of ``split`` from that slice's conditions.
 
@@ -55,8 +61,11 @@ def generate_paired(
     to the checkpoint's profile. The slices are ``n`` evenly spread ones (:func:`pick_indices`), or
     exactly the dataset positions ``indices`` when given (e.g. a subset of another run's slices).
     The batch starting at position ``start`` of that list is sampled with seed ``seed + start``,
-    so the same list, seed and ``batch_size`` give the same images.
+    so the same list, seed and ``batch_size`` give the same images. ``edges`` (one of
+    :data:`EDGE_SOURCES`) says what fills the edge channel; ``result["cond"]`` holds what was given.
     """
+    if edges not in EDGE_SOURCES:
+        raise ValueError(f"edges must be one of {', '.join(EDGE_SOURCES)}, got {edges!r}")
     sampler = sampler or ldm.config.sampler
     guidance = guidance or ldm.config.guidance
     ds = CardiacSliceDataset(store_path, split=split)
@@ -77,6 +86,11 @@ def generate_paired(
         check_terminated()
         items = [ds[int(i)] for i in idx[start : start + batch_size]]
         cond = torch.stack([it["cond"] for it in items])
+        if edges == "mask":
+            drawn = [mask_edges(it["label"].numpy().astype(np.uint8), ldm.config.data) for it in items]
+            cond[:, 0] = torch.from_numpy(np.stack(drawn)).float()
+        elif edges == "none":
+            cond[:, 0] = 0
         view = torch.stack([torch.as_tensor(it["view"]) for it in items])
         t0 = time.perf_counter()
         images = ldm.sample(cond, view, sampler=sampler, guidance=guidance, seed=seed + start)
@@ -96,6 +110,7 @@ def generate_paired(
         "seconds_per_image": seconds / len(idx),
         "sampler": dataclasses.asdict(sampler),
         "guidance": dataclasses.asdict(guidance),
+        "edges": edges,
     }
 
 

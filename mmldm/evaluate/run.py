@@ -24,6 +24,10 @@ from them is compared with that slice (:mod:`mmldm.evaluate.paired`). In order:
    ``ceil(realism_n / realism_seeds)`` held-out masks spread evenly over the split (capped by
    it), and the set is compared with up to ``realism_n`` real held-out slices:
 
+   - The classifier two-sample test (:mod:`~mmldm.evaluate.c2st`): a small CNN learns to tell the
+     set from the real held-out slices, cross-validated by subject; accuracy and AUC (0.5: cannot
+     tell), beside the same test for real training slices (the floor that subject differences
+     give) and for the VQ-VAE's reconstructions of them (the autoencoder's ceiling).
    - FID and KID in the standard Inception space (:mod:`~mmldm.evaluate.fid`; read from a local
      file, reported as unavailable with the reason when it is missing) and in the segmenter's
      encoder space (in-domain; not comparable with published FIDs). FID is biased upwards at small
@@ -92,6 +96,9 @@ where the class is in the mask or the prediction, see anatomy.py)::
      "realism": {"variant", "sampler", "guidance" (the main variant's), "n_generated", "n_masks",
                  "seeds" [the first seed of each pass over the masks], "reused_main" (bool),
                  "n_heldout", "n_train",
+                 "c2st": {"generated" | "real_vs_real" | "autoencoder": {"available", "reason", "accuracy",
+                          "accuracy_std", "auc", "auc_std", "folds", "n_a", "n_b", "grouped", "epochs"}}
+                          (each set against the real held-out slices; 0.5 = indistinguishable),
                  "inception": {"features", "label", "available", "reason", "fid", "kid_mean", "kid_std",
                                "real_vs_real_fid", "real_vs_real_kid_mean", "real_vs_real_kid_std",
                                "ratio" (fid / real_vs_real_fid), "n" (generated), "n_heldout",
@@ -128,6 +135,7 @@ from mmldm.data.dataset import CardiacSliceDataset
 from mmldm.data.store import check_same_size, store_size
 from mmldm.errors import ConfigError, DataError
 from mmldm.evaluate.anatomy import DICE_CLASSES, anatomy_dice, segment
+from mmldm.evaluate.c2st import c2st
 from mmldm.evaluate.fid import (
     INCEPTION_NAME,
     SEGMENTER_NAME,
@@ -247,8 +255,10 @@ def evaluate_variant(
     batch_size: int = 32,
     device: str = "cpu",
     progress: bool = True,
+    edges: str = "image",
 ) -> dict:
-    """Generate the chosen held-out slices with one sampler / guidance and score them.
+    """Generate the chosen held-out slices with one sampler / guidance (and edge source, see
+    :func:`~mmldm.evaluate.paired.generate_paired`) and score them.
 
     Returns ``{"summary": the variant's metrics.json entry, "result": generate_paired's output,
     "per_image": {"ssim", "psnr", "nmse", "dice_LV", "dice_MYO", "dice_RV", "dice_fg"} arrays}``
@@ -265,6 +275,7 @@ def evaluate_variant(
         seed=seed,
         batch_size=batch_size,
         progress=progress,
+        edges=edges,
     )
     per_image = paired_metrics(res["generated"], res["real"])
     if segmenter is not None:
@@ -272,6 +283,7 @@ def evaluate_variant(
     summary = {
         "sampler": res["sampler"],
         "guidance": res["guidance"],
+        "edges": edges,
         "n": len(res["indices"]),
         "s_per_image": res["seconds_per_image"],
         **{m: mean_std(per_image[m]) for m in PAIRED_METRICS},
@@ -430,7 +442,8 @@ def realism_images(
         reconstructed_train    the VQ-VAE's reconstructions of ``train`` (its FID ceiling)
         reconstructed_heldout  the VQ-VAE's reconstructions of ``heldout`` (paired SSIM, spectrum)
 
-    plus ``masks`` (split positions), ``seeds`` and ``reused_main`` (True when the main variant's
+    plus ``subjects`` (set name -> the subject of each image), ``masks`` (split positions),
+    ``seeds`` and ``reused_main`` (True when the main variant's
     images already were the first seed's: same masks, seed and batches)."""
     masks = pick_indices(n_split, settings.realism_masks)
     seeds = [seed + k * len(masks) for k in range(settings.realism_seeds)]
@@ -450,13 +463,22 @@ def realism_images(
             seed=s,
             batch_size=batch_size,
             progress=progress,
+            edges=main_result.get("edges", "image"),
         )
         generated.append(res["generated"])
     generated = torch.cat(generated).float().cpu()
-    heldout = load_images(store, split, pick_indices(n_split, settings.realism_n))
-    train = load_images(train_store or store, "train", pick_indices(n_train_split, len(generated)))
+    held_positions = pick_indices(n_split, settings.realism_n)
+    train_positions = pick_indices(n_train_split, len(generated))
+    heldout = load_images(store, split, held_positions)
+    train = load_images(train_store or store, "train", train_positions)
+    held_subjects = np.asarray(_subjects(store, split))
     vqvae = ldm.vqvae
     return {
+        "subjects": {
+            "generated": np.tile(held_subjects[masks], len(seeds)),
+            "heldout": held_subjects[held_positions],
+            "train": np.asarray(_subjects(train_store or store, "train"))[train_positions],
+        },
         "generated": generated,
         "heldout": heldout,
         "train": train,
@@ -468,8 +490,41 @@ def realism_images(
     }
 
 
+def _subjects(store: Path, split: str) -> list:
+    ds = CardiacSliceDataset(store, split=split)
+    subjects = [str(x) for x in ds.meta["subject"]]
+    ds.close()
+    return subjects
+
+
+C2ST_SETS = {  # what each classifier two-sample test tells from the real held-out slices
+    "generated": "generated",
+    "real_vs_real": "train",  # the floor: real slices of other subjects
+    "autoencoder": "reconstructed_train",  # the VQ-VAE's ceiling: its reconstructions of those
+}
+
+
+def c2st_block(sets: dict, seed: int = 0) -> dict:
+    """The classifier two-sample tests of :mod:`mmldm.evaluate.c2st`: each set of
+    :data:`C2ST_SETS` against the real held-out slices, folds by subject (at most 4, at least 2);
+    a test that cannot run (too few images or subjects) is ``{"available": false, "reason"}``."""
+    subjects = sets.get("subjects") or {}
+    held_groups = subjects.get("heldout")
+    out = {}
+    for name, key in C2ST_SETS.items():
+        groups = subjects.get("train" if key == "reconstructed_train" else key)
+        n_groups = len(set(held_groups) | set(groups)) if groups is not None and held_groups is not None else 4
+        try:
+            result = c2st(sets["heldout"], sets[key], held_groups, groups, folds=max(2, min(4, n_groups)), seed=seed)
+            out[name] = {"available": True, "reason": "", **result}
+        except ValueError as e:
+            out[name] = {"available": False, "reason": str(e)}
+    return out
+
+
 def realism_block(sets: dict, segmenter, inception, inception_reason: str, seed: int = 0, batch_size: int = 32) -> dict:
-    """The metrics.json ``realism`` block from :func:`realism_images`' sets: FID / KID with the
+    """The metrics.json ``realism`` block from :func:`realism_images`' sets: the classifier
+    two-sample tests (:func:`c2st_block`, first: a judge no single feature space decides), FID / KID with the
     baseline and the autoencoder's ceiling in both feature spaces (:func:`fid_block`), the mean
     radial power spectra and high-frequency fractions (:func:`mmldm.evaluate.spectrum.compare_spectra`,
     reference: the held-out slices), and the VQ-VAE's paired SSIM / PSNR / NMSE on the held-out slices."""
@@ -477,6 +532,7 @@ def realism_block(sets: dict, segmenter, inception, inception_reason: str, seed:
     rec_held = sets["reconstructed_heldout"]
     recon_paired = paired_metrics(rec_held, held)
     return {
+        "c2st": c2st_block(sets, seed),
         "n_generated": len(gen),
         "n_masks": len(sets["masks"]),
         "seeds": sets["seeds"],
@@ -729,6 +785,7 @@ def evaluate(
             batch_size=batch_size,
             device=device,
             progress=progress,
+            edges=VARIANTS[name].edges,
         )
         if len(idx) < len(positions):
             runs[name]["summary"]["main_on_same_slices"] = _subset_summary(runs[main], idx)

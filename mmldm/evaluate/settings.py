@@ -35,6 +35,7 @@ class Variant:
     mode: str | None = None  # guidance mode; None keeps the profile's
     plain: bool = False  # guidance scales 1 / 1: the plain conditional model, one pass a step
     subset: bool = False  # slow: run on ``n_ddpm`` of the slices
+    edges: str = "image"  # the edge channel: the real slice's edges, drawn from the mask, or none
 
 
 VARIANTS = {
@@ -44,6 +45,9 @@ VARIANTS = {
     "ddim50_mask_only": Variant("ddim", 50, mode="mask_only"),
     "ddim50_edges_only": Variant("ddim", 50, mode="edges_only"),
     "ddim50_no_guidance": Variant("ddim", 50, plain=True),
+    # What a user with a label map alone gets: no edges, or edges drawn from the mask.
+    "dpm20_mask_only": Variant("dpm_solver", 20, mode="mask_only", edges="none"),
+    "dpm20_mask_edges": Variant("dpm_solver", 20, edges="mask"),
 }
 MAIN = "ddim50_both"
 

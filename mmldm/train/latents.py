@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from mmldm import atomic
+from mmldm.data.condition import mask_edges
 from mmldm.data.dataset import CardiacSliceDataset
 from mmldm.diffusion.latent_norm import normalize
 from mmldm.models.vqvae import VQVAE
@@ -112,17 +113,25 @@ def ensure_cache(
 
 
 class LatentDataset(Dataset):
-    """Item i: ``latent`` (C, h, w) (normalised with ``stats``), ``cond`` (5, H, W), ``view``."""
+    """Item i: ``latent`` (C, h, w) (normalised with ``stats``), ``cond`` (5, H, W), ``view``; with
+    ``mask_edges_from`` (a ``data`` config: its Canny settings) also ``mask_edge`` (1, H, W), the
+    edges drawn from the slice's label map (:func:`mmldm.data.condition.mask_edges`), which
+    mask-first training puts in the edge channel of a share of the samples."""
 
-    def __init__(self, slices: CardiacSliceDataset, latents: torch.Tensor, stats: dict):
+    def __init__(self, slices: CardiacSliceDataset, latents: torch.Tensor, stats: dict, mask_edges_from=None):
         if len(latents) != len(slices):
             raise ValueError(f"{len(latents)} latents for {len(slices)} slices")
         self.slices = slices
         self.latents = normalize(latents.float(), stats).contiguous()
+        self.data_cfg = mask_edges_from
 
     def __len__(self) -> int:
         return len(self.slices)
 
     def __getitem__(self, i: int) -> dict:
         item = self.slices[i]
-        return {"latent": self.latents[i], "cond": item["cond"], "view": item["view"]}
+        out = {"latent": self.latents[i], "cond": item["cond"], "view": item["view"]}
+        if self.data_cfg is not None:
+            edge = mask_edges(item["label"].numpy().astype(np.uint8), self.data_cfg)
+            out["mask_edge"] = torch.from_numpy(edge).float()[None]
+        return out

@@ -11,7 +11,8 @@ Before the loop the training slices are encoded once by the frozen VQVAE into ``
 One optimiser step (``grad_accum`` micro-batches, ``batch_size`` images in all), for each latent
 z0 (normalised), condition c (edges + one-hot mask) and view v of a micro-batch::
 
-    c      <- drop_conditions(c, p_drop_edge, p_drop_mask)     classifier-free guidance training
+    c      <- drop_conditions(c, p_drop_edge, p_drop_mask,     classifier-free guidance training;
+                              mask_edges(c), p_mask_edge)      mask-first: a share with the mask's own edges
     t      ~  U{0, ..., T-1}                                   one per sample
     eps    ~  N(0, I)
     x_t    =  sqrt(a_t) z0 + sqrt(1 - a_t) eps                 (Ho et al. 2020, eq. 4)
@@ -101,12 +102,25 @@ def train_ldm(
 
 
 def noised_batch(
-    schedule: NoiseSchedule, z0: torch.Tensor, cond: torch.Tensor, guidance, generator: torch.Generator
+    schedule: NoiseSchedule,
+    z0: torch.Tensor,
+    cond: torch.Tensor,
+    guidance,
+    generator: torch.Generator,
+    mask_edge: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The random part of one training step, drawn on the CPU from ``generator`` (the same numbers
-    on any device): condition drops for classifier-free guidance, one timestep per sample and the
-    noise. Returns ``(cond, t, noise)``; x_t = schedule.add_noise(z0, noise, t)."""
-    cond = drop_conditions(cond, guidance.p_drop_edge, guidance.p_drop_mask, generator=generator)
+    on any device): condition drops for classifier-free guidance (and, mask-first, the mask's own
+    edges ``mask_edge`` in a share of the samples), one timestep per sample and the noise.
+    Returns ``(cond, t, noise)``; x_t = schedule.add_noise(z0, noise, t)."""
+    cond = drop_conditions(
+        cond,
+        guidance.p_drop_edge,
+        guidance.p_drop_mask,
+        generator=generator,
+        mask_edge=mask_edge,
+        p_mask_edge=guidance.p_mask_edge,
+    )
     t = torch.randint(0, len(schedule), (z0.shape[0],), generator=generator)
     noise = torch.randn(z0.shape, generator=generator, dtype=z0.dtype)
     return cond, t, noise
@@ -214,7 +228,9 @@ class LDMTrainer(Trainer):
         self.start(resume, progress)
         self.model_t = wrap(self.model, tc, d)
         self.model.train()
-        self.batches = batch_stream(LatentDataset(slices, latents, self.stats), tc, d, start_step=self.step)
+        mask_edges_from = cfg.data if cfg.guidance.p_mask_edge > 0 else None  # mask-first training
+        latent_set = LatentDataset(slices, latents, self.stats, mask_edges_from)
+        self.batches = batch_stream(latent_set, tc, d, start_step=self.step)
 
     def train_step(self) -> dict:
         tc, d, g, schedule = self.tc, self.d, self.cfg.guidance, self.schedule
@@ -225,7 +241,7 @@ class LDMTrainer(Trainer):
             batch = next(self.batches)
             z0 = to_device(batch["latent"], tc, d.device)
             # The step's randomness, drawn on the CPU from this rank's generator (same numbers on any device).
-            cond, t, noise = noised_batch(schedule, z0, batch["cond"], g, noise_gen)
+            cond, t, noise = noised_batch(schedule, z0, batch["cond"], g, noise_gen, batch.get("mask_edge"))
             cond, t, noise = to_device(cond, tc, d.device), t.to(d.device), to_device(noise, tc, d.device)
             with no_sync(self.model_t, micro == tc.grad_accum - 1):
                 loss = ldm_loss(
