@@ -121,7 +121,7 @@ def test_evaluation_section_is_validated(tmp_path):
         8,
         2,
     )
-    assert cfg.evaluation.main in cfg.evaluation.variants and len(cfg.evaluation.variants) == 6
+    assert cfg.evaluation.main in cfg.evaluation.variants and len(cfg.evaluation.variants) == 8
     assert load_config("smoke", overrides=["evaluation.n=null"]).evaluation.n is None  # null: every slice
     for override, message in (
         ("evaluation.variants=[ddim50_both, ddim7]", "ddim7"),
