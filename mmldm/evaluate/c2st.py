@@ -28,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.stats import rankdata
 from torch import nn
 
 
@@ -58,18 +59,7 @@ def auc_score(scores: np.ndarray, labels: np.ndarray) -> float:
     if len(pos) == 0 or len(neg) == 0:
         raise ValueError("AUC needs both classes in the test fold")
     # Mann-Whitney U from the ranks of the union (average ranks for ties).
-    order = np.argsort(np.concatenate([neg, pos]), kind="mergesort")
-    values = np.concatenate([neg, pos])[order]
-    ranks = np.empty(len(values))
-    i = 0
-    while i < len(values):
-        j = i
-        while j + 1 < len(values) and values[j + 1] == values[i]:
-            j += 1
-        ranks[i : j + 1] = (i + j) / 2 + 1
-        i = j + 1
-    rank_of = np.empty(len(values))
-    rank_of[order] = ranks
+    rank_of = rankdata(np.concatenate([neg, pos]))
     u = rank_of[len(neg) :].sum() - len(pos) * (len(pos) + 1) / 2
     return float(u / (len(pos) * len(neg)))
 

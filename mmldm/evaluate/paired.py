@@ -87,7 +87,7 @@ def generate_paired(
         items = [ds[int(i)] for i in idx[start : start + batch_size]]
         cond = torch.stack([it["cond"] for it in items])
         if edges == "mask":
-            drawn = [mask_edges(it["label"].numpy().astype(np.uint8), ldm.config.data) for it in items]
+            drawn = [mask_edges(it["label"].numpy(), ldm.config.data) for it in items]
             cond[:, 0] = torch.from_numpy(np.stack(drawn)).float()
         elif edges == "none":
             cond[:, 0] = 0

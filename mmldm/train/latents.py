@@ -132,6 +132,6 @@ class LatentDataset(Dataset):
         item = self.slices[i]
         out = {"latent": self.latents[i], "cond": item["cond"], "view": item["view"]}
         if self.data_cfg is not None:
-            edge = mask_edges(item["label"].numpy().astype(np.uint8), self.data_cfg)
+            edge = mask_edges(item["label"].numpy(), self.data_cfg)
             out["mask_edge"] = torch.from_numpy(edge).float()[None]
         return out
