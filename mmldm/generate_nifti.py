@@ -193,9 +193,15 @@ def from_grid(
 # ---------------------------------------------------------------------------------------------
 
 
+def default_edges(cfg) -> str:
+    """The edge source when none is named: ``"none"`` (the mask alone) where the profile samples with
+    guidance mode ``mask_only`` (the mask-first profiles), else ``"auto"`` (edges drawn from the mask)."""
+    return "none" if cfg.guidance.mode == "mask_only" else "auto"
+
+
 def sampling_setup(
     cfg,
-    edges: str = "auto",
+    edges: str | None = None,
     sampler: str | None = None,
     steps: int | None = None,
     scale_mask: float | None = None,
@@ -203,8 +209,10 @@ def sampling_setup(
 ):
     """(config with the guidance to use, SamplerConfig): the checkpoint's, with what is given changed.
 
-    ``edges="auto"`` samples with guidance mode "both", ``"none"`` with "mask_only".
+    ``edges="auto"`` samples with guidance mode "both", ``"none"`` with "mask_only"; None is the
+    profile's choice (:func:`default_edges`).
     """
+    edges = default_edges(cfg) if edges is None else edges
     if edges not in EDGE_MODES:
         raise MMLDMError(f"edges must be one of {', '.join(EDGE_MODES)}, got {edges!r}")
     if steps is not None and not 1 <= steps <= cfg.diffusion.num_train_timesteps:
@@ -230,7 +238,7 @@ def generate_volume(
     label: np.ndarray,
     spacing: tuple[float, ...],
     *,
-    edges: str = "auto",
+    edges: str | None = None,
     view: str = "SA",
     sampler: str | None = None,
     steps: int | None = None,
@@ -253,6 +261,7 @@ def generate_volume(
         raise MMLDMError(f"view must be one of {', '.join(VIEWS)}, got {view!r}")
     if empty not in EMPTY_MODES:
         raise MMLDMError(f"empty must be one of {', '.join(EMPTY_MODES)}, got {empty!r}")
+    edges = default_edges(ldm.config) if edges is None else edges
     cfg, sampler_cfg = sampling_setup(ldm.config, edges, sampler, steps, scale_mask, scale_edge)
     data = cfg.data
     H, W, Z = label.shape
@@ -324,7 +333,7 @@ def generate(
     output: str | Path,
     *,
     labels: str,
-    edges: str = "auto",
+    edges: str | None = None,
     sampler: str | None = None,
     steps: int | None = None,
     scale_mask: float | None = None,
@@ -388,7 +397,7 @@ def readback_dice(
     labels: str = "acdc",
     image_path: str | Path | None = None,
     *,
-    edges: str = "auto",
+    edges: str | None = None,
     sampler: str | None = None,
     steps: int | None = None,
     scale_mask: float | None = None,

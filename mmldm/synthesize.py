@@ -126,7 +126,7 @@ from mmldm.data.readers.layout import detect_format, find_cases
 from mmldm.data.schema import VIEWS
 from mmldm.data.store import open_store, read_meta
 from mmldm.errors import DataError, MMLDMError, check_terminated
-from mmldm.generate_nifti import EDGE_MODES, LABEL_ORDERS, read_labels, sampling_setup, to_grid
+from mmldm.generate_nifti import EDGE_MODES, LABEL_ORDERS, default_edges, read_labels, sampling_setup, to_grid
 from mmldm.inference import LatentDiffusion, default_device
 from mmldm.lock import run_lock
 from mmldm.outputs import OutputError, same_path
@@ -751,7 +751,7 @@ def _check_options(layout, label_order, per_mask, augment_masks, batch_size, dat
         raise MMLDMError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     if label_order not in LABEL_ORDERS:
         raise MMLDMError(f"label order must be one of {', '.join(LABEL_ORDERS)}, got {label_order!r}")
-    if edges not in EDGE_MODES:
+    if edges is not None and edges not in EDGE_MODES:
         raise MMLDMError(f"edges must be one of {', '.join(EDGE_MODES)}, got {edges!r}")
     if per_mask < 1 or augment_masks < 0 or (batch_size is not None and batch_size < 1):
         raise MMLDMError("per_mask and batch_size must be at least 1, augment_masks at least 0")
@@ -845,7 +845,7 @@ def synthesize(
     steps: int | None = None,
     scale_mask: float | None = None,
     scale_edge: float | None = None,
-    edges: str = "auto",
+    edges: str | None = None,
     augment_masks: int = 0,
     augment: MaskAugmentConfig | None = None,
     batch_size: int | None = None,
@@ -879,6 +879,7 @@ def synthesize(
         open_store(train_store).close()  # checked again, against the model's size, once it is loaded
     device = default_device(device)
     ldm = LatentDiffusion.from_checkpoint(checkpoint, device=device, precision=precision)
+    edges = default_edges(ldm.config) if edges is None else edges
     cfg, sampler_cfg = sampling_setup(ldm.config, edges, sampler, steps, scale_mask, scale_edge)
     data = ldm.config.data
     size, pixel_mm = int(data.size), float(data.fov_mm) / int(data.size)

@@ -9,6 +9,8 @@ image quality.
 
 from __future__ import annotations
 
+import dataclasses
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -22,11 +24,13 @@ from mmldm.errors import DataError, MMLDMError
 from mmldm.generate_nifti import (
     FILL,
     LABEL_ORDERS,
+    default_edges,
     from_grid,
     generate,
     parse_slices,
     read_labels,
     readback_dice,
+    sampling_setup,
     slice_window,
     to_grid,
 )
@@ -175,6 +179,21 @@ def test_output_keeps_shape_affine_and_header(models, tmp_path):
     src2 = save(tmp_path / "labels2.nii.gz", acdc_like_labels()[..., 1])
     generate(ldm_ckpt, src2, tmp_path / "image2.nii.gz", labels="acdc", view="LA", progress=False, device="cpu")
     assert nib.load(str(tmp_path / "image2.nii.gz")).shape == (40, 48)
+
+
+def test_edges_default_to_the_profiles_guidance_mode():
+    """A mask-first profile (guidance.mode mask_only) samples from the mask alone unless edges
+    are asked for; a profile sampling with both conditions draws the mask's edges."""
+    cfg = load_config("smoke")
+    with_mode = {
+        m: dataclasses.replace(cfg, guidance=dataclasses.replace(cfg.guidance, mode=m)) for m in ("both", "mask_only")
+    }
+    assert default_edges(with_mode["both"]) == "auto" and default_edges(with_mode["mask_only"]) == "none"
+    assert sampling_setup(with_mode["mask_only"])[0].guidance.mode == "mask_only"
+    assert sampling_setup(with_mode["mask_only"], "auto")[0].guidance.mode == "both"
+    assert sampling_setup(with_mode["both"])[0].guidance.mode == "both"
+    assert sampling_setup(with_mode["both"], "none")[0].guidance.mode == "mask_only"
+    assert load_config("paper").guidance.mode == "both"  # the reference study's design stays
 
 
 def test_seeded_slice_independent_and_edges_matter(models, tmp_path):

@@ -172,8 +172,7 @@ def variant_settings(name: str, sampler, guidance, num_train_timesteps: int):
     v = VARIANTS[name]
     steps = num_train_timesteps if v.steps is None else min(v.steps, num_train_timesteps)
     sampler = dataclasses.replace(sampler, name=v.sampler, num_inference_steps=steps)
-    if v.mode is not None:
-        guidance = dataclasses.replace(guidance, mode=v.mode)
+    guidance = dataclasses.replace(guidance, mode=v.mode)
     if v.plain:
         guidance = dataclasses.replace(guidance, mode="both", scale_mask=1.0, scale_edge=1.0)
     return sampler, guidance

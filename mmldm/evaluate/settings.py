@@ -32,14 +32,15 @@ class Variant:
 
     sampler: str  # ddpm | ddim | dpm_solver
     steps: int | None  # None: every training timestep (the full DDPM chain); capped at it anyway
-    mode: str | None = None  # guidance mode; None keeps the profile's
+    mode: str = "both"  # guidance mode: each row names its own, whatever the profile samples with
     plain: bool = False  # guidance scales 1 / 1: the plain conditional model, one pass a step
     subset: bool = False  # slow: run on ``n_ddpm`` of the slices
     edges: str = "image"  # the edge channel: the real slice's edges, drawn from the mask, or none
 
 
 VARIANTS = {
-    "ddim50_both": Variant("ddim", 50),  # the main row: the laptop profile's sampler and guidance
+    # Mask + the real slice's edges: the reference study's setting, a reconstruction benchmark.
+    "ddim50_both": Variant("ddim", 50),
     "dpm20_both": Variant("dpm_solver", 20),
     "ddpm1000_both": Variant("ddpm", None, subset=True),  # the seed's sampler
     "ddim50_mask_only": Variant("ddim", 50, mode="mask_only"),
