@@ -5,8 +5,14 @@
 ``runs/<run>/notebooks/`` and its figures and report to ``runs/<run>/`` (``<run>`` is
 ``<kind>_<profile>``, e.g. ``acdc_laptop``, ``phantom_smoke``, or ``--name``; all git-ignored), so
 the committed notebooks stay output-free and the tracked ``report/`` changes only with
-``--publish``. A stage is skipped when its stamp (a hash of the notebook, the config and the stamps
-of the stages before it) matches and its outputs exist, so a second run only redoes what changed.
+``--publish``. A stage is skipped only when its record (``runs/<run>/stamps/<stage>.json``,
+:mod:`mmldm.stage_record`) says it finished with the same notebook and settings, and every file it
+read (the outputs of the stages before it, the source folder) and wrote still has the content it
+recorded: a changed store or checkpoint re-runs everything downstream, whichever command changed it,
+and a failed, interrupted or damaged stage is never up to date. ``--force`` re-runs the selected
+stages (the trainers resume a checkpoint of the same model: a finished one trains no further);
+``--retrain`` also starts the training stages from scratch, setting their old checkpoints aside in
+``<run>/<stage>/replaced/``.
 While a stage runs, what its notebook prints is shown (indented), the trainers' progress lines
 (step / total, images/s, ETA) and the other stages' bars as lines (``mmldm.progress``) among it.
 The first failure stops the run and names the notebook, the cell and its error.
@@ -30,6 +36,7 @@ from mmldm.data.source import ensure_source
 from mmldm.errors import MMLDMError, Terminated, terminate_as_interrupt
 from mmldm.lock import run_lock
 from mmldm.report import report_dir
+from mmldm.stage_record import forget, record_path, why_stale, write_record
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
 
@@ -41,7 +48,7 @@ class Stage:
 
 
 STAGES = [
-    Stage("01_data_exploration.ipynb"),
+    Stage("01_data_exploration.ipynb", outputs=("{figures}/01_overlay_grid.png",)),
     Stage("02_preprocessing.ipynb", outputs=("{store}",)),
     Stage(
         "03_vqvae_training.ipynb",
@@ -79,6 +86,7 @@ def run(
     overrides: list[str] | None = None,
     name: str | None = None,
     publish: str | Path | None = None,
+    retrain: bool = False,
 ) -> None:
     overrides = list(overrides or [])
     if source is not None:
@@ -89,10 +97,24 @@ def run(
     run_dir = cfg.run_dir
     with run_lock(run_dir, "run_all.sh"):  # one pipeline per run folder (the trainers lock their own folders)
         record = _check_source(cfg, run_dir)
-        _run(cfg, profile, run_dir, force, only, overrides, record)
+        _run(cfg, profile, run_dir, force or retrain, select(only), overrides, record, retrain)
         if publish is not None:
             written = publish_report(report_dir(cfg), Path(publish))
             print(f"[publish] {len(written)} files copied into {publish}", flush=True)
+
+
+def select(only: list[str] | None) -> list[Stage]:
+    """The stages ``--only`` names (all without it; none for ``--only none``, which makes the data
+    only). A name that starts no stage's notebook is refused, listing the stages."""
+    if not only:
+        return list(STAGES)
+    if only == ["none"]:
+        return []
+    unknown = [o for o in only if not any(s.notebook.startswith(o) for s in STAGES)]
+    if unknown:
+        names = ", ".join(s.notebook.removesuffix(".ipynb") for s in STAGES)
+        raise MMLDMError(f"--only {' '.join(unknown)}: no such stage (the stages: {names}; or none)")
+    return [s for s in STAGES if any(s.notebook.startswith(o) for o in only)]
 
 
 def _check_source(cfg, run_dir: Path) -> tuple[Path, str]:
@@ -137,9 +159,10 @@ def _run(
     profile: str,
     run_dir: Path,
     force: bool,
-    only: list[str] | None,
+    selected: list[Stage],
     overrides: list[str],
     record: tuple[Path, str],
+    retrain: bool = False,
 ) -> None:
     import papermill as pm
 
@@ -159,25 +182,28 @@ def _run(
         write_text(record[0], record[1] + "\n")
     print(f"[00 data] {source} ({what}, {time.time() - t0:.1f} s); run folder {run_dir}", flush=True)
 
-    previous = b""
-    params = {"profile": profile, "overrides": overrides}
-    selected = [s for s in STAGES if not only or any(s.notebook.startswith(o) for o in only)]
+    # The notebooks 03 and 04 take ``resume``: "auto" continues a checkpoint of the same model,
+    # "replace" sets old checkpoints aside and trains from scratch.
+    params = {"profile": profile, "overrides": overrides, "resume": "replace" if retrain else "auto"}
+    upstream: list[Path] = [Path(source)]  # what a stage may have read: the source and every earlier output
     for stage in STAGES:
         name = stage.notebook.removesuffix(".ipynb")
         nb = NOTEBOOKS / stage.notebook
-        stamp = _hash(nb.read_bytes(), cfg_bytes, previous)
-        previous += stamp.encode()  # the chain is the same with or without --only
+        outputs = [Path(o.format(store=cfg.store_path, runs=run_dir, figures=cfg.figures_dir)) for o in stage.outputs]
+        inputs, upstream = list(upstream), upstream + outputs
         if stage not in selected:
             continue
         k = f"{selected.index(stage) + 1}/{len(selected)}"
-        outputs = [Path(o.format(store=cfg.store_path, runs=run_dir, figures=cfg.figures_dir)) for o in stage.outputs]
-        stamp_file = stamps / f"{name}.stamp"
-        if not force and stamp_file.exists() and stamp_file.read_text() == stamp and all(o.exists() for o in outputs):
+        stamp = _hash(nb.read_bytes(), cfg_bytes)
+        rec = record_path(stamps, name)
+        reason = "--retrain" if retrain else "--force" if force else why_stale(rec, stamp, inputs, outputs)
+        if reason is None:
             print(f"[{name}] up to date, skipped (use --force to redo)", flush=True)
             continue
+        forget(rec)  # from here until it finishes, the stage is not up to date
         out_nb = run_dir / "notebooks" / stage.notebook
         t0 = time.time()
-        print(f"[{name}] running (stage {k}) ...", flush=True)
+        print(f"[{name}] running (stage {k}; {reason}) ...", flush=True)
         try:
             pm.execute_notebook(
                 str(nb),
@@ -189,6 +215,8 @@ def _run(
                 log_output=False,
                 stdout_file=_Indented(sys.stdout),
                 stderr_file=_Indented(sys.stderr),
+                kernel_manager_class=_quiet_kernel_manager(run_dir / "notebooks" / f"{name}.kernel.log"),
+                shutdown_kernel="immediate",  # Ctrl-C or an error: the kernel stops at once
             )
         except pm.PapermillExecutionError as e:
             error = "\n".join(line for line in (e.evalue or "").splitlines() if line.strip())
@@ -199,12 +227,28 @@ def _run(
         missing = [str(o) for o in outputs if not o.exists()]
         if missing:
             raise MMLDMError(f"notebook {stage.notebook} finished but did not write {', '.join(missing)}")
-        stamp_file.write_text(stamp)
+        write_record(rec, stamp, inputs, outputs)
         print(f"[{name}] done in {time.time() - t0:.1f} s", flush=True)
     print(
         f"[all] finished in {time.time() - t_all:.1f} s; executed notebooks in {run_dir / 'notebooks'}, "
         f"report in {report_dir(cfg)}"
     )
+
+
+def _quiet_kernel_manager(log: Path):
+    """A kernel manager whose kernel writes its own log (ipykernel's start-up warnings, "KeyboardInterrupt
+    caught in kernel") to ``log`` instead of the user's terminal. What the cells print still comes
+    through papermill (shown indented); a failing cell is reported from the executed notebook."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class QuietKernelManager(AsyncKernelManager):
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with open(log, "ab") as f:  # the kernel holds its own copy of the descriptor
+                kw["stderr"] = f
+                return await super()._async_launch_kernel(kernel_cmd, **kw)
+
+    return QuietKernelManager
 
 
 _LINK = re.compile(r"(!?\[[^\]]*\]\()([^)\s]+)(\))")
@@ -247,8 +291,22 @@ def main(argv: list[str] | None = None) -> int:
         help="paper (GPU), laptop (default, CPU) or smoke (seconds, for tests)",
     )
     p.add_argument("--source", help="a real dataset folder (M&Ms-2, M&Ms or ACDC) instead of the phantom")
-    p.add_argument("--force", action="store_true", help="redo stages even when up to date")
-    p.add_argument("--only", nargs="*", help="run only stages whose notebook name starts with these")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="redo the stages even when up to date (training resumes a checkpoint of the same model)",
+    )
+    p.add_argument(
+        "--retrain",
+        action="store_true",
+        help="like --force, and train the VQ-VAE and the LDM from scratch (old checkpoints are set "
+        "aside in <run>/<stage>/replaced/, never deleted)",
+    )
+    p.add_argument(
+        "--only",
+        nargs="*",
+        help="run only the stages whose notebook name starts with these (01 ... 06; none: the data only)",
+    )
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.add_argument(
         "--name",
@@ -276,10 +334,14 @@ def main(argv: list[str] | None = None) -> int:
             overrides=args.set,
             name=args.name,
             publish=publish,
+            retrain=args.retrain,
         )
     except MMLDMError as e:
         print(f"run_all: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("run_all: interrupted; the stage that was running is not marked done", file=sys.stderr)
+        return 130
     except Terminated:
         print("run_all: terminated (SIGTERM)", file=sys.stderr)
         return 143

@@ -207,7 +207,9 @@ def _write_csv(path: Path, rows: list[SubjectInfo]) -> None:
     writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(asdict(row) for row in rows)
-    atomic.write_bytes(path, text.getvalue().encode())
+    data = text.getvalue().encode()
+    if not (path.is_file() and path.read_bytes() == data):  # unchanged: keep the file (and its time)
+        atomic.write_bytes(path, data)
 
 
 def _claim_folder(out: Path, seed: int, size: int) -> None:
