@@ -48,7 +48,9 @@ def _notebooks(folder, run_dir):
         nb = nbformat.v4.new_notebook()
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         nb.metadata["language_info"] = {"name": "python"}
-        params = nbformat.v4.new_code_cell(f"profile = 'smoke'\noverrides = []\nresume = 'auto'\nRUN = {str(run_dir)!r}")
+        params = nbformat.v4.new_code_cell(
+            f"profile = 'smoke'\noverrides = []\nresume = 'auto'\nRUN = {str(run_dir)!r}"
+        )
         params.metadata["tags"] = ["parameters"]
         nb.cells = [params, nbformat.v4.new_code_cell(code)]
         nbformat.write(nb, folder / name)
