@@ -113,6 +113,24 @@ def _intact(path: Path) -> bool:
         return False
 
 
+def runs_trained_on(store: str | Path, runs_root: str | Path) -> list[Path]:
+    """The checkpoints under ``runs_root`` (``<run>/vqvae/last.pt``, ``<run>/ldm/last.pt``, one
+    level or two deep) whose config names ``store`` as its ``paths.store``: what replacing that
+    store would leave describing data that is gone. Unreadable checkpoints are passed over."""
+    from mmldm.config import Config, from_dict
+
+    store, root = Path(store).resolve(), Path(runs_root)
+    found = []
+    for path in sorted({*root.glob(f"*/*/{LAST}"), *root.glob(f"*/{LAST}")}):
+        try:
+            cfg = from_dict(Config, _read(path, mmap=True)["config"])
+        except Exception:  # noqa: BLE001 - a broken or foreign checkpoint depends on nothing
+            continue
+        if cfg.store_path.resolve() == store:
+            found.append(path)
+    return found
+
+
 def load_checkpoint(path: str | Path, stage: str | None = None, map_location="cpu") -> dict:
     """Load a checkpoint written by :func:`save_checkpoint`; with ``stage``, check its kind.
 

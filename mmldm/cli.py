@@ -142,7 +142,15 @@ def cmd_preprocess(args) -> int:
     out = Path(args.out) if args.out else cfg.store_path
     _check_output(out, "--out", {"--source": source})
     summary = preprocess(
-        source, out, data, format=fmt, skip_bad=args.skip_bad, split=args.split, progress=not args.quiet
+        source,
+        out,
+        data,
+        format=fmt,
+        skip_bad=args.skip_bad,
+        split=args.split,
+        progress=not args.quiet,
+        replace=args.replace,
+        runs_root=cfg.run_dir.parent,
     )
     if args.quiet:  # no progress bar; the summary (with every file skipped) still printed
         print(summary)
@@ -427,6 +435,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=_int_at_least(8, " pixels"),
         default=None,
         help="output side in pixels, at least 8 (overrides config)",
+    )
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="write over an existing store (the runs trained on it then describe data that is gone)",
     )
     p.add_argument(
         "--skip-bad",

@@ -702,3 +702,22 @@ def test_evaluate_on_an_external_test_set(smoke_ldm, tmp_path):
     assert metrics["meta"]["train_store"] == str(smoke_ldm["store"]) and metrics["meta"]["n"] == 4
     assert metrics["variants"]["ddim50_both"]["n"] == 4
     assert not (tmp_path / "evaluation" / ".lock").exists() and temporaries(tmp_path) == []
+
+
+def test_preprocess_refuses_a_store_that_a_run_was_trained_on(smoke_ldm, tmp_path):
+    # A default --out would swap the store under a trained run: refused, naming the run's checkpoints.
+    store = smoke_ldm["store"]
+    before = store.read_bytes()
+    source = write_acdc(tmp_path / "acdc", patients=2)
+    sets = [f"--set={o}" for o in smoke_ldm["overrides"]]
+    result = run_cli("preprocess", *SMOKE, *sets, "--source", source, "--set", "data.val=1")
+    line = one_line_error(result, "preprocess", str(store), "already exists", "--out", "--replace")
+    assert str(smoke_ldm["run"] / "vqvae") in line and str(smoke_ldm["run"] / "ldm") in line, line
+    assert store.read_bytes() == before
+    # Any existing store is kept without --replace; with it, the store is written.
+    other = tmp_path / "other.h5"
+    assert run_cli("preprocess", *SMOKE, "--source", source, "--out", other, "--set", "data.val=1").returncode == 0
+    again = run_cli("preprocess", *SMOKE, "--source", source, "--out", other, "--set", "data.val=1")
+    assert "trained on it" not in one_line_error(again, "preprocess", "already exists")
+    replaced = run_cli("preprocess", *SMOKE, "--source", source, "--out", other, "--set", "data.val=1", "--replace")
+    assert replaced.returncode == 0, replaced.stderr

@@ -208,8 +208,14 @@ def preprocess(
     skip_bad: bool = False,
     progress: bool = True,
     split: str | None = None,
+    replace: bool = True,
+    runs_root: str | Path | None = None,
 ) -> Summary:
     """Preprocess the dataset at ``source`` into the HDF5 store ``out``; returns the Summary.
+
+    With ``replace=False`` (the command line without ``--replace``) an existing ``out`` is refused,
+    naming the runs under ``runs_root`` whose checkpoints were trained on it; the pipeline's own
+    stage 02 replaces its store (the stage records then re-run what was trained on it).
 
     ``skip_bad`` (or ``cfg.skip_bad``) leaves out unusable cases instead of stopping. ``split``
     (``"train"``, ``"val"`` or ``"test"``) puts every subject into that split instead of drawing
@@ -235,6 +241,14 @@ def preprocess(
     if out.exists() and any(os.path.samefile(out, f) for c in cases for f in (c.image_path, c.label_path)):
         raise DataError(
             out, "is one of the dataset's own files: the store would be written over it; choose another output"
+        )
+    if out.exists() and not replace:
+        from mmldm.checkpoint import runs_trained_on
+
+        users = runs_trained_on(out, runs_root) if runs_root is not None else []
+        using = f"; trained on it: {', '.join(str(u.parent) for u in users)}" if users else ""
+        raise DataError(
+            out, f"a store already exists here{using}; write elsewhere with --out, or replace it with --replace"
         )
     workers = min(cfg.workers if cfg.workers is not None else (os.cpu_count() or 1), len(cases))
 
