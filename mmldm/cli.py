@@ -141,6 +141,10 @@ def cmd_preprocess(args) -> int:
     fmt = args.format or ("auto" if args.source else cfg.paths.reader_format)
     out = Path(args.out) if args.out else cfg.store_path
     _check_output(out, "--out", {"--source": source})
+    if source.is_dir():
+        from mmldm.outputs import check_outside
+
+        check_outside(out, "--out", source, "dataset folder (--source)")
     summary = preprocess(
         source,
         out,

@@ -33,6 +33,41 @@ def same_path(a: str | Path, b: str | Path) -> bool:
     return a.expanduser().resolve() == b.expanduser().resolve()
 
 
+def inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies under it, as written (``..`` folded) or with every
+    symlink resolved: ``input/patient001/out`` is inside ``input`` even when ``patient001`` links
+    elsewhere."""
+    a, b = Path(os.path.abspath(path.expanduser())), Path(os.path.abspath(folder.expanduser()))
+    if a == b or b in a.parents:
+        return True
+    a, b = path.expanduser().resolve(), folder.expanduser().resolve()
+    return a == b or b in a.parents
+
+
+def linked_folders(folder: Path) -> list[Path]:
+    """The folders that symlinks under ``folder`` point to (what reading the input reaches)."""
+    found = []
+    for root, dirs, _ in os.walk(folder):
+        for d in dirs:
+            p = Path(root, d)
+            if p.is_symlink():
+                found.append(p.resolve())
+    return found
+
+
+def check_outside(out: str | Path, flag: str, folder: str | Path, what: str = "input folder") -> None:
+    """Refuse (:class:`OutputError`) an output that lies in ``folder`` or in a folder that a symlink
+    under ``folder`` points to: a command never writes into the data it reads."""
+    out, folder = Path(out), Path(folder)
+    if inside(out, folder):
+        raise OutputError(f"{flag} {out}: it lies inside the {what} {folder}; choose a place outside it")
+    for linked in linked_folders(folder):
+        if inside(out, linked):
+            raise OutputError(
+                f"{flag} {out}: it lies inside {linked}, which the {what} {folder} links to; choose a place outside it"
+            )
+
+
 def _nearest_existing(path: Path) -> Path:
     path = path.expanduser().absolute()
     for parent in (path, *path.parents):

@@ -129,7 +129,7 @@ from mmldm.errors import DataError, MMLDMError, check_terminated
 from mmldm.generate_nifti import EDGE_MODES, LABEL_ORDERS, default_edges, read_labels, sampling_setup, to_grid
 from mmldm.inference import LatentDiffusion, default_device
 from mmldm.lock import run_lock
-from mmldm.outputs import OutputError, same_path
+from mmldm.outputs import OutputError, check_outside, inside, same_path
 from mmldm.progress import tqdm
 
 LAYOUTS = ("nnunet", "monai")
@@ -494,19 +494,15 @@ def _finite(x) -> float | None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    path, folder = path.expanduser().resolve(), folder.expanduser().resolve()
-    return path == folder or folder in path.parents
-
-
 def check_out_placement(out: str | Path, input: str | Path) -> None:
-    """Refuse an ``out`` that is the input, lies in an input folder, or holds the input (the folder
-    an input file lies in, or one above it) (:class:`~mmldm.outputs.OutputError`)."""
+    """Refuse an ``out`` that is the input, lies in an input folder (or in a folder a symlink in it
+    points to), or holds the input (the folder an input file lies in, or one above it)
+    (:class:`~mmldm.outputs.OutputError`). Paths are compared as written and with symlinks resolved."""
     out, input = Path(out), Path(input)
-    if same_path(out, input) or _inside(input, out):
+    if same_path(out, input) or inside(input, out):
         raise OutputError(f"--out {out}: it holds the input {input}; choose a folder outside it")
-    if input.is_dir() and _inside(out, input):
-        raise OutputError(f"--out {out}: it lies inside the input folder {input}; choose a folder outside it")
+    if input.is_dir():
+        check_outside(out, "--out", input, "input folder")
 
 
 def check_out_folder(out: Path, identity: dict) -> bool:

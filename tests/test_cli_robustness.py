@@ -137,7 +137,7 @@ def test_an_output_that_is_one_of_the_inputs_is_refused(case, smoke_ldm, tmp_pat
     else:
         victim = write_acdc(tmp_path / "acdc", patients=2) / "patient001" / "patient001_frame01.nii.gz"
         args = ["preprocess", *SMOKE, "--source", tmp_path / "acdc", "--out", victim, "--set", "data.val=1"]
-        fragments = [str(victim), "one of the dataset's own files"]
+        fragments = [str(victim), "lies inside the dataset folder"]  # never into the data it reads
     before = victim.read_bytes()
     one_line_error(run_cli(*args), case, *fragments)
     assert victim.read_bytes() == before
@@ -721,3 +721,26 @@ def test_preprocess_refuses_a_store_that_a_run_was_trained_on(smoke_ldm, tmp_pat
     assert "trained on it" not in one_line_error(again, "preprocess", "already exists")
     replaced = run_cli("preprocess", *SMOKE, "--source", source, "--out", other, "--set", "data.val=1", "--replace")
     assert replaced.returncode == 0, replaced.stderr
+
+
+def test_outputs_through_a_symlink_into_the_input_are_refused(tmp_path):
+    # input/patient001 links to a real subject folder elsewhere: --out input/patient001/out would write
+    # into that dataset. Refused for synthesize and preprocess alike, before any work; nothing written.
+    from mmldm.outputs import OutputError
+    from mmldm.synthesize import check_out_placement
+
+    real = write_acdc(tmp_path / "real", patients=2)
+    source = tmp_path / "input"
+    source.mkdir()
+    (source / "patient001").symlink_to(real / "patient001", target_is_directory=True)
+    before = files(real)
+    with pytest.raises(OutputError, match="lies inside the input folder"):  # as written
+        check_out_placement(source / "patient001" / "out", source)
+    with pytest.raises(OutputError, match="lies inside the input folder"):
+        check_out_placement(source / "sub" / "out", source)
+    with pytest.raises(OutputError, match="which the input folder .* links to"):  # where the link points
+        check_out_placement(real / "patient001" / "out", source)
+    check_out_placement(tmp_path / "elsewhere", source)  # beside it: fine
+    result = run_cli("preprocess", *SMOKE, "--source", source, "--out", source / "patient001" / "s.h5")
+    one_line_error(result, "preprocess", "lies inside the dataset folder", "choose a place outside it")
+    assert files(real) == before
