@@ -12,3 +12,7 @@ and plot. The flow, one sub-package per stage:
 """
 
 __version__ = "0.1.0"
+
+from mmldm.errors import install_warning_format  # noqa: E402
+
+install_warning_format()

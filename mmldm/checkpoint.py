@@ -38,7 +38,6 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import warnings
 import zipfile
 from pathlib import Path
 
@@ -46,7 +45,7 @@ import numpy as np
 import torch
 
 from mmldm import atomic
-from mmldm.errors import MMLDMError
+from mmldm.errors import MMLDMError, warn
 
 FORMAT = "mmldm-checkpoint"
 FORMAT_VERSION = 1
@@ -170,7 +169,7 @@ def find_resume(run_dir: str | Path, stage: str | None = None, map_location="cpu
         except CheckpointError as e:
             if not prev.exists() or _step_if_readable(prev) is None:
                 raise
-            warnings.warn(f"{e.path}: {e.problem.split('. The other')[0]}; resuming from {prev} instead", stacklevel=2)
+            warn(f"{e.path}: {e.problem.split('. The other')[0]}; resuming from {prev} instead")
     return load_checkpoint(prev, stage, map_location), prev
 
 

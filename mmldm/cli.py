@@ -25,7 +25,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from mmldm.errors import MMLDMError, Terminated, check_terminated, terminate_as_interrupt
+from mmldm.errors import MMLDMError, MMLDMWarning, Terminated, check_terminated, terminate_as_interrupt
 
 SEED_MAX = 2**32 - 1  # numpy's legacy seeding takes no more; torch would take 2**64 - 1
 
@@ -696,7 +696,7 @@ def main(argv: list[str] | None = None) -> int:
     form = warnings.formatwarning
 
     def one_line(message, category, filename, lineno, line=None):
-        if category is UserWarning:  # mmldm's own warnings: one line, like its errors
+        if issubclass(category, MMLDMWarning):  # mmldm's own warnings: one line, like its errors
             return f"mmldm {args.command}: warning: {message}\n"
         return form(message, category, filename, lineno, line)
 

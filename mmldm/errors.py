@@ -13,6 +13,35 @@ class MMLDMError(Exception):
     """Base class: an error whose message is meant for the user."""
 
 
+class MMLDMWarning(UserWarning):
+    """A warning meant for the user: printed as one plain line (``warning: ...``), no source line."""
+
+
+def warn(message: str) -> None:
+    """Warn the user in one line (:class:`MMLDMWarning`; the CLI prefixes ``mmldm <command>:``)."""
+    import warnings
+
+    warnings.warn(message, MMLDMWarning, stacklevel=3)
+
+
+def install_warning_format() -> None:
+    """Print :class:`MMLDMWarning` as ``warning: <message>``; every other warning as Python does.
+    Called when mmldm is imported, so a notebook's kernel (and run_all's terminal) shows one line."""
+    import warnings
+
+    form = warnings.formatwarning
+    if getattr(form, "mmldm", False):
+        return
+
+    def one_line(message, category, filename, lineno, line=None):
+        if isinstance(category, type) and issubclass(category, MMLDMWarning):
+            return f"warning: {message}\n"
+        return form(message, category, filename, lineno, line)
+
+    one_line.mmldm = True
+    warnings.formatwarning = one_line
+
+
 class DataError(MMLDMError):
     """A data file (or folder) that cannot be used, with the path and the reason."""
 

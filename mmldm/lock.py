@@ -22,11 +22,10 @@ import json
 import os
 import socket
 import sys
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-from mmldm.errors import MMLDMError
+from mmldm.errors import MMLDMError, warn
 
 LOCK_NAME = ".lock"
 _held: dict[Path, list] = {}  # lock path -> [fd, count, folders created]: locks this process holds
@@ -103,10 +102,7 @@ def acquire(folder: str | Path, command: str = "") -> Path:
                 os.close(fd)
                 continue
             if pid not in (None, os.getpid()):
-                warnings.warn(
-                    f"{path}: taking over the lock left by {_describe(owner)}, which is no longer running (killed?)",
-                    stacklevel=3,
-                )
+                warn(f"{path}: taking over the lock left by {_describe(owner)}, which is no longer running (killed?)")
             record = {
                 "pid": os.getpid(),
                 "host": socket.gethostname(),

@@ -108,7 +108,6 @@ import math
 import os
 import re
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,7 +124,7 @@ from mmldm.data.nifti import NIFTI_SUFFIXES
 from mmldm.data.readers.layout import detect_format, find_cases
 from mmldm.data.schema import VIEWS
 from mmldm.data.store import open_store, read_meta
-from mmldm.errors import DataError, MMLDMError, check_terminated
+from mmldm.errors import DataError, MMLDMError, check_terminated, warn
 from mmldm.generate_nifti import EDGE_MODES, LABEL_ORDERS, default_edges, read_labels, sampling_setup, to_grid
 from mmldm.inference import LatentDiffusion, default_device
 from mmldm.lock import run_lock
@@ -329,10 +328,9 @@ def _store_masks(
             rows = rows[np.isin(meta["subject"][rows].astype(str), sorted(wanted))]
         labels = f["label"][()]
     if pixel_mm is not None and abs(float(pixel_mm) - fov_mm / size) > 1e-3:
-        warnings.warn(
+        warn(
             f"{path}: its pixels are {float(pixel_mm):.3g} mm, the model's {fov_mm / size:.3g} mm; "
-            f"the synthetic images are labelled {fov_mm / size:.3g} mm",
-            stacklevel=3,
+            f"the synthetic images are labelled {fov_mm / size:.3g} mm"
         )
     out = []
     for i in rows:

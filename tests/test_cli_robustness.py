@@ -744,3 +744,13 @@ def test_outputs_through_a_symlink_into_the_input_are_refused(tmp_path):
     result = run_cli("preprocess", *SMOKE, "--source", source, "--out", source / "patient001" / "s.h5")
     one_line_error(result, "preprocess", "lies inside the dataset folder", "choose a place outside it")
     assert files(real) == before
+
+
+def test_user_warnings_are_one_plain_line_wherever_mmldm_is_imported():
+    # In a notebook's kernel (run_all's terminal) as on the command line: no source line, no category.
+    code = "import mmldm, warnings\nfrom mmldm.errors import warn\nwarn('a stale lock was taken over')\n"
+    code += "warnings.warn('from another library')\n"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=cli_env(), capture_output=True, text=True)
+    lines = result.stderr.splitlines()
+    assert lines[0] == "warning: a stale lock was taken over", result.stderr
+    assert "UserWarning: from another library" in lines[1]  # other warnings keep Python's form

@@ -27,7 +27,6 @@ import itertools
 import os
 import random
 import time
-import warnings
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,7 +50,7 @@ from mmldm.checkpoint import (
 )
 from mmldm.config import Config, to_dict
 from mmldm.data.dataset import CardiacSliceDataset
-from mmldm.errors import ConfigError, DataError, MMLDMError, check_terminated
+from mmldm.errors import ConfigError, DataError, MMLDMError, check_terminated, warn
 from mmldm.lock import run_lock
 from mmldm.precision import autocast as precision_autocast
 from mmldm.precision import resolve_precision
@@ -275,10 +274,9 @@ def restore_rank_rng(ckpt: dict, d: Dist, seed: int, generators: dict[str, torch
     if ckpt.get("world_size", 1) == d.world_size and len(rngs) == d.world_size:
         restore_rng(rngs[d.rank], generators)
         return
-    warnings.warn(
+    warn(
         f"checkpoint written by {ckpt.get('world_size')} processes, resuming with {d.world_size}: "
-        "random streams are re-seeded, so the run will not repeat the original bit for bit",
-        stacklevel=2,
+        "random streams are re-seeded, so the run will not repeat the original bit for bit"
     )
     seed_everything(stream_seed(seed, d.rank, f"torch-resume-{ckpt['step']}"))
     for name, g in (generators or {}).items():
@@ -519,10 +517,9 @@ class Trainer:
                 ) from None
             changed = config_changes(ckpt["config"], to_dict(self.cfg))
             if changed and self.d.is_main:
-                warnings.warn(
+                warn(
                     f"{path}: resuming with a config that differs from the checkpoint's "
-                    f"({'; '.join(changed[:8])}); the run continues, but not as the original would",
-                    stacklevel=2,
+                    f"({'; '.join(changed[:8])}); the run continues, but not as the original would"
                 )
             self.step = int(ckpt["step"])
             restore_rank_rng(ckpt, self.d, self.tc.seed, self.generators)
