@@ -489,6 +489,24 @@ def bad_argument_cases(tmp_path: Path, smoke_ldm: dict) -> dict[str, tuple[list,
             ["train-vqvae", *SMOKE, "--set", "vqvae.codebok_size=8", "--out", tmp_path / "r"],
             ["--set vqvae.codebok_size=8", "unknown key"],
         ),
+        # Model sizes are checked where the config is read, never by the first forward pass
+        # (ZeroDivisionError, a header-only log.csv).
+        "codebook of zero codes": (
+            ["train-vqvae", *SMOKE, "--set", "vqvae.codebook_size=0", "--out", tmp_path / "r"],
+            ["--set vqvae.codebook_size=0", "at least 2"],
+        ),
+        "codebook negative": (
+            ["train-vqvae", *SMOKE, "--set", "vqvae.codebook_size=-3", "--out", tmp_path / "r"],
+            ["codebook_size must be at least 2"],
+        ),
+        "zero heads": (
+            ["train-vqvae", *SMOKE, "--set", "vqvae.num_heads=0", "--out", tmp_path / "r"],
+            ["--set vqvae.num_heads=0", "num_heads"],
+        ),
+        "heads do not divide": (
+            ["train-ldm", *SMOKE, "--set", "unet.num_heads=7", "--out", tmp_path / "r"],
+            ["--set unet.num_heads=7", "num_heads=7 heads"],
+        ),
     }
 
 
@@ -514,6 +532,10 @@ CASES = [
     "segmenter of another kind",
     "set names --set",
     "set unknown key",
+    "codebook of zero codes",
+    "codebook negative",
+    "zero heads",
+    "heads do not divide",
 ]
 
 

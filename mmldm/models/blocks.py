@@ -73,6 +73,11 @@ def check_levels(
     mid block of >= 2 entries starting at the last down width, every width divisible into
     ``norm_groups`` groups, and every attended width into ``num_heads`` heads.
     """
+    if num_heads < 1 or norm_groups < 1:
+        raise ValueError(f"num_heads and norm_groups must be at least 1, got {num_heads} and {norm_groups}")
+    small = [c for c in [*down_channels, *mid_channels, *more_channels] if c < 1]
+    if small:
+        raise ValueError(f"every channel count must be at least 1, got {small[0]}")
     n = len(down_channels)
     if n < 2:
         raise ValueError(f"down_channels needs at least 2 entries, got {down_channels}")

@@ -96,6 +96,12 @@ class UNetConfig:
             self.num_heads,
             more_channels=(self.conv_out_channels,),
         )
+        if min(self.num_down_layers, self.num_mid_layers, self.num_up_layers) < 1:
+            raise ValueError("num_down_layers, num_mid_layers and num_up_layers must each be at least 1")
+        if self.latent_channels < 1 or self.cond_downsample < 1 or self.time_emb_dim < 2:
+            raise ValueError("latent_channels and cond_downsample must be at least 1, time_emb_dim at least 2")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
         if self.time_emb_dim % 2:
             raise ValueError(f"time_emb_dim must be even, got {self.time_emb_dim}")
         if self.conditioning == "hint_encoder":

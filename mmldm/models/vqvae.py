@@ -85,6 +85,18 @@ class VQVAEConfig:
         check_levels(
             self.down_channels, self.mid_channels, self.down_sample, self.attn_down, self.norm_groups, self.num_heads
         )
+        if self.codebook_size < 2:
+            raise ValueError(
+                f"codebook_size must be at least 2 (a one-code book encodes nothing), got {self.codebook_size}"
+            )
+        if self.latent_channels < 1 or self.image_channels < 1:
+            raise ValueError(f"latent_channels and image_channels must be at least 1, got {self.latent_channels}")
+        if min(self.num_down_layers, self.num_mid_layers, self.num_up_layers) < 1:
+            raise ValueError("num_down_layers, num_mid_layers and num_up_layers must each be at least 1")
+        if not 0 < self.ema_decay < 1:
+            raise ValueError(f"ema_decay must lie between 0 and 1, got {self.ema_decay}")
+        if self.adversarial_start < 0 or self.restart_after < 0:
+            raise ValueError("adversarial_start and restart_after must not be negative")
         if self.mid_channels[-1] != self.down_channels[-1]:
             raise ValueError(
                 f"mid_channels {self.mid_channels} must end at down_channels[-1] = "
