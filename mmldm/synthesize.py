@@ -123,7 +123,7 @@ from mmldm.data.mask_augment import MaskAugmentConfig, augment_mask
 from mmldm.data.nifti import NIFTI_SUFFIXES
 from mmldm.data.readers.layout import detect_format, find_cases
 from mmldm.data.schema import VIEWS
-from mmldm.data.store import open_store, read_meta
+from mmldm.data.store import open_store, read_meta, verify_store
 from mmldm.errors import DataError, MMLDMError, check_terminated, warn
 from mmldm.generate_nifti import EDGE_MODES, LABEL_ORDERS, default_edges, read_labels, sampling_setup, to_grid
 from mmldm.inference import LatentDiffusion, default_device
@@ -222,7 +222,7 @@ def find_input(path: str | Path, labels: str | None = None) -> InputSpec:
         raise DataError(path, "does not exist")
     if path.is_file():
         if path.suffix.lower() in STORE_SUFFIXES:
-            open_store(path).close()  # a DataError when it is not an mmldm store
+            verify_store(path)  # a DataError when it is not an mmldm store, or a damaged one
             _check_order(labels, "canonical", f"the store {path}")
             return InputSpec("store", path, "canonical")
         if _is_nifti(path):
@@ -870,7 +870,7 @@ def synthesize(
     if segmenter is not None and not Path(segmenter).is_file():
         raise DataError(segmenter, "segmenter checkpoint not found")
     if train_store is not None:
-        open_store(train_store).close()  # checked again, against the model's size, once it is loaded
+        verify_store(train_store)  # checked again, against the model's size, once it is loaded
     device = default_device(device)
     ldm = LatentDiffusion.from_checkpoint(checkpoint, device=device, precision=precision)
     edges = default_edges(ldm.config) if edges is None else edges

@@ -236,3 +236,32 @@ def test_missing_folder_a_file_and_an_unknown_format(tmp_path):
         find_cases(path)
     with pytest.raises(DataError, match="unknown format 'kaggle'"):
         find_cases(tmp_path, format="kaggle")
+
+
+# ---------------------------------------------------------------- a damaged store
+
+
+@pytest.mark.parametrize("array", ["image", "label"])
+def test_a_store_damaged_in_the_middle_names_the_file_and_the_array(tmp_path, array):
+    # Bytes overwritten inside one array: the uncompressed image reads as wrong numbers without any
+    # HDF5 error, the gzip'ed label fails to inflate (h5py's OSError names no file). Both are one
+    # DataError naming the store and the array, before any training reads them.
+    import h5py
+
+    from mmldm.data.dataset import CardiacSliceDataset
+    from mmldm.data.store import verify_store
+    from smoke_models import write_tiny_store
+
+    store = write_tiny_store(tmp_path / "store.h5")
+    CardiacSliceDataset(store)  # whole: reads
+    with h5py.File(store, "r") as f:
+        ds = f[array]
+        offset = ds.id.get_offset() if ds.chunks is None else ds.id.get_chunk_info(len(ds) // 2).byte_offset
+    with open(store, "r+b") as f:
+        f.seek(offset + 8)
+        f.write(np.random.default_rng(0).integers(0, 256, 64, dtype=np.uint8).tobytes())
+    with pytest.raises(DataError) as err:
+        verify_store(store)
+    assert err.value.path == store and f"damaged at /{array}" in str(err.value), str(err.value)
+    with pytest.raises(DataError, match=f"damaged at /{array}"):
+        CardiacSliceDataset(store, split="val")

@@ -60,7 +60,7 @@ from torch.utils.data import Dataset
 
 from mmldm.data.condition import build_condition
 from mmldm.data.schema import VIEWS
-from mmldm.data.store import open_store, read_meta
+from mmldm.data.store import open_store, read_meta, verify_store
 from mmldm.errors import DataError
 
 
@@ -126,6 +126,7 @@ class CardiacSliceDataset(Dataset):
         self.views = (views,) if isinstance(views, str) else (tuple(views) if views is not None else None)
         if self.views is not None and set(self.views) - set(VIEWS):
             raise ValueError(f"views must be a subset of {VIEWS}, got {self.views}")
+        verify_store(self.path)  # a damaged store is one line naming it, never wrong numbers
         with open_store(self.path) as f:
             meta = read_meta(f)
             keep = np.ones(len(meta["subject"]), bool)

@@ -24,6 +24,8 @@ Layout (``N`` slices, all ``size`` x ``size``)::
       skipped             JSON list of "file: reason" for files left out (skip_bad)
       pixel_mm            output pixel size in mm (fov_mm / size)
       labels, cond_channels   JSON, the canonical label names and condition channel order
+      checksums           JSON {array: SHA-256 of its bytes as written}, for image, label, edge and
+                          every meta column: :func:`verify_store` proves a store whole before use
 
 Strings are fixed-length UTF-8 bytes (fast to read in bulk); :func:`read_meta` decodes them.
 
@@ -52,6 +54,7 @@ read touches exactly one chunk. A 256 x 256 slice costs about 140 kB on disk.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -96,6 +99,7 @@ class StoreWriter:
     ):
         self.file = h5py.File(path, "w")
         self.n = 0
+        self._hashes = {name: hashlib.sha256() for name in ARRAYS}
         shape, chunk = (0, size, size), (1, size, size)
         for name, dtype, filt in (
             ("image", image_dtype, image_compression),
@@ -115,6 +119,7 @@ class StoreWriter:
             ds = self.file[name]
             ds.resize(self.n + n, axis=0)
             ds[self.n : self.n + n] = arr
+            self._hashes[name].update(ds[self.n : self.n + n].tobytes())  # what the file holds, as read
         self.n += n
 
     def finish(self, meta: dict[str, np.ndarray | list], attrs: dict) -> None:
@@ -134,6 +139,9 @@ class StoreWriter:
             if len(col) != self.n:
                 raise ValueError(f"finish: metadata column {name!r} has {len(col)} rows for {self.n} slices")
             group.create_dataset(name, data=col)
+        checksums = {name: h.hexdigest() for name, h in self._hashes.items()}
+        checksums.update({f"meta/{name}": _sha256(group[name]) for name in META_COLUMNS})
+        self.file.attrs["checksums"] = json.dumps(checksums)
         self.file.attrs["format_version"] = FORMAT_VERSION
         self.file.attrs["labels"] = json.dumps(LABELS)
         self.file.attrs["cond_channels"] = json.dumps(COND_CHANNELS)
@@ -162,6 +170,45 @@ def open_store(path: str | Path) -> h5py.File:
         problem = f"missing {missing}" if missing else f"format_version {version}, expected {FORMAT_VERSION}"
         raise DataError(path, f"not an mmldm store ({problem}); preprocess it again")
     return f
+
+
+def _sha256(ds: h5py.Dataset, block: int = 256) -> str:
+    """SHA-256 of a dataset's bytes, read ``block`` rows at a time."""
+    h = hashlib.sha256()
+    for start in range(0, max(len(ds), 1), block):
+        h.update(ds[start : start + block].tobytes())
+    return h.hexdigest()
+
+
+_VERIFIED: set[tuple] = set()  # (path, size, mtime) proved whole in this process
+
+
+def verify_store(path: str | Path) -> None:
+    """Read every array of the store and compare it with the checksums recorded when it was written.
+
+    A store damaged on disk (a bad sector, a partial copy, bytes overwritten) either fails to read
+    (HDF5 names no file: here it becomes "<file>: damaged at /image ...") or, worse, reads as
+    wrong numbers without any error; both are a :class:`DataError` naming the file and the array.
+    Each file is read once per process while its size and time stay the same (about 0.2 s for the
+    65 MB laptop ACDC store). Stores written before checksums were recorded are only opened."""
+    path = Path(path)
+    st = path.stat() if path.is_file() else None
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns) if st else None
+    if key in _VERIFIED:
+        return
+    with open_store(path) as f:
+        recorded = json.loads(f.attrs.get("checksums", "{}"))
+        for name, digest in recorded.items():
+            try:
+                found = _sha256(f[name])
+            except (OSError, KeyError) as e:
+                why = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+                raise DataError(path, f"damaged at /{name} ({why}); preprocess it again") from None
+            if found != digest:
+                raise DataError(
+                    path, f"damaged at /{name}: its bytes differ from what preprocess wrote; preprocess it again"
+                )
+    _VERIFIED.add(key)
 
 
 def read_meta(f: h5py.File) -> dict[str, np.ndarray]:
