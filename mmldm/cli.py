@@ -176,14 +176,21 @@ def _resume(args) -> bool | str:
     return "replace" if args.replace else args.resume
 
 
+def _figures(args, cfg) -> Path:
+    """Where a trainer's loss curve goes: ``--figures``, else beside an ``--out`` that was given
+    (a run elsewhere never rewrites the main run's figures), else the run's ``paths.figures``."""
+    if args.figures:
+        return Path(args.figures)
+    return Path(args.out) if args.out else cfg.figures_dir
+
+
 def _check_train_outputs(args, cfg, stage: str, inputs: dict) -> None:
     from mmldm.checkpoint import LAST, PREVIOUS
 
     out = Path(args.out) if args.out else cfg.run_dir / stage
     writes = (LAST, PREVIOUS, "log.csv") + (("latents.h5",) if stage == "ldm" else ())
     _check_output(out, "--out", inputs, folder=True, writes=writes)
-    figures = Path(args.figures) if args.figures else cfg.figures_dir
-    _check_output(figures, "--figures", inputs, folder=True, writes=(f"{stage}_loss_{cfg.profile}.png",))
+    _check_output(_figures(args, cfg), "--figures", inputs, folder=True, writes=(f"{stage}_loss_{cfg.profile}.png",))
 
 
 def cmd_train_vqvae(args) -> int:
@@ -199,7 +206,7 @@ def cmd_train_vqvae(args) -> int:
             out_dir=args.out,
             resume=_resume(args),
             progress=not args.quiet,
-            figures_dir=args.figures,
+            figures_dir=_figures(args, cfg),
             device=args.device,
         )
         _train_summary("train-vqvae", result, setup(args.device))
@@ -227,7 +234,7 @@ def cmd_train_ldm(args) -> int:
             out_dir=args.out,
             resume=_resume(args),
             progress=not args.quiet,
-            figures_dir=args.figures,
+            figures_dir=_figures(args, cfg),
             device=args.device,
         )
         _train_summary("train-ldm", result, setup(args.device))
@@ -411,7 +418,11 @@ def _add_train_args(p: argparse.ArgumentParser, stage: str) -> None:
         help="start afresh in a run folder that holds a checkpoint, moving the old checkpoints "
         "and log.csv to <run>/replaced/ (without --resume or --replace such a folder is refused)",
     )
-    p.add_argument("--figures", help="folder for the loss-curve PNG (default: paths.figures, runs/<run>/figures)")
+    p.add_argument(
+        "--figures",
+        help="folder for the loss-curve PNG (default: the --out folder when given, else paths.figures, "
+        "runs/<run>/figures)",
+    )
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 

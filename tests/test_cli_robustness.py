@@ -776,3 +776,16 @@ def test_user_warnings_are_one_plain_line_wherever_mmldm_is_imported():
     lines = result.stderr.splitlines()
     assert lines[0] == "warning: a stale lock was taken over", result.stderr
     assert "UserWarning: from another library" in lines[1]  # other warnings keep Python's form
+
+
+def test_a_training_elsewhere_keeps_its_loss_curve_beside_its_out(store, tmp_path):
+    # train-vqvae --out elsewhere (no --figures) used to rewrite the main run's figures/vqvae_loss_<profile>.png.
+    from mmldm.config import load_config
+
+    main_curve = load_config("smoke").figures_dir / "vqvae_loss_smoke.png"
+    before = main_curve.stat().st_mtime_ns if main_curve.exists() else None
+    run = tmp_path / "elsewhere"
+    result = run_cli("train-vqvae", *SMOKE, *SHORT, "--store", store, "--out", run)
+    assert result.returncode == 0, result.stderr
+    assert (run / "vqvae_loss_smoke.png").exists()
+    assert (main_curve.stat().st_mtime_ns if main_curve.exists() else None) == before
