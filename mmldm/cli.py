@@ -25,7 +25,14 @@ import sys
 import warnings
 from pathlib import Path
 
-from mmldm.errors import MMLDMError, MMLDMWarning, Terminated, check_terminated, terminate_as_interrupt
+from mmldm.errors import (
+    MMLDMError,
+    MMLDMWarning,
+    Terminated,
+    check_terminated,
+    quiet_broken_pipe,
+    terminate_as_interrupt,
+)
 
 SEED_MAX = 2**32 - 1  # numpy's legacy seeding takes no more; torch would take 2**64 - 1
 
@@ -725,5 +732,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"mmldm {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return quiet_broken_pipe()
     finally:
         warnings.formatwarning = form

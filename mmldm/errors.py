@@ -101,3 +101,18 @@ def check_terminated() -> None:
     """Raise :class:`Terminated` if SIGTERM came and its first exception was swallowed (see above)."""
     if _terminated:
         raise Terminated(f"signal {_terminated[0]}")
+
+
+def quiet_broken_pipe() -> int:
+    """After a ``BrokenPipeError`` (``mmldm ... | head -2`` closed the pipe): point stdout at
+    /dev/null so the interpreter's last flush cannot raise again, and return the shell's status
+    for SIGPIPE (128 + 13). The reader left on purpose; there is nothing to report."""
+    import os
+    import sys
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 141

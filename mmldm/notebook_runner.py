@@ -33,7 +33,7 @@ from pathlib import Path
 from mmldm.atomic import copy_file, write_text
 from mmldm.config import REPO_ROOT, load_config, to_dict
 from mmldm.data.source import ensure_source
-from mmldm.errors import MMLDMError, Terminated, terminate_as_interrupt
+from mmldm.errors import MMLDMError, Terminated, quiet_broken_pipe, terminate_as_interrupt
 from mmldm.lock import run_lock
 from mmldm.report import report_dir
 from mmldm.stage_record import forget, record_path, why_stale, write_record
@@ -342,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("run_all: interrupted; the stage that was running is not marked done", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return quiet_broken_pipe()
     except Terminated:
         print("run_all: terminated (SIGTERM)", file=sys.stderr)
         return 143

@@ -789,3 +789,18 @@ def test_a_training_elsewhere_keeps_its_loss_curve_beside_its_out(store, tmp_pat
     assert result.returncode == 0, result.stderr
     assert (run / "vqvae_loss_smoke.png").exists()
     assert (main_curve.stat().st_mtime_ns if main_curve.exists() else None) == before
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    # `python -m mmldm ... | head -2`: the reader leaves; no BrokenPipeError traceback, status 141 (SIGPIPE).
+    proc = subprocess.Popen(
+        cli_command("phantom", "--subjects", "1", "--out", tmp_path / "ph"),
+        env=cli_env(),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    proc.stdout.close()  # before the command prints anything
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141 and err == "", err
