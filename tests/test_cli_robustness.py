@@ -804,3 +804,13 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
     proc.stdout.close()  # before the command prints anything
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 141 and err == "", err
+
+
+def test_evaluate_says_when_the_checkpoint_and_the_profile_differ(smoke_ldm, store8, tmp_path):
+    # A smoke checkpoint under --config laptop: one warning line naming both profiles (here followed by
+    # the size error the 8-pixel store gives, so the test stops before any evaluation work).
+    args = ["evaluate", "--config", "laptop", "--quiet", "--checkpoint", smoke_ldm["ckpt"], "--store", store8]
+    result = run_cli(*args, "--out", tmp_path / "m.json", "--n", "2")
+    warning = [line for line in result.stderr.splitlines() if "warning:" in line]
+    assert len(warning) == 1 and "profile 'smoke'" in warning[0] and "'laptop'" in warning[0], result.stderr
+    one_line_error(result, "evaluate", "image sizes disagree")

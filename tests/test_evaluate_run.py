@@ -381,3 +381,25 @@ def test_paired_generation_takes_its_edges_from_the_image_the_mask_or_nowhere(tr
         assert torch.equal(runs["mask"]["cond"][i, 1:], runs["image"]["cond"][i, 1:])  # the same mask
     with pytest.raises(ValueError, match="edges must be"):
         generate_paired(ldm, store, indices=masks, progress=False, edges="drawn")
+
+
+def test_a_run_segmenter_trained_otherwise_is_kept_and_the_new_judge_named_by_its_settings(smoke_ldm, tmp_path):
+    # evaluate --config <another profile> used to retrain <run>/segmenter/segmenter.pt in place, silently;
+    # synthesize then audited with that judge.
+    import dataclasses
+
+    from mmldm.evaluate.run import get_segmenter
+
+    cfg, store, folder = smoke_ldm["cfg"], smoke_ldm["store"], tmp_path / "segmenter"
+    _, main, trained = get_segmenter(cfg, store, None, folder, progress=False)
+    assert trained and main == folder / "segmenter.pt"
+    before = main.read_bytes()
+    other = dataclasses.replace(cfg, segmenter=dataclasses.replace(cfg.segmenter, epochs=cfg.segmenter.epochs + 1))
+    with pytest.warns(UserWarning, match="it is kept"):
+        _, judge, trained = get_segmenter(other, store, None, folder, progress=False)
+    assert trained and judge.parent == folder and judge.name.startswith("segmenter-") and judge != main
+    assert main.read_bytes() == before
+    _, again, trained = get_segmenter(other, store, None, folder, progress=False)  # reused while it fits
+    assert again == judge and not trained
+    _, back, trained = get_segmenter(cfg, store, None, folder, progress=False)
+    assert back == main and not trained

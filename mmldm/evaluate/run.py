@@ -121,6 +121,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import json
 import platform
 import time
@@ -133,7 +134,7 @@ import torch
 from mmldm import atomic
 from mmldm.data.dataset import CardiacSliceDataset
 from mmldm.data.store import check_same_size, store_size
-from mmldm.errors import ConfigError, DataError
+from mmldm.errors import ConfigError, DataError, warn
 from mmldm.evaluate.anatomy import DICE_CLASSES, anatomy_dice, segment
 from mmldm.evaluate.c2st import c2st
 from mmldm.evaluate.fid import (
@@ -626,8 +627,14 @@ def get_segmenter(
     device: str = "cpu",
     progress: bool = True,
 ):
-    """``(segmenter, checkpoint path, trained_now)``: the checkpoint given, else ``folder/segmenter.pt``
-    if it was trained on ``store`` (not older than it) with ``cfg.segmenter``, else a new one."""
+    """``(segmenter, checkpoint path, trained_now)``: the checkpoint given, else the run's judge
+    ``folder/segmenter.pt`` if it was trained on ``store`` (not older than it) with
+    ``cfg.segmenter``, else a new one.
+
+    A ``segmenter.pt`` trained otherwise (another profile's settings, another store) is never
+    replaced: ``synthesize`` audits with it. This evaluation's judge then lives beside it as
+    ``segmenter-<key>.pt``, ``<key>`` a hash of the settings and the store, reused while it fits,
+    and one warning line says so."""
     from mmldm.models.segmenter import CHECKPOINT_NAME, load_segmenter
     from mmldm.train.segmenter import train_segmenter
 
@@ -637,14 +644,30 @@ def get_segmenter(
         if not checkpoint.is_file():
             raise DataError(checkpoint, "segmenter checkpoint not found")
         return load_segmenter(checkpoint, device), checkpoint, False
-    path = folder / CHECKPOINT_NAME
-    if path.is_file():
+    wanted = _segmenter_config_dict(cfg.segmenter)
+
+    def fits(path: Path) -> bool:
+        if not path.is_file():
+            return False
         saved = torch.load(path, map_location="cpu", weights_only=True)
         same_store = Path(saved.get("store", "")).resolve() == store.resolve()
         fresh = path.stat().st_mtime >= store.stat().st_mtime
-        if same_store and fresh and saved.get("config") == _segmenter_config_dict(cfg.segmenter):
-            return load_segmenter(path, device), path, False
-    run = train_segmenter(cfg, store, folder, device=device, progress=progress)
+        return same_store and fresh and saved.get("config") == wanted
+
+    main = folder / CHECKPOINT_NAME
+    name = CHECKPOINT_NAME
+    if main.is_file():
+        if fits(main):
+            return load_segmenter(main, device), main, False
+        key = hashlib.sha256(json.dumps([wanted, str(store.resolve())], sort_keys=True).encode()).hexdigest()[:8]
+        name = f"segmenter-{key}.pt"
+        if fits(folder / name):
+            return load_segmenter(folder / name, device), folder / name, False
+        warn(
+            f"{main} was trained with other settings or on another store (or before it); it is kept, and "
+            f"this evaluation's judge is trained as {folder / name}"
+        )
+    run = train_segmenter(cfg, store, folder, device=device, progress=progress, name=name)
     return run.model.to(device).eval(), run.checkpoint, True
 
 
@@ -746,6 +769,11 @@ def evaluate(
     precision = resolve_precision(settings.precision, device)
     ldm = LatentDiffusion.from_checkpoint(ldm_ckpt, device=device, precision=precision)
     ldm_cfg = ldm.config
+    if ldm_cfg.profile != cfg.profile:
+        warn(
+            f"{ldm_ckpt} was trained with profile {ldm_cfg.profile!r}; the evaluation settings (sampler, "
+            f"guidance, segmenter, sizes) come from {cfg.profile!r}"
+        )
     sizes = {f"store {store}": store_size(store), f"LDM {ldm_ckpt}": ldm_cfg.data.size}
     if train_store != store:
         sizes[f"train store {train_store}"] = store_size(train_store)

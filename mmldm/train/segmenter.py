@@ -60,8 +60,10 @@ def train_segmenter(
     out_dir: str | Path,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    name: str = CHECKPOINT_NAME,
 ) -> SegmenterRun:
-    """Train a :class:`Segmenter` on the ``train`` split of ``store_path``; save it to ``out_dir``.
+    """Train a :class:`Segmenter` on the ``train`` split of ``store_path``; save it to
+    ``out_dir/name`` (``segmenter.pt`` by default).
 
     ``cfg`` is a whole :class:`~mmldm.config.Config` (its ``segmenter`` section is used) or a
     :class:`SegmenterConfig`. Seeded by ``cfg.seed``: the same config, store and device give the
@@ -72,7 +74,7 @@ def train_segmenter(
     if cfg.cpu_threads is not None:
         torch.set_num_threads(cfg.cpu_threads)
     try:
-        return _train(cfg, Path(store_path), Path(out_dir), device, progress)
+        return _train(cfg, Path(store_path), Path(out_dir) / name, device, progress)
     finally:
         torch.set_num_threads(threads)
 
@@ -123,7 +125,7 @@ def fit_segmenter(
     return model.eval(), step_losses
 
 
-def _train(cfg: SegmenterConfig, store_path: Path, out_dir: Path, device, progress: bool) -> SegmenterRun:
+def _train(cfg: SegmenterConfig, store_path: Path, target: Path, device, progress: bool) -> SegmenterRun:
     start = time.perf_counter()
     data = CardiacSliceDataset(store_path, split="train", augment=cfg.augment, in_memory=cfg.in_memory, expand=False)
     model, step_losses = fit_segmenter(cfg, data, device=device, precision=cfg.precision, progress=progress)
@@ -145,6 +147,6 @@ def _train(cfg: SegmenterConfig, store_path: Path, out_dir: Path, device, progre
             "store": str(store_path),
             "n_train": len(data),
         },
-        out_dir / CHECKPOINT_NAME,
+        target,
     )
     return SegmenterRun(model=model, checkpoint=path, losses=losses, step_losses=step_losses, seconds=seconds)
