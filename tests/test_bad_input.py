@@ -265,3 +265,10 @@ def test_a_store_damaged_in_the_middle_names_the_file_and_the_array(tmp_path, ar
     assert err.value.path == store and f"damaged at /{array}" in str(err.value), str(err.value)
     with pytest.raises(DataError, match=f"damaged at /{array}"):
         CardiacSliceDataset(store, split="val")
+
+
+def test_a_2d_image_is_one_slice_with_a_word(tmp_path):
+    path = write_nifti(tmp_path / "flat.nii.gz", good_image((24, 24)))
+    with pytest.warns(UserWarning, match=r"flat.nii.gz: a 2-D image \(24, 24\), read as a volume of one slice"):
+        array, _ = load_nifti(path, ndim=3)
+    assert array.shape == (24, 24, 1)

@@ -30,7 +30,7 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
 from mmldm.data.schema import NUM_CLASSES
-from mmldm.errors import DataError
+from mmldm.errors import DataError, warn
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -78,6 +78,7 @@ def load_nifti(path: str | Path, ndim: int) -> tuple[np.ndarray, tuple[float, ..
     while array.ndim > ndim and array.shape[-1] == 1:
         array = array[..., 0]
     if ndim == 3 and array.ndim == 2:
+        warn(f"{path}: a 2-D image {array.shape}, read as a volume of one slice")
         array = array[:, :, None]
     if array.ndim != ndim:
         expected = "3-D (H, W, Z) volume" if ndim == 3 else "4-D (H, W, Z, T) cine"
