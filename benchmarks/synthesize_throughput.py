@@ -45,7 +45,7 @@ def subset_store(store: Path, out: Path, n: int, split: str) -> int:
         writer = StoreWriter(out, int(labels.shape[-1]))
         writer.append(f["image"][rows], labels[rows], f["edge"][rows])
         attrs = {key: f.attrs[key] for key in ("config", "sources", "pixel_mm") if key in f.attrs}
-    writer.finish({name: meta[name][rows] for name in META_COLUMNS}, attrs)
+    writer.finish({name: meta[name][rows] for name in META_COLUMNS if name in meta}, attrs)
     return len(rows)
 
 

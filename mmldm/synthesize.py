@@ -34,9 +34,13 @@ spacing), resampled with nearest neighbour to ``data.size``. Slices without any 
 out (the model never saw one).
 
 Output: one 2-D case per mask and sample, on the model's grid, as a NIfTI of shape (size, size, 1),
-axes as in the source (no reorientation), affine ``diag(pixel_mm, pixel_mm, 999)``: pixel_mm is
-``fov_mm / size``; 999 mm between "slices" is nnU-Net's convention for 2-D data (its own
-converters write it), so nnU-Net plans a 2-D network and never resamples across cases. Images are
+axes as in the source (no reorientation), with the affine of its source slice on the grid
+(:func:`mmldm.data.geometry.grid_affine`: the slice's direction cosines and place in the scanner,
+pixels of about ``fov_mm / size`` mm, the third axis along the slice normal at 999 mm), so an
+orientation-normalising reader turns real and synthetic slices of one mask alike; a store written
+before stores kept affines gives ``diag(pixel_mm, pixel_mm, 999)``. 999 mm between "slices" is
+nnU-Net's convention for 2-D data (its own converters write it), so nnU-Net plans a 2-D network
+and never resamples across cases. A warped copy keeps its source slice's affine. Images are
 float32 in [0, 1] (the model's [-1, 1] mapped by (x + 1) / 2; nnU-Net z-scores "MRI" channels
 anyway), labels uint8 in ``label_order``: ``canonical`` (and ``mnms``, ``mnms2``) 1 LV, 2 MYO, 3 RV;
 ``acdc`` 1 RV, 2 MYO, 3 LV. Case names: ``case_<source:05d>_a<augmentation:02d>_k<sample:02d>``,
@@ -118,7 +122,8 @@ import torch
 
 from mmldm import __version__, atomic
 from mmldm.data.condition import condition_from_mask
-from mmldm.data.crop import heart_center
+from mmldm.data.crop import heart_center, window_at, window_size
+from mmldm.data.geometry import grid_affine, plain_affine
 from mmldm.data.mask_augment import MaskAugmentConfig, augment_mask
 from mmldm.data.nifti import NIFTI_SUFFIXES
 from mmldm.data.readers.layout import detect_format, find_cases
@@ -134,7 +139,6 @@ from mmldm.progress import tqdm
 LAYOUTS = ("nnunet", "monai")
 SPLITS = ("all", "train", "val", "test")
 CLASS_NAMES = {1: "LV", 2: "MYO", 3: "RV"}  # canonical value -> name in dataset.json and the audit
-SLICE_MM = 999.0  # nnU-Net's spacing between the "slices" of 2-D data
 IMAGES, LABELS = "imagesTr", "labelsTr"
 MANIFEST, DATASET_JSON, DATALIST_JSON = "synthesis.json", "dataset.json", "datalist.json"
 AUDIT_JSON, AUDIT_CSV = "audit.json", "audit.csv"
@@ -192,6 +196,7 @@ class SourceMask:
     where: str
     subject: str = ""  # store rows only (the memorisation check's groups)
     split: str = ""
+    affine: np.ndarray | None = None  # (4, 4) the grid slice in the scanner (data/geometry.py); None: unknown
 
 
 def _is_nifti(path: Path) -> bool:
@@ -255,15 +260,18 @@ def _need_labels(labels: str | None, path: Path) -> str:
     return labels
 
 
-def _volume_masks(label, spacing, file, view, size, fov_mm) -> list[SourceMask]:
+def _volume_masks(label, spacing, file, view, size, fov_mm, source_affine=None) -> list[SourceMask]:
     out = []
+    shape = window_size(spacing[:2], fov_mm)
     for z in range(label.shape[2]):
         sl = label[:, :, z]
         if not sl.any():
             continue
-        grid = to_grid(sl, heart_center(sl), spacing[:2], fov_mm, size)
+        center = heart_center(sl)
+        grid = to_grid(sl, center, spacing[:2], fov_mm, size)
         if grid.any():
-            out.append(SourceMask(grid, view, str(file), f"slice {z}"))
+            affine = None if source_affine is None else grid_affine(source_affine, window_at(center, shape), size, z)
+            out.append(SourceMask(grid, view, str(file), f"slice {z}", affine=affine))
     return out
 
 
@@ -290,14 +298,14 @@ def load_masks(
         masks = []
         for path in spec.files:
             check_terminated()
-            label, spacing, _ = read_labels(path, spec.order)
-            masks += _volume_masks(label, spacing, path, view, size, fov_mm)
+            label, spacing, img = read_labels(path, spec.order)
+            masks += _volume_masks(label, spacing, path, view, size, fov_mm, img.affine)
     else:
         masks = []
         for case in spec.cases:
             check_terminated()
-            label, spacing, _ = read_labels(case.label_path, spec.order, case.frame)
-            found = _volume_masks(label, spacing, case.label_path, case.view, size, fov_mm)
+            label, spacing, img = read_labels(case.label_path, spec.order, case.frame)
+            found = _volume_masks(label, spacing, case.label_path, case.view, size, fov_mm, img.affine)
             for m in found:
                 m.where = f"{case.phase} {m.where}" + (f" (frame {case.frame})" if case.frame is not None else "")
             masks += found
@@ -336,9 +344,16 @@ def _store_masks(
     for i in rows:
         if labels[i].any():
             where = f"row {i} ({meta['subject'][i]} {meta['phase'][i]} slice {meta['slice_index'][i]})"
+            affine = meta["affine"][i] if "affine" in meta else None  # stores before affines: unknown
             out.append(
                 SourceMask(
-                    labels[i], str(meta["view"][i]), str(path), where, str(meta["subject"][i]), str(meta["split"][i])
+                    labels[i],
+                    str(meta["view"][i]),
+                    str(path),
+                    where,
+                    str(meta["subject"][i]),
+                    str(meta["split"][i]),
+                    affine,
                 )
             )
     return out
@@ -423,12 +438,10 @@ def label_path(out: Path, name: str) -> Path:
     return out / LABELS / f"{name}{FILE_ENDING}"
 
 
-def _affine(pixel_mm: float) -> np.ndarray:
-    return np.diag([pixel_mm, pixel_mm, SLICE_MM, 1.0])
-
-
-def _nifti(array: np.ndarray, pixel_mm: float, dtype) -> nib.Nifti1Image:
-    img = nib.Nifti1Image(np.asarray(array, dtype)[:, :, None], _affine(pixel_mm))
+def _nifti(array: np.ndarray, affine: np.ndarray, dtype) -> nib.Nifti1Image:
+    img = nib.Nifti1Image(np.asarray(array, dtype)[:, :, None], affine)
+    img.set_qform(affine, code=1)  # scanner coordinates, as the source's
+    img.set_sform(affine, code=1)
     img.header.set_data_dtype(dtype)
     img.header.set_xyzt_units("mm")
     if dtype == np.float32:
@@ -450,11 +463,14 @@ def _save(img: nib.Nifti1Image, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def write_case(out: Path, name: str, image: np.ndarray, label: np.ndarray, pixel_mm: float) -> None:
+def write_case(
+    out: Path, name: str, image: np.ndarray, label: np.ndarray, pixel_mm: float, affine: np.ndarray | None = None
+) -> None:
     """Image (size, size) in [0, 1] first, then its label (already in the output order): a case is
     whole when its label exists."""
-    _save(_nifti(image, pixel_mm, np.float32), image_path(out, name))
-    _save(_nifti(label, pixel_mm, np.uint8), label_path(out, name))
+    affine = plain_affine(pixel_mm) if affine is None else affine
+    _save(_nifti(image, affine, np.float32), image_path(out, name))
+    _save(_nifti(label, affine, np.uint8), label_path(out, name))
 
 
 def finished_cases(out: Path) -> set[str]:
@@ -952,7 +968,8 @@ def synthesize(
                 edges,
             )
             for c, img in zip(chunk, images):
-                write_case(out, c.name, (img[0].numpy() + 1.0) / 2.0, table[plan.masks[c.slot]], pixel_mm)
+                image, label = (img[0].numpy() + 1.0) / 2.0, table[plan.masks[c.slot]]
+                write_case(out, c.name, image, label, pixel_mm, sources[c.source].affine)
             bar.update(len(chunk))
         bar.close()
         seconds = time.perf_counter() - start

@@ -52,11 +52,16 @@ def window_size(spacing: tuple[float, float], fov_mm: float) -> tuple[int, int]:
     return max(1, round(fov_mm / float(spacing[0]))), max(1, round(fov_mm / float(spacing[1])))
 
 
+def window_at(center: tuple[float, float], shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """``(r0, c0, rows, cols)``: the source pixels of the ``shape`` window centred on ``center``
+    (its first row and column may be negative, or past the image: that part is padding)."""
+    n_r, n_c = shape
+    return int(round(center[0] - (n_r - 1) / 2.0)), int(round(center[1] - (n_c - 1) / 2.0)), int(n_r), int(n_c)
+
+
 def crop_pad(array: np.ndarray, center: tuple[float, float], shape: tuple[int, int], pad_value) -> np.ndarray:
     """The ``shape`` window of 2-D ``array`` centred on ``center``; outside the array is ``pad_value``."""
-    n_r, n_c = shape
-    r0 = int(round(center[0] - (n_r - 1) / 2.0))
-    c0 = int(round(center[1] - (n_c - 1) / 2.0))
+    r0, c0, n_r, n_c = window_at(center, shape)
     out = np.full((n_r, n_c), pad_value, dtype=array.dtype)
     H, W = array.shape
     sr0, sr1 = max(r0, 0), min(r0 + n_r, H)  # source rows that fall inside the window
@@ -108,11 +113,23 @@ def crop_volume(
 
     Each slice is centred on its own heart; slices without labels on the volume's heart.
     """
-    fallback = heart_center(label)
     Z = image.shape[2]
     images = np.empty((Z, size, size), np.float32)
     labels = np.empty((Z, size, size), np.uint8)
-    for z in range(Z):
-        center = heart_center(label[:, :, z]) or fallback
+    for z, center in enumerate(slice_centers(label)):
         images[z], labels[z] = crop_slice(image[:, :, z], label[:, :, z], spacing[:2], fov_mm, size, center, pad_value)
     return images, labels
+
+
+def slice_centers(label: np.ndarray) -> list[tuple[float, float] | None]:
+    """The window centre of each slice of an (H, W, Z) label volume: its own heart, else the
+    volume's (None when the volume has no label at all: :func:`crop_slice` then takes the middle)."""
+    fallback = heart_center(label)
+    return [heart_center(label[:, :, z]) or fallback for z in range(label.shape[2])]
+
+
+def volume_windows(label: np.ndarray, spacing: tuple[float, ...], fov_mm: float) -> np.ndarray:
+    """(Z, 4) int: ``(r0, c0, rows, cols)`` of the window :func:`crop_volume` takes from each slice."""
+    shape = window_size(spacing[:2], fov_mm)
+    middle = ((label.shape[0] - 1) / 2.0, (label.shape[1] - 1) / 2.0)
+    return np.array([window_at(c or middle, shape) for c in slice_centers(label)], np.int64).reshape(-1, 4)

@@ -52,8 +52,9 @@ import numpy as np
 import yaml
 
 from mmldm import atomic
-from mmldm.data.crop import crop_volume
+from mmldm.data.crop import crop_volume, volume_windows
 from mmldm.data.edges import canny_edges
+from mmldm.data.geometry import grid_affine
 from mmldm.data.normalize import normalize
 from mmldm.data.readers import find_cases, load_case
 from mmldm.data.schema import PHASES, VIEWS, Case
@@ -161,13 +162,16 @@ class _CaseResult:
     edge: np.ndarray | None = None  # (n, size, size) uint8
     slice_index: np.ndarray | None = None  # (n,) source z of each kept slice
     spacing: tuple[float, float] = (0.0, 0.0)
+    affine: np.ndarray | None = None  # (n, 4, 4) each kept slice's grid affine (data/geometry.py)
     dropped: int = 0
     error: tuple[str | None, str] | None = None  # (file, reason) when the case could not be used
 
 
 def process_case(case: Case, cfg: DataConfig) -> tuple:
-    """One case -> (image, label, edge, slice_index, n_dropped, spacing) for the slices it keeps."""
+    """One case -> (image, label, edge, slice_index, n_dropped, spacing, affine) for the slices it
+    keeps; ``affine`` (n, 4, 4) places each grid slice in the scanner (:mod:`mmldm.data.geometry`)."""
     volume = load_case(case)
+    source_affine = source_affine_of(case.image_path)
     try:
         image = normalize(volume.image, cfg.percentiles)
     except ValueError as e:
@@ -179,20 +183,30 @@ def process_case(case: Case, cfg: DataConfig) -> tuple:
     for i, img in enumerate(images):
         edges[i] = canny_edges(img, cfg.canny_sigma, cfg.canny_kernel, cfg.canny_low, cfg.canny_high, cfg.canny_blur)
     spacing = (float(volume.spacing[0]), float(volume.spacing[1]))
-    return images.astype(cfg.image_dtype), labels, edges, keep, len(labelled) - len(keep), spacing
+    windows = volume_windows(volume.label[:, :, keep], volume.spacing, cfg.fov_mm)
+    affine = np.array([grid_affine(source_affine, w, cfg.size, int(z)) for w, z in zip(windows, keep)])
+    affine = affine.reshape(-1, 4, 4)
+    return images.astype(cfg.image_dtype), labels, edges, keep, len(labelled) - len(keep), spacing, affine
+
+
+def source_affine_of(path) -> np.ndarray:
+    """The 4 x 4 voxel-to-scanner affine of a NIfTI file (its header only is read)."""
+    import nibabel as nib
+
+    return np.asarray(nib.load(str(path)).affine, np.float64)
 
 
 def _work(item: tuple[int, Case], cfg: DataConfig) -> _CaseResult:
     """Pool entry point: never raises DataError (it does not survive pickling); returns it instead."""
     index, case = item
     try:
-        image, label, edge, keep, dropped, spacing = process_case(case, cfg)
+        image, label, edge, keep, dropped, spacing, affine = process_case(case, cfg)
     except DataError as e:
         return _CaseResult(index, error=(None if e.path is None else str(e.path), e.problem))
     except Exception as e:
         e.add_note(f"while preprocessing {case.image_path}")
         raise
-    return _CaseResult(index, image, label, edge, keep, spacing, dropped)
+    return _CaseResult(index, image, label, edge, keep, spacing, affine, dropped)
 
 
 def _worker_signals() -> None:
@@ -259,6 +273,7 @@ def preprocess(
     try:
         writer = StoreWriter(tmp, cfg.size, cfg.image_dtype, cfg.compression, cfg.image_compression)
         rows: list[tuple[Case, int, tuple[float, float]]] = []  # (case, slice index, spacing) per slice
+        affines: list[np.ndarray] = []  # (4, 4) per slice
         skipped, sources, dropped, written = [str(e) for e in listing], [], 0, 0
         work = partial(_work, cfg=cfg)
         with ExitStack() as stack:  # the pool starts before tqdm's monitor thread, and always ends
@@ -284,6 +299,7 @@ def preprocess(
                     continue
                 writer.append(result.image, result.label, result.edge)
                 rows += [(case, int(z), result.spacing) for z in result.slice_index]
+                affines += list(result.affine)
                 sources += [str(case.image_path), str(case.label_path)]
                 written += 1
         if not rows:
@@ -311,6 +327,7 @@ def preprocess(
             "centre": [str(c.meta.get("centre", "")) for c, _, _ in rows],
             "pathology": [str(c.meta.get("pathology", "")) for c, _, _ in rows],
             "spacing": [s for _, _, s in rows],
+            "affine": np.array(affines).reshape(-1, 4, 4),
         }
         writer.finish(
             meta,

@@ -15,6 +15,8 @@ Layout (``N`` slices, all ``size`` x ``size``)::
     /meta/centre          (N,) bytes   acquisition centre, "" when unknown
     /meta/pathology       (N,) bytes   diagnosis group ("NOR", "DCM", ...), "" when unknown
     /meta/spacing         (N, 2) float32  in-plane spacing (mm) of the *source* slice
+    /meta/affine          (N, 4, 4) float64  voxel-to-scanner affine of the slice on the grid
+                          (data/geometry.py): exports keep the scan's place and orientation
 
     attributes of /:
       format_version      int, FORMAT_VERSION
@@ -68,7 +70,8 @@ from mmldm.errors import DataError
 FORMAT_VERSION = 1
 ARRAYS = ("image", "label", "edge")
 STRING_COLUMNS = ("subject", "view", "phase", "source", "split", "vendor", "centre", "pathology")
-META_COLUMNS = STRING_COLUMNS[:3] + ("slice_index",) + STRING_COLUMNS[3:] + ("spacing",)
+META_COLUMNS = STRING_COLUMNS[:3] + ("slice_index",) + STRING_COLUMNS[3:] + ("spacing", "affine")
+OPTIONAL_COLUMNS = ("affine",)  # absent from stores written before it; read_meta leaves it out then
 
 
 def _filter(name: str) -> dict:
@@ -124,23 +127,27 @@ class StoreWriter:
 
     def finish(self, meta: dict[str, np.ndarray | list], attrs: dict) -> None:
         """Write the metadata columns (each of length N) and the root attributes, then close."""
-        missing = set(META_COLUMNS) - set(meta)
+        missing = set(META_COLUMNS) - set(meta) - set(OPTIONAL_COLUMNS)
         if missing:
             raise ValueError(f"finish: metadata columns missing: {sorted(missing)}")
         group = self.file.create_group("meta")
         for name in META_COLUMNS:
+            if name not in meta:  # an optional column the caller does not have
+                continue
             col = meta[name]
             if name in STRING_COLUMNS:
                 col = np.char.encode(np.asarray(col, dtype=str), "utf-8") if len(col) else np.zeros(0, "S1")
             elif name == "slice_index":
                 col = np.asarray(col, dtype=np.int16)
+            elif name == "affine":
+                col = np.asarray(col, dtype=np.float64).reshape(-1, 4, 4)
             else:
                 col = np.asarray(col, dtype=np.float32).reshape(-1, 2)
             if len(col) != self.n:
                 raise ValueError(f"finish: metadata column {name!r} has {len(col)} rows for {self.n} slices")
             group.create_dataset(name, data=col)
         checksums = {name: h.hexdigest() for name, h in self._hashes.items()}
-        checksums.update({f"meta/{name}": _sha256(group[name]) for name in META_COLUMNS})
+        checksums.update({f"meta/{name}": _sha256(group[name]) for name in group})
         self.file.attrs["checksums"] = json.dumps(checksums)
         self.file.attrs["format_version"] = FORMAT_VERSION
         self.file.attrs["labels"] = json.dumps(LABELS)
@@ -215,6 +222,8 @@ def read_meta(f: h5py.File) -> dict[str, np.ndarray]:
     """All metadata columns as numpy arrays (strings decoded to ``str``), each of length N."""
     out = {}
     for name in META_COLUMNS:
+        if name in OPTIONAL_COLUMNS and name not in f["meta"]:
+            continue
         col = f["meta"][name][()]
         out[name] = np.char.decode(col, "utf-8") if name in STRING_COLUMNS else col
     return out
