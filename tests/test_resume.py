@@ -216,3 +216,26 @@ def test_truncated_checkpoint_is_named_and_resume_uses_the_previous(store, tmp_p
         torch.set_num_threads(before)
     assert load_checkpoint(run / LAST)["step"] == 9
     assert read_log(run / "log.csv")["step"].tolist()[-1] == 9
+
+
+def test_a_finished_run_with_a_truncated_last_checkpoint_is_made_whole_again(store, tmp_path):
+    # last.pt truncated, prev.pt already at the final step: resuming trains nothing, and used to write
+    # nothing either, leaving the run broken for every later stage. Now last.pt is written again.
+    from mmldm.cli import main
+
+    run = tmp_path / "vqvae"
+    args = ["train-vqvae", "--config", "smoke", "--store", str(store), "--out", str(run), "--figures", str(tmp_path)]
+    args += ["--quiet", "--set=train_vqvae.steps=6", "--set=train_vqvae.ckpt_every=3"]
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(args) == 0
+        data = (run / LAST).read_bytes()
+        (run / PREVIOUS).write_bytes(data)  # as after a save that rotated the final checkpoint
+        assert load_checkpoint(run / PREVIOUS)["step"] == 6
+        (run / LAST).write_bytes(data[: len(data) // 3])
+        with pytest.warns(UserWarning, match="resuming from .*prev.pt"):
+            assert main(args + ["--resume"]) == 0
+    finally:
+        torch.set_num_threads(before)
+    assert load_checkpoint(run / LAST)["step"] == 6

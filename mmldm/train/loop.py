@@ -522,6 +522,7 @@ class Trainer:
                     f"({'; '.join(changed[:8])}); the run continues, but not as the original would"
                 )
             self.step = int(ckpt["step"])
+            self.resumed_from = path
             restore_rank_rng(ckpt, self.d, self.tc.seed, self.generators)
             if self.d.is_main and progress:
                 print(f"{self.stage}: resuming from {path} at step {self.step}", flush=True)
@@ -613,6 +614,9 @@ class Trainer:
                 if self.step % tc.ckpt_every == 0 or self.step == tc.steps:
                     self.checkpoint()
         bar.close()
+        if self.step == first_step and getattr(self, "resumed_from", None) is not None:
+            if self.resumed_from.name != LAST:  # resumed from prev.pt, nothing left to train:
+                self.checkpoint()  # write last.pt again, so the run is whole (its last.pt was unreadable)
         distributed.barrier()
         return {
             "step": self.step,
