@@ -78,6 +78,10 @@ def test_pipeline_runs_notebooks_and_skips_when_up_to_date(tmp_path):
     for stage in ("vqvae", "ldm"):
         assert re.search(rf"^    {stage}: step 12/12 \(100%\).* images/s, ETA ", first.stdout, re.M), first.stdout
     assert re.search(r"^    profile smoke: ", first.stdout, re.M), first.stdout
+    # The kernels' own chatter stays in their log files: nothing a user would read as a failure.
+    for text in ("ERROR", "Traceback", "without encryption"):
+        assert text not in first.stdout + first.stderr, text
+    assert (runs / "notebooks" / "03_vqvae_training.kernel.log").exists()
 
     publish = tmp_path / "published"
     second = _run(tmp_path, "--publish", "--publish-to", str(publish))

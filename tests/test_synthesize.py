@@ -496,3 +496,11 @@ def test_a_folder_of_another_synthesis_is_refused(runs, tmp_path, capsys):
     code, _, err = cli(capsys, *common, "--out", stranger)
     assert code == 2 and sorted(os.listdir(stranger)) == ["notes.txt"]
     one_line_error(err, stranger, "synthesis.json")
+
+
+def test_nnunet_accepts_the_set_where_it_is_installed(from_store):
+    # nnU-Net v2's own check (same geometry for image and label, labels as declared, file ending...).
+    # Skipped where nnunetv2 is not installed (it is not in environment.yml: its dependencies would
+    # replace the pinned torch); `pip install nnunetv2` in a separate environment runs it.
+    verify = pytest.importorskip("nnunetv2.experiment_planning.verify_dataset_integrity")
+    verify.verify_dataset_integrity(str(from_store["out"]), num_processes=1)
