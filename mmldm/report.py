@@ -301,6 +301,21 @@ def _header(c: _Ctx) -> str:
     )
 
 
+def main_condition(name: str) -> str:
+    """What the main row conditions on, in words: the path a user with a label map takes, or the
+    reconstruction benchmark that needs the real slice's edges."""
+    from mmldm.evaluate.settings import VARIANTS
+
+    v = VARIANTS.get(name)
+    if v is None:
+        return "a variant this mmldm does not know"
+    if v.mode == "mask_only" or v.edges == "none":
+        return "the mask alone, as a user with a label map samples"
+    if v.edges == "mask":
+        return "the mask and edges drawn from it, as a user with a label map can"
+    return "the mask and the real slice's Canny edges: a reconstruction benchmark, not what a user has"
+
+
 def _summary(c: _Ctx) -> str:
     v, pub = c.variant, c.m.get("published") or {}
     dice, ceiling = v.get("dice") or {}, ((c.m.get("ceiling") or {}).get("dice") or {})
@@ -314,6 +329,7 @@ def _summary(c: _Ctx) -> str:
         "summary",
         warnings="\n\n".join(warnings),
         main=c.main,
+        main_condition=main_condition(c.main),
         n=c.meta.get("n", "?"),
         split=c.meta.get("split", "?"),
         data_name=c.data_name,

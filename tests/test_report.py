@@ -730,3 +730,13 @@ def test_trajectory_ends_at_the_sampled_image():
     fig = rf.trajectory_strip(ldm, traj, s["cond"], s["real"], index=1)
     assert len(fig.axes) == 2 * (1 + 3 + 1 + 1)
     rf.plt.close(fig)
+
+
+def test_the_headline_says_what_the_main_row_conditions_on():
+    from mmldm.report import main_condition
+
+    m = synthetic_metrics()
+    assert "(the mask and the real slice's Canny edges: a reconstruction benchmark" in build_report(m)
+    m["main"] = "ddim50_mask_only"
+    assert "`ddim50_mask_only` (the mask alone, as a user with a label map samples)" in build_report(m)
+    assert main_condition("dpm20_mask_edges").startswith("the mask and edges drawn from it")
