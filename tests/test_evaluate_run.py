@@ -57,6 +57,7 @@ def evaluated(trained, tmp_path_factory):
         n=6,
         n_ddpm=3,
         variants=["ddpm1000_both", "ddim50_both"],
+        main="ddim50_both",  # not the smoke profile's (mask-only) main: named, so it leads
         inception_path=out.parent / "absent.pt",
         progress=False,
     )
@@ -335,13 +336,15 @@ def test_evaluation_settings_take_the_profile_and_let_arguments_override():
     assert s.realism_masks == 4  # ceil(10 / 3)
     assert evaluation_settings(cfg, n=7).n == 7 and evaluation_settings(cfg, n=None).n == cfg.evaluation.n
     # Variants without the profile's main one: the first given becomes main; repeats count once.
-    s = evaluation_settings(cfg, variants=["dpm20_both", "ddim50_mask_only", "dpm20_both"])
-    assert s.main == "dpm20_both" and s.variants == ["dpm20_both", "ddim50_mask_only"]
+    s = evaluation_settings(cfg, variants=["dpm20_both", "ddim50_edges_only", "dpm20_both"])
+    assert s.main == "dpm20_both" and s.variants == ["dpm20_both", "ddim50_edges_only"]
+    # With the profile's main among them, it stays main.
+    assert evaluation_settings(cfg, variants=["dpm20_both", cfg.evaluation.main]).main == cfg.evaluation.main
     for bad in (
         dict(variants=["ddim7"]),
         dict(n=0),
         dict(realism_n=1),
-        dict(main="ddim50_mask_only", variants=["ddim50_both"]),
+        dict(main="ddim50_edges_only", variants=["ddim50_both"]),
     ):
         with pytest.raises(ConfigError, match="evaluation"):
             evaluation_settings(cfg, **bad)

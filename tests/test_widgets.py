@@ -304,17 +304,20 @@ def test_widgets_call_the_explorer(ex):
     # Guidance sliders update the forward panel now, and only mark the sample stale. (The smoke
     # model barely reacts to the scales, so the pictures are compared with the explorer's.)
     sample_png, trajectory = ui.final_img.value, ex.trajectory
+    assert ui.mode.value == "mask_only"  # the widgets start from the profile's mode: the mask alone
     ui.scale_mask.value = 4.0
-    assert (10, "both", 4.0, ui.scale_edge.value) in ex._forward
-    assert ui.fwd_x0.value == to_png(ex.forward_noising(10, "both", 4.0, ui.scale_edge.value)[1], ui.scale)
+    assert (10, "mask_only", 4.0, ui.scale_edge.value) in ex._forward
+    assert ui.fwd_x0.value == to_png(ex.forward_noising(10, "mask_only", 4.0, ui.scale_edge.value)[1], ui.scale)
     assert ui.final_img.value == sample_png and ex.trajectory is trajectory and "Regenerate" in ui.final_caption.value
-    ui.mode.value = "mask_only"
-    assert (10, "mask_only", 4.0, ui.scale_edge.value) in ex._forward  # the observer asked for it
-    assert ui.cond_img.value == to_png(ex.condition_rgb("mask_only"), ui.scale) != to_png(ex.condition_rgb(), ui.scale)
+    cond_mask_only = ui.cond_img.value
+    ui.mode.value = "both"
+    assert (10, "both", 4.0, ui.scale_edge.value) in ex._forward  # the observer asked for it
+    assert cond_mask_only == to_png(ex.condition_rgb("mask_only"), ui.scale) != ui.cond_img.value
+    assert ui.cond_img.value == to_png(ex.condition_rgb("both"), ui.scale)
     ui.steps.value = 3
     ui.on_regenerate()
     s = ex.trajectory.settings
-    assert (s["mode"], s["scale_mask"], s["steps"]) == ("mask_only", 4.0, 3) and ui.k.max == 3
+    assert (s["mode"], s["scale_mask"], s["steps"]) == ("both", 4.0, 3) and ui.k.max == 3
     assert ui.final_img.value == to_png(ex.trajectory.x_t[-1], ui.scale) and "Regenerate" not in ui.final_caption.value
 
     # Editing the mask updates the condition at once; regenerating uses it.
