@@ -70,8 +70,8 @@ def test_inconsistent_sections_rejected():
 def test_overrides_and_base_chain():
     cfg = load_config("smoke", overrides=["data.size=64", "sampler.name=dpm_solver"])
     assert cfg.data.size == 64 and cfg.sampler.name == "dpm_solver"
-    # smoke -> laptop -> paper: keys smoke does not set come from laptop, then paper.
-    assert cfg.unet.conditioning == "hint_encoder"  # from laptop
+    # smoke -> quick -> paper: keys smoke does not set come from quick, then paper.
+    assert cfg.unet.conditioning == "hint_encoder"  # from quick (laptop overrides it with spade)
     assert cfg.diffusion.beta_schedule == load_config("paper").diffusion.beta_schedule
 
 
