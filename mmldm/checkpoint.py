@@ -122,7 +122,8 @@ def runs_trained_on(store: str | Path, runs_root: str | Path) -> list[Path]:
     found = []
     for path in sorted({*root.glob(f"*/*/{LAST}"), *root.glob(f"*/{LAST}")}):
         try:
-            cfg = from_dict(Config, _read(path, mmap=True)["config"])
+            # mmap: only the pickled config is read, not every tensor (nor _read's CRC pass over the file)
+            cfg = from_dict(Config, torch.load(path, map_location="cpu", weights_only=True, mmap=True)["config"])
         except Exception:  # noqa: BLE001 - a broken or foreign checkpoint depends on nothing
             continue
         if cfg.store_path.resolve() == store:
