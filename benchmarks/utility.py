@@ -230,6 +230,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--no-augment", action="store_true", help="train without dihedral/intensity augmentation")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--edges", choices=["auto", "none"], help="edge source (default: the checkpoint profile's)")
+    p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="arms to train (default all three)")
     args = p.parse_args(argv)
     if len(args.steps) != len(args.subjects):
         raise SystemExit(f"--steps needs one count per regime ({len(args.subjects)}), got {len(args.steps)}")
@@ -269,7 +271,8 @@ def main(argv: list[str] | None = None) -> dict:
         synth_dir = out / "synthetic" / f"{regime}_subjects"
         s = synthesize(
             checkpoint, store, synth_dir, split="train", subjects=chosen, per_mask=args.per_mask,
-            augment_masks=m, precision=args.precision, dataset_name=f"Utility{regime}", train_store=store,
+            augment_masks=m, edges=args.edges, precision=args.precision, dataset_name=f"Utility{regime}",
+            train_store=store,
         )  # fmt: skip
         synth = read_synthetic(synth_dir)
         audit = json.loads((synth_dir / "audit.json").read_text()) if (synth_dir / "audit.json").exists() else {}
@@ -290,7 +293,7 @@ def main(argv: list[str] | None = None) -> dict:
             "synth": synth,
         }
         for seed in args.seeds:
-            for arm in ARMS:
+            for arm in args.arms:
                 path = out / "results" / f"{regime}_{arm}_s{seed}.json"
                 if path.exists():
                     done = json.loads(path.read_text())

@@ -997,10 +997,66 @@ def _recipe(c: _Ctx) -> str:
     )
 
 
+def _sweep_table(rows: list[dict]) -> str:
+    head = ["budget", "VQ-VAE steps", "LDM steps", "CPU min", "C2ST acc (AUC)", "C2ST floor",
+            "FID ratio, Inception", "FID ratio, segmenter", "mask-only Dice fg", "ceiling"]  # fmt: skip
+    body = [
+        [
+            f"{fmt(r.get('scale'), 2)}× (`{r.get('variant', '?')}`)",
+            str(r.get("vqvae_steps", "?")),
+            str(r.get("steps", "?")),
+            fmt(r.get("cpu_minutes"), 0),
+            f"{fmt(r.get('c2st'))} ({fmt(r.get('c2st_auc'))})",
+            fmt(r.get("c2st_floor")),
+            fmt(r.get("fid_ratio"), 2),
+            fmt(r.get("seg_fid_ratio"), 2),
+            fmt(r.get("dice_fg")),
+            fmt(r.get("real_dice_fg")),
+        ]
+        for r in rows
+    ]
+    return table(head, body)
+
+
+def _sweep_verdict(rows: list[dict]) -> str:
+    """One computed sentence: what the largest budget bought over the smallest."""
+    lo, hi = rows[0], rows[-1]
+    if len(rows) < 2:
+        return fill("compute.sweep.one")
+    moved = [
+        f"{name} {fmt(lo.get(k), d)} → {fmt(hi.get(k), d)}"
+        for k, name, d in (("c2st", "C2ST accuracy", 3), ("fid_ratio", "Inception FID ratio", 2),
+                           ("seg_fid_ratio", "segmenter-feature FID ratio", 2), ("dice_fg", "mask-only Dice", 3))
+    ]  # fmt: skip
+    minutes = [finite_float(r.get("cpu_minutes")) for r in (lo, hi)]
+    factor = minutes[1] / minutes[0] if all(minutes) else None
+    return fill(
+        "compute.sweep.verdict",
+        lo=fmt(lo.get("scale"), 2),
+        hi=fmt(hi.get("scale"), 2),
+        factor=fmt(factor, 1),
+        moved="; ".join(moved),
+    )
+
+
 def _compute(c: _Ctx) -> str:
     if c.compute is None:
         return fill("compute", compute=fill("compute.missing"))
     rows, meta = c.compute
+    if rows and all("cpu_minutes" in r for r in rows):  # the whole recipe at several budgets
+        rows = sorted(rows, key=lambda r: finite_float(r.get("cpu_minutes")) or 0)
+        return fill(
+            "compute",
+            compute=fill(
+                "compute.sweep",
+                scales=", ".join(f"{fmt(r.get('scale'), 2)}×" for r in rows),
+                cpu=str(meta.get("cpu") or rows[0].get("cpu") or "a CPU it does not name"),
+                table=_sweep_table(rows),
+                figure=c.figures("compute.figure"),
+                verdict=_sweep_verdict(rows),
+                source=_source_note(meta, c.inputs.get("compute"), rows),
+            ),
+        )
     rows = sorted(rows, key=lambda r: (finite_float(r.get("steps")) or 0, finite_float(r.get("train_s")) or 0))
     first = ("variant", "variant") if any("variant" in r for r in rows) else ("steps", "steps")
     return fill(
@@ -1270,6 +1326,24 @@ def _limitations(c: _Ctx) -> str:
     )
 
 
+SHUFFLED_KEY = "05_shuffled_key.json"  # beside the figure: the generated cells' numbers
+
+
+def _key(c: _Ctx) -> str:
+    """The last page: which cells of the shuffled figure are generated, away from the figure so a
+    reader can try it blind first."""
+    path = c.figures_dir / SHUFFLED_KEY if c.figures_dir is not None else None
+    if path is None or not path.exists():
+        return ""
+    try:
+        cells = [int(k) for k in json.loads(path.read_text())["generated_cells"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(path, f"not a key of the shuffled figure ({type(e).__name__}: {e})") from None
+    from mmldm.viz.report_figures import FIGURES
+
+    return fill("key", cells=", ".join(map(str, cells)), n=len(cells), figure=FIGURES["shuffled"])
+
+
 def _inputs(c: _Ctx) -> str:
     m = c.meta
     rows = [(k, f"`{_shown_path(v)}`") for k, v in c.inputs.items() if v]
@@ -1303,6 +1377,7 @@ SECTIONS: dict[str, Callable[[_Ctx], str]] = {
     "challenges": _challenges,
     "limitations": _limitations,
     "inputs": _inputs,
+    "key": _key,
 }
 
 
@@ -1413,7 +1488,9 @@ def draw_figures(
                 "examples",
                 rf.generation_grid(ex["cond"], ex["generated"], ex["real"], overlay=False, n=len(ex["real"])),
             )
-        save("shuffled", rf.shuffled_real_vs_generated(samples["real"], samples["generated"])[0])
+        fig, key = rf.shuffled_real_vs_generated(samples["real"], samples["generated"], show_key=False)
+        save("shuffled", fig)
+        out["shuffled_key"] = atomic.write_text(figures_dir / SHUFFLED_KEY, json.dumps({"generated_cells": key}) + "\n")
     spectrum = (metrics.get("realism") or {}).get("spectrum")
     if spectrum:
         save("spectrum", rf.radial_spectra(spectrum))

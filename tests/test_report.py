@@ -385,13 +385,14 @@ def test_sections_come_in_the_template_order_without_gaps():
     assert list(sections) == section_names()
     assert sections["intended_use"].startswith("## Intended use\n\nResearch and teaching only.")  # no builder
     for name, body in sections.items():
-        assert body and "\n\n\n" not in body and "${" not in body, name  # every placeholder filled
+        assert body or name == "key", name  # the key's page only when the shuffled figure was drawn
+        assert "\n\n\n" not in body and "${" not in body, name  # every placeholder filled
 
 
 def test_the_template_holds_the_prose_and_the_code_uses_every_block():
     blocks = template_blocks()
     sections = section_names()
-    assert sections[:3] == ["header", "summary", "intended_use"] and sections[-1] == "inputs"
+    assert sections[:3] == ["header", "summary", "intended_use"] and sections[-2:] == ["inputs", "key"]
     assert set(report.SECTIONS) <= set(sections)  # a builder without a section would be silently dropped
     source = resources.files("mmldm").joinpath("report.py").read_text(encoding="utf-8")
     for name in blocks:
@@ -512,6 +513,87 @@ def test_optional_ablation_and_compute_tables(inputs):
     fig = rf.compute_plot(read_rows(out / "compute.json")[0])
     assert len(fig.axes[0].lines) == 1  # ours, ours*2, ours*4: one recipe, one line
     rf.plt.close(fig)
+
+
+def sweep_row(scale, minutes, c2st, fid, dice, **extra):
+    """A row as benchmarks/compute_sweep.py's point_from writes it."""
+    return {"variant": f"laptop_x{scale:g}", "scale": scale, "vqvae_steps": int(1000 * scale),
+            "steps": int(1000 * scale), "cpu_minutes": minutes, "c2st": c2st, "c2st_auc": c2st + 0.05,
+            "c2st_floor": 0.46, "fid_ratio": fid, "seg_fid_ratio": fid * 2, "dice_fg": dice,
+            "real_dice_fg": 0.796, "cpu": "AMD EPYC, no bf16 (fp32)", **extra}  # fmt: skip
+
+
+def test_compute_section_for_the_whole_recipe_sweep(inputs):
+    """Rows with CPU minutes (the whole recipe at several budgets) get their own table, a computed
+    sentence of what the largest budget bought, and the three-panel figure against CPU minutes."""
+    out = inputs / "report"
+    out.mkdir()
+    rows = [sweep_row(1.0, 104.0, 0.893, 2.88, 0.796), sweep_row(0.25, 26.0, 0.951, 3.70, 0.741)]
+    (out / "compute.json").write_text(json.dumps({"meta": {"cpu": "AMD EPYC, no bf16 (fp32)"},
+                                                  **{r["variant"]: r for r in rows}}))  # fmt: skip
+    written = write_report(
+        load_config("smoke"), inputs / "eval" / "metrics.json", out_dir=out, figures_dir=out / "figures"
+    )
+    text = written["report"].read_text()
+    section = text[text.index("### Quality against compute") :]
+    section = section[: section.index("\n## ") if "\n## " in section else None]
+    assert "at 0.25×, 1.00× its default budget" in section and "AMD EPYC, no bf16 (fp32)" in section
+    assert section.index("0.25× (`laptop_x0.25`)") < section.index("1.00× (`laptop_x1`)")  # sorted by minutes
+    assert (
+        "| 0.25× (`laptop_x0.25`) | 250 | 250 | 26 | 0.951 (1.001) | 0.460 | 3.70 | 7.40 | 0.741 | 0.796 |" in section
+    )
+    assert "From 0.25× to 1.00× the budget (4.0× the CPU minutes): C2ST accuracy 0.951 → 0.893" in section
+    assert "Inception FID ratio 3.70 → 2.88" in section and "mask-only Dice 0.741 → 0.796" in section
+    assert written["compute"].exists() and f"figures/{rf.FIGURES['compute']}" in section
+    fig = rf.compute_plot(rows)
+    c2st_ax, fid_ax, dice_ax = fig.axes
+    assert "C2ST" in c2st_ax.get_title() and "CPU minutes" in c2st_ax.get_xlabel()
+    assert list(c2st_ax.lines[0].get_xdata()) == [26.0, 104.0]  # sorted by CPU minutes
+    assert list(c2st_ax.lines[1].get_ydata()) == [0.46, 0.46]  # the floor beside it
+    assert list(fid_ax.lines[1].get_ydata()) == [7.40, 5.76]  # segmenter-feature ratio, dashed
+    assert list(dice_ax.lines[1].get_ydata()) == [0.796, 0.796]  # the ceiling
+    rf.plt.close(fig)
+    with pytest.raises(ValueError, match="sweep_plot: rows need"):
+        rf.sweep_plot([{"cpu_minutes": 1.0}])
+
+
+def test_compute_sweep_reads_training_time_from_the_logs(tmp_path):
+    """benchmarks/compute_sweep.py charges optimiser time from log.csv (steps since the last row x
+    batch / images per second) and scales every step count of both schedules, nothing else."""
+    sweep = load_benchmark("compute_sweep")
+    log = tmp_path / "log.csv"
+    log.write_text("step,loss,images_per_s\n25,1.0,10.0\n50,0.9,5.0\n60,0.8,\n")
+    assert sweep.train_seconds(log, batch=4) == pytest.approx(25 * 4 / 10 + 25 * 4 / 5)  # the empty rate: skipped
+    cfg = load_config("laptop")
+    sets = dict(s.split("=") for s in sweep.scaled_overrides(cfg, 0.25))
+    assert sets["train_vqvae.steps"] == str(round(cfg.train_vqvae.steps / 4))
+    assert sets["train_ldm.warmup_steps"] == str(round(cfg.train_ldm.warmup_steps / 4))
+    assert sets["vqvae.adversarial_start"] == str(round(cfg.vqvae.adversarial_start / 4))
+    assert {k.split(".")[1] for k in sets} == {"steps", "warmup_steps", "sample_every", "ckpt_every",
+                                               "adversarial_start"}  # fmt: skip
+
+
+def test_report_keeps_the_key_of_the_shuffled_figure_for_its_last_page(inputs):
+    """The look-alike figure is drawn without its key; the key is the report's last section, after
+    a page break, read from the JSON written beside the figure, so a reader can try it blind."""
+    out = inputs / "report"
+    written = write_report(
+        load_config("smoke"), inputs / "eval" / "metrics.json", out_dir=out, figures_dir=out / "figures",
+        samples_path=inputs / "eval" / "samples.pt",
+    )  # fmt: skip
+    text = written["report"].read_text()
+    key = json.loads(written["shuffled_key"].read_text())["generated_cells"]
+    samples = torch.load(inputs / "eval" / "samples.pt", weights_only=True)
+    fig, expected = rf.shuffled_real_vs_generated(samples["real"], samples["generated"], show_key=False)
+    assert key == expected and not [t for t in fig.texts if "key" in t.get_text()]  # no key under the grid
+    rf.plt.close(fig)
+    last = text[text.rindex('<div style="page-break-before: always"></div>') :]
+    assert last.startswith("<div") and "## Key to the shuffled figure" in last
+    assert ", ".join(map(str, key)) in last and text.index("## Inputs") < text.index(last)
+    assert "the key is on the last page" in text
+    (out / "figures" / "05_shuffled_key.json").write_text("{not json")
+    with pytest.raises(DataError, match="05_shuffled_key.json: not a key of the shuffled figure"):
+        build_report(synthetic_metrics(), load_config("smoke"), figures_dir=out / "figures")
 
 
 def load_benchmark(name: str):

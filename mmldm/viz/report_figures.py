@@ -321,11 +321,60 @@ COMPUTE_PANELS = (
 )
 
 
+# Quality against compute, the whole recipe (benchmarks/compute_sweep.py rows, with cpu_minutes):
+# (key, title, second key drawn dashed with its label, reference key or value drawn dotted, its label)
+SWEEP_PANELS = (
+    ("c2st", "C2ST accuracy (0.5: cannot tell; lower better)", None, None, "c2st_floor", "real vs real (floor)"),
+    ("fid_ratio", "FID / real-vs-real (1: as real; lower better)", "seg_fid_ratio", "segmenter features",
+     1.0, "1: as real"),
+    ("dice_fg", "mask-only Dice, fg (higher better)", None, None, "real_dice_fg", "real images (ceiling)"),
+)  # fmt: skip
+
+
+def sweep_plot(rows: Sequence[Mapping], size: tuple = (11, 3.4)):
+    """Quality against compute for the whole recipe (VQ-VAE + LDM at ¼×, 1×, 4× its budget, rows
+    of ``benchmarks/compute_sweep.py``): the C2ST accuracy with its real-vs-real floor, the FID
+    ratio in Inception (solid) and segmenter-feature space (dashed), and the mask-only Dice with
+    its real-image ceiling, each against training CPU minutes (log scale), each point labelled
+    with its budget multiple."""
+    df = pd.DataFrame(list(rows))
+    need = {"cpu_minutes", "c2st", "fid_ratio", "dice_fg"}
+    if df.empty or not need <= set(df.columns):
+        raise ValueError(f"sweep_plot: rows need {sorted(need)}; got columns {list(df.columns)}")
+    df = df.sort_values("cpu_minutes")
+    x = df["cpu_minutes"].astype(float)
+    fig, axes = plt.subplots(1, len(SWEEP_PANELS), figsize=size)
+    for ax, (key, title, second, second_label, ref, ref_label) in zip(axes, SWEEP_PANELS):
+        ax.plot(x, df[key].astype(float), "o-", color="tab:red", label="Inception" if second else None)
+        if second and second in df.columns:
+            ax.plot(x, df[second].astype(float), "s--", color="tab:purple", label=second_label)
+        if isinstance(ref, str) and ref in df.columns:
+            ax.plot(x, df[ref].astype(float), ":", color="k", label=ref_label)
+        elif isinstance(ref, float):
+            ax.axhline(ref, ls=":", color="k", label=ref_label)
+        for xi, yi, scale in zip(x, df[key].astype(float), df.get("scale", [None] * len(df))):
+            if scale is not None and np.isfinite(yi):
+                ax.annotate(f"{float(scale):g}×", (xi, yi), fontsize=7, textcoords="offset points", xytext=(3, 3))
+        ax.set_xscale("log", base=2)
+        ax.set(xlabel="training CPU minutes (VQ-VAE + LDM)", title=title)
+        ax.title.set_fontsize(8)
+        ax.margins(x=0.15, y=0.15)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    cpu = str(df["cpu"].iloc[0]) if "cpu" in df.columns else "CPU not recorded"
+    fig.suptitle(f"the whole recipe at several budgets ({cpu}; labels: multiple of the default)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def compute_plot(rows: Sequence[Mapping], size: tuple = (11, 3.2)):
     """Quality against compute: SSIM, NMSE and Dice of models trained for more steps
     (rows with ``steps``, ``train_s`` and the metrics). Rows whose ``variant`` names differ only
     in the step multiplier (``benchmarks/convergence.py``'s ``ours``, ``ours*2``, ``ours*4``) are
-    one recipe and share a line."""
+    one recipe and share a line. Rows of the whole-recipe sweep (``cpu_minutes``) go to
+    :func:`sweep_plot`."""
+    if rows and all("cpu_minutes" in r for r in rows):
+        return sweep_plot(rows)
     df = pd.DataFrame(list(rows))
     need = {"steps", "train_s"}
     if df.empty or not need <= set(df.columns):
@@ -424,11 +473,18 @@ def radial_spectra(spectrum: Mapping, size: tuple = (11, 3.6)):
 
 
 def shuffled_real_vs_generated(
-    real: torch.Tensor, generated: torch.Tensor, n: int = 16, seed: int = 0, cols: int = 8, size: float = 1.3
+    real: torch.Tensor,
+    generated: torch.Tensor,
+    n: int = 16,
+    seed: int = 0,
+    cols: int = 8,
+    size: float = 1.3,
+    show_key: bool = True,
 ):
     """A look-alike test: ``n`` generated and ``n`` real slices (fewer when fewer are given) in one
     shuffled grid of ``cols`` columns (4 x 8 for n = 16), cells numbered 1, 2, ... row by row, and
-    the key, the numbers of the generated cells, printed below the grid. When the two sets are
+    the key, the numbers of the generated cells, printed below the grid when ``show_key`` (the
+    report sets it False and prints the key on its last page, so a reader can try it blind). When the two sets are
     paired (each generated image made from a real slice's conditions) and large enough, the real
     slices shown are *other* slices than the generated ones' sources, so no pair sits side by side.
 
@@ -459,6 +515,9 @@ def shuffled_real_vs_generated(
     fig.suptitle(
         f"{len(gen_idx)} generated and {len(real_idx)} real held-out slices, shuffled: which are which?", fontsize=9
     )
-    fig.tight_layout(rect=(0, 0.05, 1, 0.95))
-    fig.text(0.5, 0.01, "key, generated cells: " + ", ".join(map(str, key)), ha="center", va="bottom", fontsize=8)
+    if show_key:
+        fig.tight_layout(rect=(0, 0.05, 1, 0.95))
+        fig.text(0.5, 0.01, "key, generated cells: " + ", ".join(map(str, key)), ha="center", va="bottom", fontsize=8)
+    else:
+        fig.tight_layout(rect=(0, 0, 1, 0.95))
     return fig, key
