@@ -146,7 +146,7 @@ def cmd_train(args) -> None:
     extra = sum((["--set", s] for s in args.set), [])
     base = ["--config", args.profile, "--set", f"paths.source={args.source}", *extra]
     cfg = load_config(args.profile, [f"paths.source={args.source}", *args.set])
-    tag = f"{args.profile}_x{args.scale:g}"
+    tag = f"{args.profile}_x{args.scale:g}" + (f"_{args.tag}" if args.tag else "")
     folder = Path("runs") / tag  # paths.runs: runs/{run}
     folder.mkdir(parents=True, exist_ok=True)
     sets = sum((["--set", s] for s in scaled_overrides(cfg, args.scale)), [])
@@ -168,6 +168,7 @@ def cmd_train(args) -> None:
                             "--variants", cfg.evaluation.main, "--out", str(metrics), "--quiet"],
                            args.threads, log)  # fmt: skip
     row = point_from(tag, args.scale, folder / "vqvae", folder / "ldm", metrics, args.threads, wall)
+    row.update(recipe=args.tag or "default", overrides=args.set)
     atomic.write_text(folder / "compute_point.json", json.dumps(row, indent=2) + "\n")
     print(json.dumps(row, indent=2))
 
@@ -210,6 +211,7 @@ def main(argv=None) -> None:
     t.add_argument("--segmenter", required=True, help="the evaluation segmenter, the same at every scale")
     t.add_argument("--set", action="append", default=[], help="further overrides (SECTION.KEY=VALUE)")
     t.add_argument("--threads", type=int, default=1)
+    t.add_argument("--tag", help="a variant's name: runs/<profile>_x<scale>_<tag> (with its --set overrides)")
     q = sub.add_parser("point", help="a point from trained runs")
     q.add_argument("--name", required=True)
     q.add_argument("--scale", type=float, default=1.0)

@@ -13,7 +13,14 @@ from torch import nn
 from mmldm.config import from_dict
 from mmldm.errors import ConfigError
 from mmldm.models import VQVAE, VQVAEConfig, param_count, param_table
-from mmldm.models.discriminator import PatchDiscriminator, lsgan_discriminator_loss, lsgan_generator_loss
+from mmldm.models.discriminator import (
+    PatchDiscriminator,
+    hinge_discriminator_loss,
+    hinge_generator_loss,
+    lsgan_discriminator_loss,
+    lsgan_generator_loss,
+)
+from mmldm.models.frequency_loss import focal_frequency_loss
 from mmldm.models.perceptual import PerceptualLoss, VGG16Features
 from mmldm.models.quantizer import VectorQuantizer
 from mmldm.models.vqvae import (
@@ -276,6 +283,70 @@ def test_generator_and_discriminator_losses_follow_the_schedule():
 
     l1 = vqvae_generator_loss(dataclasses.replace(cfg, recon_loss="l1"), x, recon.detach(), info, step=0)
     assert torch.allclose(l1["recon"], (recon.detach() - x).abs().mean())
+
+
+def test_hinge_loss_and_spectral_norm_discriminator():
+    """The hinge choice: no discriminator loss once both sides are beyond the margin, the
+    generator's loss falls as its scores rise; spectral norm replaces the BatchNorms."""
+    ones = torch.ones(2, 1, 3, 3)
+    assert hinge_discriminator_loss(ones, -ones) == 0 and hinge_discriminator_loss(3 * ones, -5 * ones) == 0
+    assert hinge_discriminator_loss(-ones, ones) == 2  # 1/2 (2 + 2)
+    assert hinge_generator_loss(2 * ones) < hinge_generator_loss(ones)
+    d = PatchDiscriminator(1, [8, 16, 32], spectral_norm=True)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in d.modules())
+    assert sum(nn.utils.parametrize.is_parametrized(m) for m in d.modules() if isinstance(m, nn.Conv2d)) == 4
+    assert d(torch.randn(2, 1, 32, 32)).shape == (2, 1, 3, 3)
+    cfg = dataclasses.replace(tiny_vqvae_config(), adversarial_loss="hinge", disc_spectral_norm=True)
+    disc = build_discriminator(cfg).eval()  # eval: no power iteration between the calls below
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    recon = x.flip(-1)
+    terms = vqvae_discriminator_loss(cfg, x, recon, step=10, discriminator=disc)
+    real, fake = disc(x), disc(recon)
+    assert torch.allclose(terms["total"], cfg.adversarial_loss_weight * hinge_discriminator_loss(real, fake))
+    assert torch.allclose(terms["real"], F.relu(1 - real).mean())
+    with pytest.raises(ConfigError, match="adversarial_loss"):
+        from_dict(VQVAEConfig, {"adversarial_loss": "wgan"}, where="vqvae")
+
+
+def test_focal_frequency_loss():
+    """0 for a perfect reconstruction; equal to the plain spectral MSE times the focus weights;
+    larger for a blurred image than for one with the same pixel error spread as fine grain."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 16, 16)
+    assert focal_frequency_loss(x, x) == 0
+    y = x + 0.1 * torch.randn_like(x)
+    diff = torch.fft.fft2(y, norm="ortho") - torch.fft.fft2(x, norm="ortho")
+    d = diff.abs() ** 2
+    w = diff.abs() / diff.abs().amax(dim=(-2, -1), keepdim=True)
+    assert torch.allclose(focal_frequency_loss(y, x), (w * d).mean(), atol=1e-6)
+    with pytest.raises(ValueError, match="shapes differ"):
+        focal_frequency_loss(x, x[..., :8])
+    cfg = dataclasses.replace(tiny_vqvae_config(), frequency_loss_weight=2.0)
+    model = VQVAE(cfg)
+    recon, info = model(x * 2 - 1)
+    terms = vqvae_generator_loss(cfg, x * 2 - 1, recon, info, step=0)
+    assert torch.allclose(terms["frequency"], 2.0 * focal_frequency_loss(recon, x * 2 - 1))
+    with pytest.raises(ValueError, match="frequency_loss_weight"):
+        dataclasses.replace(cfg, frequency_loss_weight=-1.0)
+
+
+def test_decoder_noise_starts_silent_and_learns_a_scale():
+    """With decoder_noise the decoder adds fresh per-pixel noise after each up block, scaled per
+    channel from 0: at the start it decodes exactly as without, and the scales get gradients."""
+    torch.manual_seed(0)
+    plain = VQVAE(tiny_vqvae_config())
+    noisy = VQVAE(dataclasses.replace(tiny_vqvae_config(), decoder_noise=True))
+    missing, unexpected = noisy.load_state_dict(plain.state_dict(), strict=False)
+    assert unexpected == [] and missing and all(k.startswith("decoder.noise.") for k in missing)
+    z = torch.randn(2, plain.config.latent_channels, 8, 8)
+    assert torch.allclose(noisy.decode(z), plain.decode(z))  # scales 0: no noise yet
+    noisy.decode(z).pow(2).mean().backward()
+    assert all(m.weight.grad is not None for m in noisy.decoder.noise)
+    with torch.no_grad():
+        for m in noisy.decoder.noise:
+            m.weight.fill_(0.5)
+    assert not torch.allclose(noisy.decode(z), noisy.decode(z))  # drawn anew at every call
+    assert plain.decoder.noise is None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,25 +15,36 @@ Least-squares GAN (Mao et al., 2017) replaces the log-loss by squared distances 
 correctly but lie far from the decision boundary::
 
     L_D = 1/2 [ mean (D(x) - 1)^2 + mean D(G(z))^2 ]        L_G = mean (D(G(z)) - 1)^2
+
+The hinge loss (the other choice, ``vqvae.adversarial_loss: hinge``), usually with spectral norm::
+
+    L_D = 1/2 [ mean relu(1 - D(x)) + mean relu(1 + D(G(z))) ]   L_G = - mean D(G(z))
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
 class PatchDiscriminator(nn.Module):
-    """Maps (B, in_channels, H, W) images to (B, 1, H', W') patch scores (unbounded)."""
+    """Maps (B, in_channels, H, W) images to (B, 1, H', W') patch scores (unbounded). With
+    ``spectral_norm`` every convolution is spectrally normalised and the BatchNorms are dropped."""
 
-    def __init__(self, in_channels: int = 1, channels: list[int] | tuple[int, ...] = (64, 128, 256)):
+    def __init__(
+        self, in_channels: int = 1, channels: list[int] | tuple[int, ...] = (64, 128, 256), spectral_norm: bool = False
+    ):
         super().__init__()
         dims = [in_channels, *channels, 1]
         layers: list[nn.Module] = []
         for i in range(len(dims) - 1):
             first, last = i == 0, i == len(dims) - 2
-            layers.append(nn.Conv2d(dims[i], dims[i + 1], 4, stride=1 if last else 2, padding=1, bias=first))
-            if not first and not last:
+            conv = nn.Conv2d(dims[i], dims[i + 1], 4, stride=1 if last else 2, padding=1, bias=first or spectral_norm)
+            # Spectral norm (Miyato et al. 2018) bounds each layer's Lipschitz constant instead of
+            # BatchNorm, which couples the real and fake halves of a batch.
+            layers.append(nn.utils.parametrizations.spectral_norm(conv) if spectral_norm else conv)
+            if not first and not last and not spectral_norm:
                 layers.append(nn.BatchNorm2d(dims[i + 1]))
             if not last:
                 layers.append(nn.LeakyReLU(0.2))
@@ -51,3 +62,20 @@ def lsgan_generator_loss(fake_scores: torch.Tensor) -> torch.Tensor:
 def lsgan_discriminator_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
     """The discriminator wants 1 on real and 0 on fake: 1/2 [mean (D(real)-1)^2 + mean D(fake)^2]."""
     return 0.5 * ((real_scores - 1).pow(2).mean() + fake_scores.pow(2).mean())
+
+
+def hinge_generator_loss(fake_scores: torch.Tensor) -> torch.Tensor:
+    """Hinge GAN (Lim & Ye 2017; SAGAN, BigGAN, VQGAN): the generator raises its scores, -mean D(fake)."""
+    return -fake_scores.mean()
+
+
+def hinge_discriminator_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
+    """1/2 [mean relu(1 - D(real)) + mean relu(1 + D(fake))]: no gradient once a patch is scored
+    beyond the margin, so the discriminator stops pushing on what it already tells apart."""
+    return 0.5 * (F.relu(1 - real_scores).mean() + F.relu(1 + fake_scores).mean())
+
+
+GAN_LOSSES = {
+    "lsgan": (lsgan_generator_loss, lsgan_discriminator_loss),
+    "hinge": (hinge_generator_loss, hinge_discriminator_loss),
+}

@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmldm.models.blocks import DownBlock, MidBlock, UpBlock, check_levels, group_norm
-from mmldm.models.discriminator import PatchDiscriminator, lsgan_discriminator_loss, lsgan_generator_loss
+from mmldm.models.discriminator import GAN_LOSSES, PatchDiscriminator
+from mmldm.models.frequency_loss import focal_frequency_loss
 from mmldm.models.perceptual import PerceptualLoss
 from mmldm.models.quantizer import VectorQuantizer
 
@@ -80,6 +81,12 @@ class VQVAEConfig:
     # ||grad_L recon|| / ||grad_L GAN|| at the decoder's last layer L, so neither term drowns the
     # other whatever the loss scales; off in the seed.
     adversarial_adaptive: bool = False
+    adversarial_loss: Literal["lsgan", "hinge"] = "lsgan"  # the seed's least squares, or hinge
+    disc_spectral_norm: bool = False  # spectral norm in the discriminator instead of BatchNorm
+    # A weight-free spectral term (models/frequency_loss.py) and per-pixel noise in the decoder
+    # (StyleGAN-style, learned per-channel scale starting at 0): for grain; 0 / off in the seed.
+    frequency_loss_weight: float = 0.0
+    decoder_noise: bool = False
 
     def __post_init__(self):
         check_levels(
@@ -95,6 +102,8 @@ class VQVAEConfig:
             raise ValueError("num_down_layers, num_mid_layers and num_up_layers must each be at least 1")
         if not 0 < self.ema_decay < 1:
             raise ValueError(f"ema_decay must lie between 0 and 1, got {self.ema_decay}")
+        if self.frequency_loss_weight < 0:
+            raise ValueError(f"frequency_loss_weight must not be negative, got {self.frequency_loss_weight}")
         if self.adversarial_start < 0 or self.restart_after < 0:
             raise ValueError("adversarial_start and restart_after must not be negative")
         if self.mid_channels[-1] != self.down_channels[-1]:
@@ -172,14 +181,36 @@ class Decoder(nn.Module):
             )
             for i in reversed(range(1, len(ch)))
         )
+        # With cfg.decoder_noise, fresh Gaussian noise after each up block, scaled per channel.
+        self.noise = nn.ModuleList(NoiseInjection(ch[i - 1]) for i in reversed(range(1, len(ch))))
+        if not cfg.decoder_noise:
+            self.noise = None
         self.norm_out = group_norm(ch[0], cfg.norm_groups)
         self.conv_out = nn.Conv2d(ch[0], cfg.image_channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(self.post_quant(z))
-        for block in [*self.mids, *self.ups]:
+        for block in self.mids:
             h = block(h)
+        for i, block in enumerate(self.ups):
+            h = block(h)
+            if self.noise is not None:
+                h = self.noise[i](h)
         return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class NoiseInjection(nn.Module):
+    """h + s_c * n, with n ~ N(0, 1) one value per pixel (shared by the channels) drawn anew at
+    every call, and s_c a learned scale per channel, 0 at the start (StyleGAN, Karras et al. 2019):
+    the decoder can put back grain that the latent does not carry, and learns how much."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        n = torch.randn(h.shape[0], 1, *h.shape[2:], device=h.device, dtype=h.dtype)
+        return h + self.weight.view(1, -1, 1, 1).to(h.dtype) * n
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,7 +273,7 @@ class VQVAE(nn.Module):
 
 
 def build_discriminator(cfg: VQVAEConfig) -> PatchDiscriminator:
-    return PatchDiscriminator(cfg.image_channels, cfg.disc_channels)
+    return PatchDiscriminator(cfg.image_channels, cfg.disc_channels, spectral_norm=cfg.disc_spectral_norm)
 
 
 def build_perceptual_loss(cfg: VQVAEConfig) -> PerceptualLoss | None:
@@ -268,9 +299,10 @@ def vqvae_generator_loss(
     """The autoencoder's loss terms (already weighted) and their sum ``"total"``.
 
     Keys: ``recon``, ``codebook``, ``commitment``, plus ``perceptual`` when ``perceptual`` is
-    given and ``adversarial`` when a discriminator is given and the step has reached
-    ``adversarial_start``. With ``cfg.adversarial_adaptive``, ``last_layer`` (the decoder's
-    output weight) sets the adaptive GAN weight, logged as ``adaptive_weight``.
+    given, ``frequency`` when ``cfg.frequency_loss_weight`` > 0, and ``adversarial`` when a
+    discriminator is given and the step has reached ``adversarial_start``. With
+    ``cfg.adversarial_adaptive``, ``last_layer`` (the decoder's output weight) sets the adaptive
+    GAN weight, logged as ``adaptive_weight``.
     """
     rec = F.mse_loss(recon, x) if cfg.recon_loss == "l2" else F.l1_loss(recon, x)
     terms = {
@@ -280,8 +312,10 @@ def vqvae_generator_loss(
     }
     if perceptual is not None:
         terms["perceptual"] = cfg.perceptual_loss_weight * perceptual(recon, x)
+    if cfg.frequency_loss_weight > 0:
+        terms["frequency"] = cfg.frequency_loss_weight * focal_frequency_loss(recon, x)
     if discriminator is not None and adversarial_active(cfg, step):
-        gan = lsgan_generator_loss(discriminator(recon))
+        gan = GAN_LOSSES[cfg.adversarial_loss][0](discriminator(recon))
         weight = cfg.adversarial_loss_weight
         if cfg.adversarial_adaptive:
             weight = weight * adaptive_weight(rec + terms.get("perceptual", 0.0), gan, last_layer)
@@ -311,9 +345,9 @@ def vqvae_discriminator_loss(
     if not adversarial_active(cfg, step):
         return {}
     real, fake = discriminator(x), discriminator(recon.detach())
-    loss = lsgan_discriminator_loss(real, fake)
-    return {
-        "real": (real - 1).pow(2).mean().detach(),
-        "fake": fake.pow(2).mean().detach(),
-        "total": cfg.adversarial_loss_weight * loss,
-    }
+    loss = GAN_LOSSES[cfg.adversarial_loss][1](real, fake)
+    if cfg.adversarial_loss == "hinge":  # the two margins' violations
+        parts = F.relu(1 - real).mean(), F.relu(1 + fake).mean()
+    else:
+        parts = (real - 1).pow(2).mean(), fake.pow(2).mean()
+    return {"real": parts[0].detach(), "fake": parts[1].detach(), "total": cfg.adversarial_loss_weight * loss}

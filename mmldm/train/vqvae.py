@@ -59,7 +59,7 @@ from mmldm.train.loop import (
 from mmldm.train.optim import build_optimizer, build_scheduler
 from mmldm.viz.plots import save_grid
 
-LOSSES = ["total", "recon", "codebook", "commitment", "perceptual", "adversarial"]
+LOSSES = ["total", "recon", "codebook", "commitment", "perceptual", "frequency", "adversarial"]
 
 
 def train_vqvae(

@@ -342,19 +342,29 @@ def sweep_plot(rows: Sequence[Mapping], size: tuple = (11, 3.4)):
     if df.empty or not need <= set(df.columns):
         raise ValueError(f"sweep_plot: rows need {sorted(need)}; got columns {list(df.columns)}")
     df = df.sort_values("cpu_minutes")
-    x = df["cpu_minutes"].astype(float)
+    if "recipe" not in df.columns:
+        df["recipe"] = "default"
+    df["recipe"] = df["recipe"].fillna("default")
+    groups = list(df.groupby("recipe", sort=False))
+    markers = "osD^v"
     fig, axes = plt.subplots(1, len(SWEEP_PANELS), figsize=size)
     for ax, (key, title, second, second_label, ref, ref_label) in zip(axes, SWEEP_PANELS):
-        ax.plot(x, df[key].astype(float), "o-", color="tab:red", label="Inception" if second else None)
-        if second and second in df.columns:
-            ax.plot(x, df[second].astype(float), "s--", color="tab:purple", label=second_label)
+        for g, (recipe, part) in enumerate(groups):
+            x, m = part["cpu_minutes"].astype(float), markers[g % len(markers)]
+            name = "" if len(groups) == 1 else f"{recipe}: "
+            ax.plot(x, part[key].astype(float), f"{m}-", color="tab:red", alpha=1 - 0.3 * g,
+                    label=(f"{name}Inception" if second else name.rstrip(": ")) or None)  # fmt: skip
+            if second and second in part.columns:
+                ax.plot(x, part[second].astype(float), f"{m}--", color="tab:purple", alpha=1 - 0.3 * g,
+                        label=f"{name}{second_label}")  # fmt: skip
+            for xi, yi, scale in zip(x, part[key].astype(float), part.get("scale", [None] * len(part))):
+                if scale is not None and np.isfinite(yi):
+                    ax.annotate(f"{float(scale):g}×", (xi, yi), fontsize=7, textcoords="offset points", xytext=(3, 3))
+        x = df["cpu_minutes"].astype(float)
         if isinstance(ref, str) and ref in df.columns:
             ax.plot(x, df[ref].astype(float), ":", color="k", label=ref_label)
         elif isinstance(ref, float):
             ax.axhline(ref, ls=":", color="k", label=ref_label)
-        for xi, yi, scale in zip(x, df[key].astype(float), df.get("scale", [None] * len(df))):
-            if scale is not None and np.isfinite(yi):
-                ax.annotate(f"{float(scale):g}×", (xi, yi), fontsize=7, textcoords="offset points", xytext=(3, 3))
         ax.set_xscale("log", base=2)
         ax.set(xlabel="training CPU minutes (VQ-VAE + LDM)", title=title)
         ax.title.set_fontsize(8)
