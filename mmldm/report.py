@@ -1245,7 +1245,9 @@ def _figures(c: _Ctx) -> str:
 
 def _challenges(c: _Ctx) -> str:
     vs = c.m["variants"]
-    both, mask = vs.get("ddim50_both") or c.variant, vs.get("ddim50_mask_only")
+    # The mask alone against mask + real edges, with one sampler: DPM-Solver's pair where evaluated
+    sampler = "dpm20" if "dpm20_mask_only" in vs else "ddim50"
+    both, mask = vs.get(f"{sampler}_both") or c.variant, vs.get(f"{sampler}_mask_only")
     ddpm, dpm = vs.get("ddpm1000_both"), vs.get("dpm20_both")
     view = bool(c.cfg.unet.view_embedding) if c.cfg is not None else None
     by_view = (c.m.get("groups") or {}).get("view") or {}

@@ -266,6 +266,27 @@ def test_resume_of_a_finished_run_changes_nothing(trained, store, one_thread):
     assert again["step"] == vq["step"] and again["weights_hash"] == vq["weights_hash"]
 
 
+def test_vqvae_trains_with_the_grain_options(store, tmp_path, one_thread):
+    """Hinge loss, spectral-norm discriminator at a lower lr, focal frequency loss and decoder
+    noise: the trainer logs the frequency term, trains the discriminator and the noise scales."""
+    from mmldm.train.vqvae import VQVAETrainer
+
+    cfg = load_config(
+        "smoke",
+        overrides=[
+            "vqvae.adversarial_start=0", "vqvae.adversarial_loss=hinge", "vqvae.disc_spectral_norm=true",
+            "vqvae.disc_lr_scale=0.25", "vqvae.frequency_loss_weight=1.0", "vqvae.decoder_noise=true",
+        ],
+    )  # fmt: skip
+    trainer = VQVAETrainer(cfg, store, tmp_path / "grain", tmp_path, progress=False)
+    assert [g["lr"] for g in trainer.opt_d.param_groups] == [0.25 * cfg.train_vqvae.lr]
+    before = {n: p.detach().clone() for n, p in trainer.disc.named_parameters()}
+    row = trainer.train_step()
+    assert row["frequency"] > 0 and "adversarial" in row and "d_total" in row
+    assert any(not torch.equal(p, before[n]) for n, p in trainer.disc.named_parameters())
+    assert all(m.weight.abs().sum() > 0 for m in trainer.model.decoder.noise)  # the scales moved off 0
+
+
 def test_gradient_accumulation_matches_one_big_batch(store, tmp_path, one_thread):
     # Two micro-batches of 2 must give the gradient of one batch of 4: the same images (the data
     # order does not depend on the micro-batch size), each half's loss divided by 2. The VQVAE

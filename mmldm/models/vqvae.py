@@ -83,6 +83,7 @@ class VQVAEConfig:
     adversarial_adaptive: bool = False
     adversarial_loss: Literal["lsgan", "hinge"] = "lsgan"  # the seed's least squares, or hinge
     disc_spectral_norm: bool = False  # spectral norm in the discriminator instead of BatchNorm
+    disc_lr_scale: float = 1.0  # the discriminator's lr over the autoencoder's (1 in the seed)
     # A weight-free spectral term (models/frequency_loss.py) and per-pixel noise in the decoder
     # (StyleGAN-style, learned per-channel scale starting at 0): for grain; 0 / off in the seed.
     frequency_loss_weight: float = 0.0
@@ -102,6 +103,8 @@ class VQVAEConfig:
             raise ValueError("num_down_layers, num_mid_layers and num_up_layers must each be at least 1")
         if not 0 < self.ema_decay < 1:
             raise ValueError(f"ema_decay must lie between 0 and 1, got {self.ema_decay}")
+        if not self.disc_lr_scale > 0:
+            raise ValueError(f"disc_lr_scale must be positive, got {self.disc_lr_scale}")
         if self.frequency_loss_weight < 0:
             raise ValueError(f"frequency_loss_weight must not be negative, got {self.frequency_loss_weight}")
         if self.adversarial_start < 0 or self.restart_after < 0:

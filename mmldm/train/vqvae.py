@@ -146,6 +146,8 @@ class VQVAETrainer(Trainer):
         self.perceptual = build_perceptual_loss(vc)
         self.opt_g = build_optimizer(self.model.parameters(), tc)
         self.opt_d = build_optimizer(self.disc.parameters(), tc)
+        for group in self.opt_d.param_groups:  # a slower discriminator (vqvae.disc_lr_scale)
+            group["lr"] *= vc.disc_lr_scale
         self.sched_g = build_scheduler(self.opt_g, tc)
 
         # Resume (or seed this rank), then wrap for training (compile, DDP).
