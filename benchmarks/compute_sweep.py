@@ -82,6 +82,11 @@ def scaled_overrides(cfg, scale: float) -> list[str]:
     return out
 
 
+def mean_of(entry):
+    """metrics.json keeps a paired metric as {mean, std, n}; older files as a number."""
+    return entry.get("mean") if isinstance(entry, dict) else entry
+
+
 def point_from(name: str, scale: float, vqvae: Path, ldm: Path, metrics_path: Path, threads: int, wall=None) -> dict:
     """One row of compute.json from a trained VQ-VAE and LDM folder and an evaluation's metrics.json."""
     from mmldm.checkpoint import load_checkpoint
@@ -120,8 +125,8 @@ def point_from(name: str, scale: float, vqvae: Path, ldm: Path, metrics_path: Pa
         "n_realism": r.get("n_generated"),
         "dice_fg": main["dice"]["mean_fg"],
         "real_dice_fg": (m.get("ceiling") or {}).get("dice", {}).get("mean_fg"),
-        "ssim": main.get("ssim"),
-        "nmse": main.get("nmse"),
+        "ssim": mean_of(main.get("ssim")),
+        "nmse": mean_of(main.get("nmse")),
         "n": main.get("n"),
         "metrics": str(metrics_path),
         "cpu": cpu_name(),
@@ -175,6 +180,7 @@ def cmd_train(args) -> None:
 
 def cmd_point(args) -> None:
     row = point_from(args.name, args.scale, Path(args.vqvae), Path(args.ldm), Path(args.metrics), args.threads)
+    row["recipe"] = args.recipe
     out = Path(args.out or Path("runs") / args.name / "compute_point.json")
     atomic.write_text(out, json.dumps(row, indent=2) + "\n")
     print(json.dumps(row, indent=2))
@@ -219,6 +225,7 @@ def main(argv=None) -> None:
     q.add_argument("--ldm", required=True, help="LDM run folder (last.pt, log.csv)")
     q.add_argument("--metrics", required=True, help="the LDM's evaluation metrics.json")
     q.add_argument("--threads", type=int, default=1, help="threads the trainings ran on")
+    q.add_argument("--recipe", default="default", help="the line it belongs to in the figure")
     q.add_argument("--out")
     c = sub.add_parser("collect", help="gather points into compute.json and its figure")
     c.add_argument("points", nargs="*", help="compute_point.json files (default runs/*/compute_point.json)")
