@@ -193,8 +193,17 @@ def cmd_collect(args) -> None:
     rows = sorted((json.loads(p.read_text()) for p in points), key=lambda r: r["cpu_minutes"])
     if not rows:
         raise SystemExit("no compute_point.json under runs/*/: run `train` or `point` first")
+    for r in rows:  # budgets as multiples of today's default, when the default moved after training
+        r["scale_trained"] = r.get("scale_trained", r["scale"])
+        r["scale"] = r["scale_trained"] / args.default_scale
     out = Path(args.out)
-    meta = {"profile": args.profile, "made_by": "benchmarks/compute_sweep.py", "cpu": rows[0]["cpu"]}
+    meta = {
+        "profile": args.profile,
+        "made_by": "benchmarks/compute_sweep.py",
+        "cpu": rows[0]["cpu"],
+        "data": "the held-out split of the store",
+        "default_scale_trained": args.default_scale,
+    }
     table = {"meta": meta, **{r["variant"]: r for r in rows}}
     atomic.write_text(out, json.dumps(table, indent=1) + "\n")
     fig = compute_plot(rows)
@@ -231,6 +240,8 @@ def main(argv=None) -> None:
     c.add_argument("points", nargs="*", help="compute_point.json files (default runs/*/compute_point.json)")
     c.add_argument("--out", default="runs/compute/compute.json")
     c.add_argument("--profile", default="laptop")
+    c.add_argument("--default-scale", type=float, default=1.0,
+                   help="the trained scale that is the profile's default now (scales are shown over it)")  # fmt: skip
     args = p.parse_args(argv)
     {"train": cmd_train, "point": cmd_point, "collect": cmd_collect}[args.command](args)
 

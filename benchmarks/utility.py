@@ -263,6 +263,8 @@ def main(argv: list[str] | None = None) -> dict:
         "sampler": dataclasses.asdict(cfg.sampler),
         "guidance": dataclasses.asdict(cfg.guidance),
     }
+    judge = run / "segmenter" / "segmenter.pt"  # the run's evaluation segmenter reads the sets back
+    judge = judge if judge.exists() else None
     regimes, rows = {}, []
     for regime, steps in zip(args.subjects, args.steps):
         chosen = subjects[regime]
@@ -272,7 +274,7 @@ def main(argv: list[str] | None = None) -> dict:
         s = synthesize(
             checkpoint, store, synth_dir, split="train", subjects=chosen, per_mask=args.per_mask,
             augment_masks=m, edges=args.edges, precision=args.precision, dataset_name=f"Utility{regime}",
-            train_store=store,
+            train_store=store, segmenter=judge,
         )  # fmt: skip
         synth = read_synthetic(synth_dir)
         audit = json.loads((synth_dir / "audit.json").read_text()) if (synth_dir / "audit.json").exists() else {}

@@ -1019,7 +1019,9 @@ def _sweep_table(rows: list[dict]) -> str:
 
 
 def _sweep_verdict(rows: list[dict]) -> str:
-    """One computed sentence: what the largest budget bought over the smallest."""
+    """One computed sentence: what the largest budget bought over the smallest, along the default
+    recipe (rows of other recipes, ``recipe`` set, are compared in the table only)."""
+    rows = [r for r in rows if r.get("recipe", "default") == "default"] or rows
     lo, hi = rows[0], rows[-1]
     if len(rows) < 2:
         return fill("compute.sweep.one")
@@ -1049,7 +1051,7 @@ def _compute(c: _Ctx) -> str:
             "compute",
             compute=fill(
                 "compute.sweep",
-                scales=", ".join(f"{fmt(r.get('scale'), 2)}×" for r in rows),
+                scales=", ".join(f"{fmt(x, 2)}×" for x in sorted({finite_float(r.get("scale")) or 0 for r in rows})),
                 cpu=str(meta.get("cpu") or rows[0].get("cpu") or "a CPU it does not name"),
                 table=_sweep_table(rows),
                 figure=c.figures("compute.figure"),

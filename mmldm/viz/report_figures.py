@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib.ticker import FuncFormatter
 
 from mmldm.data.schema import LABELS
 from mmldm.formatting import finite_float, mean_std_entry
@@ -366,6 +367,7 @@ def sweep_plot(rows: Sequence[Mapping], size: tuple = (11, 3.4)):
         elif isinstance(ref, float):
             ax.axhline(ref, ls=":", color="k", label=ref_label)
         ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.set(xlabel="training CPU minutes (VQ-VAE + LDM)", title=title)
         ax.title.set_fontsize(8)
         ax.margins(x=0.15, y=0.15)
