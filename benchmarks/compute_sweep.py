@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from mmldm import atomic  # noqa: E402
+from mmldm.formatting import mean_std_entry  # noqa: E402
 
 # (section, key) of every step count the recipe's schedule is written in
 SCALED = {
@@ -82,11 +83,6 @@ def scaled_overrides(cfg, scale: float) -> list[str]:
     return out
 
 
-def mean_of(entry):
-    """metrics.json keeps a paired metric as {mean, std, n}; older files as a number."""
-    return entry.get("mean") if isinstance(entry, dict) else entry
-
-
 def point_from(name: str, scale: float, vqvae: Path, ldm: Path, metrics_path: Path, threads: int, wall=None) -> dict:
     """One row of compute.json from a trained VQ-VAE and LDM folder and an evaluation's metrics.json."""
     from mmldm.checkpoint import load_checkpoint
@@ -125,8 +121,8 @@ def point_from(name: str, scale: float, vqvae: Path, ldm: Path, metrics_path: Pa
         "n_realism": r.get("n_generated"),
         "dice_fg": main["dice"]["mean_fg"],
         "real_dice_fg": (m.get("ceiling") or {}).get("dice", {}).get("mean_fg"),
-        "ssim": mean_of(main.get("ssim")),
-        "nmse": mean_of(main.get("nmse")),
+        "ssim": mean_std_entry(main.get("ssim"))[0],
+        "nmse": mean_std_entry(main.get("nmse"))[0],
         "n": main.get("n"),
         "metrics": str(metrics_path),
         "cpu": cpu_name(),
